@@ -1,0 +1,23 @@
+"""User-facing errors: the CLI prints their message on one line, never a traceback."""
+
+from __future__ import annotations
+
+
+class EnsError(Exception):
+    """Something the user can fix (a bad file, a bad argument); ``exit_code`` is what the CLI returns."""
+
+    exit_code = 1
+
+
+class UsageError(EnsError):
+    """A malformed request on the command line (exit code 2, as click's own usage errors)."""
+
+    exit_code = 2
+
+
+class DataError(EnsError):
+    """A dataset that is missing, malformed or unreadable; the message names the path."""
+
+
+class StoreError(EnsError):
+    """A member store that is inconsistent or cannot be written."""
