@@ -34,11 +34,16 @@ def median_step_seconds(opt: torch.optim.Optimizer, params: list[torch.Tensor], 
     return statistics.median(times)
 
 
+def info_is_family(label: str) -> bool:
+    return REGISTRY[label].kind == "adam-like"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--model", default="resnet50")
+    ap.add_argument("--compile", action="store_true", help="also time the torch.compile'd step of the Adam family")
     args = ap.parse_args()
 
     model = timm.create_model(args.model, pretrained=False).to(args.device)
@@ -60,6 +65,15 @@ def main() -> None:
         t = median_step_seconds(opt, params, args.repeats, args.device)
         print(f"{label:32s} {t * 1e3:8.2f} ms   {t / base:.2f}x")
         del opt
+        if args.compile and info_is_family(label):
+            opt, _ = build(label, params, epochs=20, steps_per_epoch=10, weight_decay=1e-4, compile=True)
+            t0 = time.perf_counter()
+            opt.step()
+            opt.step()  # the step count becomes dynamic on the second call: one recompilation
+            compile_s = time.perf_counter() - t0
+            t = median_step_seconds(opt, params, args.repeats, args.device)
+            print(f"{label + ' (compiled)':32s} {t * 1e3:8.2f} ms   {t / base:.2f}x   (compilation {compile_s:.0f} s)")
+            del opt
     again = adam_seconds()
     print(f"{'torch.optim.Adam, again':32s} {again * 1e3:8.2f} ms   {again / base:.2f}x")
 

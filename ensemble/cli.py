@@ -53,6 +53,147 @@ def optimizers(plot_path: Path | None) -> None:
         click.echo(f"wrote {plot_schedules(plot_path)}")
 
 
+# --------------------------------------------------------------------------- data
+@cli.group()
+def data() -> None:
+    """List, check and download datasets."""
+
+
+DATA_DIR = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("datasets"),
+                        help="Where named datasets live (datasets/hela, datasets/medmnist/NAME.npz, ...).")
+
+
+@data.command("list")
+@DATA_DIR
+def data_list(data_dir: Path) -> None:
+    """Every dataset: where it is expected, whether it is there, images per class."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .data.catalog import CATALOG, MEDMNIST, resolve
+    from .data.scan import scan
+
+    table = Table(title=f"datasets (data dir: {data_dir})")
+    for col in ("dataset", "protocol", "expected at", "status", "images per class"):
+        table.add_column(col, overflow="fold")
+    specs = list(CATALOG) + [f"medmnist:{m}" for m in MEDMNIST]
+    specs += [f"medmnist:{p.stem}" for p in sorted((data_dir / "medmnist").glob("*.npz")) if p.stem not in MEDMNIST]
+    notes = []
+    for spec in specs:
+        ref = resolve(spec, data_dir)
+        where = str(ref.path) if ref.path else "(built in)"
+        if not ref.present:
+            if not spec.startswith("medmnist:") or spec == "medmnist:breastmnist":
+                table.add_row(spec, ref.info.protocol, where, "[yellow]missing[/]", f"ens data fetch {spec}")
+            continue
+        try:
+            listing = scan(ref)
+        except EnsError as err:
+            table.add_row(spec, ref.info.protocol, where, "[red]error[/]", str(err))
+            continue
+        counts = ", ".join(f"{c}: {int((listing.labels == i).sum())}" for i, c in enumerate(listing.classes))
+        table.add_row(spec, ref.info.protocol, where, f"[green]present[/] ({len(listing.ids)})", counts)
+        notes += listing.warnings
+    console = Console()
+    console.print(table)
+    console.print("Other MedMNIST sets: medmnist:NAME with NAME one of " + ", ".join(MEDMNIST)
+                  + "; any image folder: folder:PATH.")
+    for note in notes:
+        console.print(f"[yellow]warning:[/] {note}", highlight=False)
+
+
+@data.command("fetch")
+@click.argument("name")
+@DATA_DIR
+@click.option("--url", help="Download from this address instead of the official one (a mirror).")
+@click.option("--checksum", help="Expected checksum of the download, as md5:HEX or sha256:HEX.")
+def data_fetch(name: str, data_dir: Path, url: str | None, checksum: str | None) -> None:
+    """Download NAME from its official source, verify its checksum and unpack it."""
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    from .data.catalog import Source, resolve
+    from .data.fetch import fetch
+
+    ref = resolve(name, data_dir)
+    source = None
+    if url:
+        source = Source(url, checksum, Path(url.split("?")[0]).name or "download")
+    with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
+        task = bar.add_task(f"fetching {name}", total=None)
+        path = fetch(ref, source=source, on_progress=lambda done, total: bar.update(task, completed=done,
+                                                                                   total=total or None))
+    click.echo(f"{name}: installed at {path}")
+
+
+# --------------------------------------------------------------------------- train
+def _train_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
+    options = [
+        click.option("--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"),
+                     help="The member store."),
+        DATA_DIR,
+        click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Where decoded datasets are cached [default: the user cache dir, or $ENS_CACHE_DIR]."),
+        click.option("--model", default="resnet50", help="timm model name."),
+        click.option("--epochs", type=click.IntRange(min=1), default=20),
+        click.option("--batch-size", type=click.IntRange(min=2), default=30),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Learning rate [default: the optimizer's paper default, 0.001]."),
+        click.option("--size", type=click.IntRange(min=8), default=224, help="Input size in pixels (square)."),
+        click.option("--device", default="auto", help="cpu, cuda, cuda:N or auto."),
+        click.option("--workers", type=click.IntRange(min=0), default=2, help="Data-loading worker processes."),
+        click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Local ImageNet weights (state dict or .safetensors) instead of downloading them."),
+        click.option("--no-pretrained", is_flag=True, help="Start from random weights."),
+        click.option("--head-lr-factor", type=float, default=20.0, help="Learning-rate factor of the new head."),
+        click.option("--weight-decay", type=float, default=1e-4, help="L2 added to the gradient (coupled)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _config(model, epochs, batch_size, lr, size, device, workers, weights, no_pretrained, head_lr_factor,
+            weight_decay):  # noqa: ANN001, ANN202
+    from .train.trainer import TrainConfig
+
+    return TrainConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, size=size, device=device,
+                       workers=workers, pretrained=not no_pretrained, weights=str(weights) if weights else None,
+                       head_lr_factor=head_lr_factor, weight_decay=weight_decay)
+
+
+def _check_opt(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from .optim import get
+
+    try:
+        return get(value).label
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+@cli.command()
+@click.option("--dataset", required=True, help="hela, bg, lar, digits, medmnist:NAME or folder:PATH.")
+@click.option("--opt", required=True, callback=_check_opt, help="Optimizer label (see `ens optimizers`).")
+@click.option("--n", "count", type=click.IntRange(min=1), default=1, help="Complete members wanted.")
+@_train_options
+@click.option("--executor", type=click.Choice(["local", "processes", "dask"]), default="local",
+              help="Where the (run, fold) tasks run.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Parallel workers for processes/dask [default: GPU count, or 2].")
+@click.option("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786) for --executor dask.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (logs, batch jobs).")
+def train(dataset: str, opt: str, count: int, members_dir: Path, data_dir: Path, cache_dir: Path | None,
+          executor: str, jobs: int | None, scheduler: str | None, no_progress: bool, **kw) -> None:  # noqa: ANN003
+    """Make sure N complete members of one optimizer exist; train only the missing ones."""
+    from .executors import TrainRequest, train_members
+
+    if kw["weights"] and kw["no_pretrained"]:
+        raise click.UsageError("--weights and --no-pretrained exclude each other")
+    cfg = _config(**kw)
+    req = TrainRequest(dataset, opt, count, cfg, members_dir, data_dir, cache_dir, executor, jobs, scheduler,
+                       progress=not no_progress and sys.stderr.isatty())
+    train_members(req, echo=click.echo)
+
+
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and an exit code."""
     try:

@@ -20,7 +20,9 @@ from .diffgrad import DiffGradFamily
 from .schedules import CLMR, TASO
 
 NANNI = "Nanni, Maguolo, Lumini (2021), Exploiting Adam-like optimization algorithms to improve CNNs"
-ADAM_DEFAULTS = MappingProxyType({"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0})
+ADAM_DEFAULTS = MappingProxyType(
+    {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "compile": False}
+)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Datasets: catalog, scanning, decoding cache, folds, augmentation (SPEC §4)."""

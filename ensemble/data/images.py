@@ -1,0 +1,72 @@
+"""Decoding one image file or array into a resized uint8 RGB array.
+
+Real collections mix PNG, JPEG (``.JPG``/``.jpeg``), 8- and 16-bit TIFF, grey and RGB:
+everything ends up as ``(size, size, 3)`` uint8. 16-bit (and float) images are scaled to
+8 bits by their own range, not clipped; grey images are replicated to 3 channels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DataError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm"})
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """Scale any numeric image to uint8 by its own range (a constant image becomes 0)."""
+    if array.dtype == np.uint8:
+        return array
+    array = array.astype(np.float64)
+    lo, hi = float(array.min()), float(array.max())
+    if hi <= lo:
+        return np.zeros(array.shape, dtype=np.uint8)
+    return np.round((array - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def to_rgb(array: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8 -> (H, W, 3)."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.shape[2] == 1:
+        return np.repeat(array, 3, axis=2)
+    if array.shape[2] == 4:  # drop alpha
+        return array[:, :, :3]
+    if array.shape[2] == 2:  # grey + alpha
+        return np.repeat(array[:, :, :1], 3, axis=2)
+    return array
+
+
+def resize(array: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of an (H, W, 3) uint8 array to (size, size, 3)."""
+    if array.shape[0] == size and array.shape[1] == size:
+        return np.ascontiguousarray(array)
+    return np.asarray(Image.fromarray(array).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def prepare(array: np.ndarray, size: int) -> np.ndarray:
+    """Any decoded image array -> (size, size, 3) uint8."""
+    return resize(to_rgb(to_uint8(np.asarray(array))), size)
+
+
+def read_image(path: Path, size: int) -> np.ndarray:
+    """Decode ``path`` to (size, size, 3) uint8; an unreadable file is a DataError naming it."""
+    try:
+        with Image.open(path) as img:
+            img.load()  # a truncated file fails here, not later
+            if img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+                img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
+            array = np.asarray(img)
+    except Exception as err:  # PIL raises OSError, ValueError, SyntaxError... for bad files
+        raise DataError(f"cannot read image {path}: {err}") from None
+    if array.size == 0:
+        raise DataError(f"empty image {path}")
+    return prepare(array, size)

@@ -1,0 +1,171 @@
+"""Listing what a dataset holds, without decoding it: ids, labels, folds.
+
+Three layouts on disk (SPEC §4):
+
+* classes -- ``ROOT/<class>/<image>``;
+* folds   -- ``ROOT/<fold>/<class>/<image>`` (predefined folds, e.g. LAR);
+* npz     -- MedMNIST's ``NAME.npz`` with ``{train,val,test}_{images,labels}``.
+
+Sample ids are paths relative to ROOT (POSIX form) or ``split/index`` for arrays.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .catalog import MEDMNIST_CLASSES, DatasetRef
+from .images import is_image
+
+
+@dataclass
+class Listing:
+    """What a dataset holds. ``groups`` is the predefined fold or split of each sample (or None)."""
+
+    ids: list[str]
+    labels: np.ndarray
+    classes: list[str]
+    groups: list[str] | None = None
+    files: list[Path] | None = None  # for image folders: the file behind each id
+    pixels: np.ndarray | None = None  # for array datasets: every image, in id order
+    warnings: list[str] = field(default_factory=list)
+
+
+def _subdirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_file() and is_image(p))
+
+
+def scan_folder(root: Path) -> Listing:
+    """List an image-folder dataset, detecting the classes or folds layout."""
+    if not root.exists():
+        raise DataError(f"dataset folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder")
+    top = _subdirs(root)
+    if not top:
+        raise DataError(f"{root} has no class folders (expected {root}/<class>/<image files>)")
+    # folds layout: the top folders hold folders, not images
+    is_folds = all(_subdirs(d) and not _images(d) for d in top)
+    if is_folds:
+        classes = sorted({c.name for fold in top for c in _subdirs(fold)})
+        entries = []
+        for fold in top:
+            present = {c.name for c in _subdirs(fold)}
+            missing = [c for c in classes if c not in present]
+            if missing:
+                raise DataError(f"fold folder {fold} has no folder for class(es) {', '.join(missing)}")
+            for c in classes:
+                entries += [(p, classes.index(c), fold.name) for p in _class_images(fold / c)]
+        groups = [g for _, _, g in entries]
+    else:
+        classes = [d.name for d in top]
+        entries = [(p, i, None) for i, d in enumerate(top) for p in _class_images(d)]
+        groups = None
+    files = [p for p, _, _ in entries]
+    ids = [p.relative_to(root).as_posix() for p in files]
+    labels = np.array([y for _, y, _ in entries], dtype=np.int64)
+    return Listing(ids, labels, classes, groups, files=files)
+
+
+def _class_images(folder: Path) -> list[Path]:
+    images = _images(folder)
+    if not images:
+        others = [p.name for p in folder.iterdir() if not p.name.startswith(".")][:3]
+        hint = f" (found {', '.join(others)})" if others else ""
+        raise DataError(f"class folder {folder} holds no images{hint}")
+    return images
+
+
+def scan_npz(path: Path, dataset: str) -> Listing:
+    """List a MedMNIST ``.npz``: labels may be shaped (N,) or (N, 1)."""
+    if not path.exists():
+        raise DataError(f"{path} does not exist")
+    try:
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise DataError(f"cannot read {path}: {err}") from None
+    ids, labels, groups, images = [], [], [], []
+    for split in ("train", "val", "test"):
+        xk, yk = f"{split}_images", f"{split}_labels"
+        if xk not in arrays or yk not in arrays:
+            if split == "val":
+                continue
+            raise DataError(f"{path} has no {xk}/{yk} arrays (found {', '.join(sorted(arrays))})")
+        x, y = arrays[xk], np.asarray(arrays[yk])
+        if y.ndim == 2 and y.shape[1] != 1:
+            raise DataError(f"{path}: {yk} has shape {y.shape}; multi-label datasets are not supported")
+        y = y.reshape(-1).astype(np.int64)
+        if len(x) != len(y):
+            raise DataError(f"{path}: {xk} has {len(x)} images but {yk} has {len(y)} labels")
+        images.append(x)
+        ids += [f"{split}/{i}" for i in range(len(y))]
+        labels.append(y)
+        groups += [split] * len(y)
+    labels_arr = np.concatenate(labels)
+    n_classes = int(labels_arr.max()) + 1
+    name = dataset.removeprefix("medmnist-")
+    classes = list(MEDMNIST_CLASSES.get(name, [str(i) for i in range(n_classes)]))
+    return Listing(ids, labels_arr, classes, groups, pixels=np.concatenate(images))
+
+
+def scan_digits() -> Listing:
+    """scikit-learn's bundled digits: 1797 grey 8x8 images, 10 classes (values 0..16)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.clip(digits.images * 16, 0, 255).astype(np.uint8)
+    ids = [str(i) for i in range(len(images))]
+    return Listing(ids, digits.target.astype(np.int64), [str(c) for c in digits.target_names],
+                   None, pixels=images)
+
+
+def scan(ref: DatasetRef) -> Listing:
+    """List ``ref`` and check it against the published counts (differences become warnings)."""
+    layout = ref.info.layout
+    if layout == "builtin":
+        listing = scan_digits()
+    elif layout == "npz":
+        listing = scan_npz(ref.path, ref.name)
+    else:
+        if not ref.path.exists():
+            raise DataError(missing_message(ref))
+        listing = scan_folder(ref.path)
+    listing.warnings += check_counts(ref, listing)
+    return listing
+
+
+def missing_message(ref: DatasetRef) -> str:
+    how = f"run `ens data fetch {ref.spec}`, or " if ref.info.sources else ""
+    return f"dataset {ref.spec!r} not found at {ref.path}: {how}put the files there by hand (see `ens data list`)"
+
+
+def check_counts(ref: DatasetRef, listing: Listing) -> list[str]:
+    """Compare the images per class (and the total) with the catalog's published figures."""
+    expected = ref.info.counts
+    if not expected:
+        return []
+    out = []
+    counts = {c: int((listing.labels == i).sum()) for i, c in enumerate(listing.classes)}
+    for cls, n in expected.items():
+        if cls == "_total":
+            if len(listing.ids) != n:
+                out.append(f"{ref.name}: {len(listing.ids)} images in all, the published count is {n}")
+        elif cls.startswith("_"):  # a split's size
+            split = cls[1:]
+            got = sum(1 for g in listing.groups or [] if g == split)
+            if got != n:
+                out.append(f"{ref.name}: {got} {split} images, the published count is {n}")
+        elif cls in counts and counts[cls] != n:
+            out.append(f"{ref.name}/{cls}: {counts[cls]} images, the published count is {n}")
+        elif cls not in counts:
+            out.append(f"{ref.name}: no class {cls!r} (published with {n} images)")
+    return out

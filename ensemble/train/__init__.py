@@ -1,0 +1,1 @@
+"""The member trainer: timm models trained fold by fold (SPEC §2)."""

@@ -1,0 +1,66 @@
+"""The member network: a timm model with a new C-class head, and its parameter groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import EnsError, UsageError
+
+
+def create_model(name: str, num_classes: int, *, pretrained: bool = True, weights: Path | None = None) -> nn.Module:
+    """``timm.create_model(name)`` with ``num_classes`` outputs.
+
+    ImageNet weights come through timm (Hugging Face hub) when ``pretrained``; ``weights``
+    loads a local state dict / safetensors file instead (its classifier is dropped when the
+    class count differs). When weights cannot be had, the error names both ways out.
+    """
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name}*")[:8]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise UsageError(f"unknown timm model {name!r}{hint}")
+    if weights is not None:
+        weights = Path(weights)
+        if not weights.is_file():
+            raise UsageError(f"--weights {weights}: no such file")
+        try:
+            return timm.create_model(name, pretrained=True, num_classes=num_classes,
+                                     pretrained_cfg_overlay={"file": str(weights)})
+        except Exception as err:  # a wrong file: bad keys, bad shapes, not a state dict
+            raise EnsError(f"cannot load weights {weights} into {name}: {_first_line(err)}") from None
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes)
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=num_classes)
+    except Exception as err:  # offline, hub unreachable, no pretrained tag for this model
+        raise EnsError(
+            f"could not get ImageNet weights for {name} ({_first_line(err)}); "
+            f"pass --weights PATH (a local state dict or .safetensors file) or --no-pretrained"
+        ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def param_groups(model: nn.Module, head_lr_factor: float) -> list[dict]:
+    """Backbone and new head as two groups; the head's ``lr_scale`` is the MATLAB-style factor (20)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    head_ids = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
+    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    head_params = [p for p in model.parameters() if p.requires_grad and id(p) in head_ids]
+    groups = [{"params": body, "lr_scale": 1.0}]
+    if head_params:
+        groups.append({"params": head_params, "lr_scale": float(head_lr_factor)})
+    return groups
+
+
+def apply_lr_scale(optimizer: torch.optim.Optimizer) -> None:
+    """Multiply each group's lr by its ``lr_scale`` (schedules do this themselves every step)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
