@@ -194,6 +194,50 @@ def train(dataset: str, opt: str, count: int, members_dir: Path, data_dir: Path,
     train_members(req, echo=click.echo)
 
 
+# --------------------------------------------------------------------------- fuse
+FORMATS = ("table", "csv", "markdown", "latex", "json")
+
+
+def _dataset_name(dataset: str) -> str:
+    from .data.catalog import resolve
+
+    return resolve(dataset, Path(".")).name
+
+
+@cli.command()
+@click.option("--dataset", required=True, help="Dataset as given to ens train (hela, lar, medmnist:NAME, ...).")
+@click.argument("expressions", nargs=-1, required=True)
+@click.option("--rule", type=click.Choice(["sum", "product", "max", "vote"]), default="sum", help="Fusion rule.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", help="Output format.")
+@click.option("--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"),
+              help="The member store.")
+@click.option("--details", is_flag=True, help="Also per-class precision/recall/F1 and the confusion matrix.")
+def fuse(dataset: str, expressions: tuple[str, ...], rule: str, fmt: str, members_dir: Path, details: bool) -> None:
+    """Fuse stored members, one row per EXPRESSION (e.g. "SGD14+DGrad7+Cos1_7")."""
+    from .fusion import details as fusion_details
+    from .fusion import fuse as run_fusion
+    from .report.tables import render
+    from .store import Store
+
+    store = Store(members_dir)
+    name = _dataset_name(dataset)
+    if name not in store.datasets():
+        known = ", ".join(store.datasets()) or "none"
+        raise click.UsageError(f"no members of {name!r} in {members_dir} (datasets there: {known})")
+    results = [run_fusion(store, name, e, rule) for e in expressions]
+    rows = [r.row() for r in results]
+    click.echo(render(rows, fmt, title=f"{name}: {rule} rule"))
+    if details and fmt != "json":
+        for r in results:
+            per, cm = fusion_details(r)
+            click.echo(f"\n{r.expression}: per class")
+            click.echo(render(per, fmt))
+            classes = r.members[0].classes
+            click.echo("confusion matrix (rows: true class, columns: predicted)")
+            click.echo(render([{"true": c, **{p: int(v) for p, v in zip(classes, row)}} for c, row in
+                               zip(classes, cm)], fmt))
+
+
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and an exit code."""
     try:

@@ -151,9 +151,7 @@ def _run_tasks(req: TrainRequest, ds: Dataset, tasks: list[FoldTask], bar: JobPr
     """Run every task with the requested executor; returns the keys of those that finished."""
     if req.executor == "local":
         return _run_local(ds, tasks, bar)
-    from . import cluster
-
-    return cluster.run_tasks(req, ds, tasks, bar)
+    raise EnsError(f"--executor {req.executor} is not available in this version; use --executor local")
 
 
 def _run_local(ds: Dataset, tasks: list[FoldTask], bar: JobProgress) -> set[str]:

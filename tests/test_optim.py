@@ -253,3 +253,17 @@ def test_schedule_scales_head_group():
     groups = [{"params": [body]}, {"params": [head], "lr_scale": 20.0}]
     opt, sched = build("taso", groups, epochs=2, steps_per_epoch=3, lr=0.01)
     assert opt.param_groups[1]["lr"] == pytest.approx(20 * opt.param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("name", ["dgrad", "cos1", "cos2"])
+def test_all_zero_gradient_gives_zero_distance_not_nan(name):
+    # a tensor whose gradient is exactly 0 (an unused bias) has max(A) == 0: D must be 0
+    w = torch.nn.Parameter(torch.ones(4))
+    z = torch.nn.Parameter(torch.ones(3))
+    opt, _ = build(name, [w, z], epochs=1, steps_per_epoch=1, lr=0.1)
+    for _ in range(3):
+        w.grad = torch.ones(4)
+        z.grad = torch.zeros(3)
+        opt.step()
+    assert torch.isfinite(w).all() and torch.isfinite(z).all()
+    torch.testing.assert_close(z.detach(), torch.ones(3))

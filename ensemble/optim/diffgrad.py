@@ -69,12 +69,13 @@ def dgrad_distance(grads: list[Tensor], exp_avg_sqs: list[Tensor]) -> list[Tenso
 def normalised_distance(distance: list[Tensor], scale: float) -> list[Tensor]:
     """In place: ``scale * A / max(A)`` with the max over each tensor's elements.
 
-    Where ``max(A) == 0`` the whole tensor ``A`` is 0, so dividing by the smallest
-    positive normal number instead of 0 gives ``D_t = 0`` as the SPEC asks, with
-    no host synchronisation.
+    Where ``max(A) == 0`` the whole tensor ``A`` is 0, so dividing by a tiny floor
+    instead of 0 gives ``D_t = 0`` as the SPEC asks, with no host synchronisation.
+    The floor is ``scale`` times the smallest normal number, so ``scale / max`` stays
+    finite (``4 / tiny`` would overflow float32 and turn 0 * inf into NaN).
     """
     maxima = torch._foreach_norm(distance, ord=math.inf)
-    tiny = torch.finfo(distance[0].dtype).tiny if distance else 0.0
+    tiny = torch.finfo(distance[0].dtype).tiny * max(scale, 1.0) if distance else 0.0
     torch._foreach_clamp_min_(maxima, tiny)
     factors = torch._foreach_reciprocal(maxima)
     torch._foreach_mul_(factors, scale)

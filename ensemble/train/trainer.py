@@ -214,6 +214,11 @@ class FoldTrainer:
             self.on_epoch(epoch, curves["loss"][-1], curves["accuracy"][-1])
         probs = self.predict(model, self.fold.test, gpu_images)
         val = self.predict(model, self.fold.val, gpu_images) if self.fold.val is not None else None
+        if not np.isfinite(probs).all() or (val is not None and not np.isfinite(val).all()):
+            raise TrainingDiverged(
+                f"{self.ds.name}/{self.label}: the trained model of fold {self.fold.index} predicts NaN/inf; "
+                "the run is stopped and not stored (try a smaller --lr)"
+            )
         seconds = elapsed + time.perf_counter() - t0
         return FoldResult(probs, self.ds.labels[self.fold.test], self.ds.ids[self.fold.test], val, curves, seconds)
 

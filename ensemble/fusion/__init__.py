@@ -1,0 +1,95 @@
+"""Fusion of stored members (SPEC §6): expressions, rules, metrics.
+
+:func:`select` turns an expression into members (checking counts, fingerprints, ids and
+labels); :func:`fuse` applies a rule and scores the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import UsageError
+from ..store import Member, Store
+from .expr import ExpressionError, Term, format_terms, parse
+from .metrics import per_class, scores_table
+from .rules import RULES
+
+__all__ = ["RULES", "ExpressionError", "FusionResult", "Term", "fuse", "fuse_members", "parse", "select"]
+
+
+class IncompatibleMembers(UsageError):
+    """Members that cannot be fused: other dataset fingerprint, other samples or labels."""
+
+
+@dataclass
+class FusionResult:
+    expression: str
+    rule: str
+    members: list[Member]
+    labels: np.ndarray
+    scores: np.ndarray
+    fold_of: np.ndarray
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def row(self) -> dict:
+        return {"expression": self.expression, "rule": self.rule, "members": len(self.members), **self.metrics}
+
+
+def select(store: Store, dataset: str, expr: str, split: str = "fold") -> tuple[list[Term], list[Member]]:
+    """The members an expression names: the first COUNT runs of each label."""
+    terms = parse(expr)
+    members: list[Member] = []
+    for t in terms:
+        runs = store.runs(dataset, t.label)
+        if len(runs) < t.count:
+            spec = dataset.replace("medmnist-", "medmnist:", 1) if dataset.startswith("medmnist-") else dataset
+            raise UsageError(
+                f"{t.label}{'_' if t.label[-1].isdigit() else ''}{t.count} (column {t.column}) asks for {t.count} "
+                f"{t.label} members of {dataset}, but {len(runs)} exist in {store.root}; add the rest with:\n"
+                f"  ens train --dataset {spec} --opt {t.label} --n {t.count} --members-dir {store.root}"
+            )
+        members += store.members(dataset, t.label, t.count, split=split)
+    return terms, members
+
+
+def aligned(members: list[Member]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Stack members' probabilities in one sample order; refuse members that do not match."""
+    ref = members[0]
+    for m in members[1:]:
+        if m.fingerprint != ref.fingerprint:
+            raise IncompatibleMembers(f"{m.name} was trained on another version of the dataset than {ref.name} "
+                                      f"(fingerprint {m.fingerprint} vs {ref.fingerprint}); they cannot be fused")
+        if m.classes != ref.classes:
+            raise IncompatibleMembers(f"{m.name} and {ref.name} have different classes")
+    order0 = np.argsort(ref.ids, kind="stable")
+    ids = ref.ids[order0]
+    stack = [ref.probs[order0]]
+    for m in members[1:]:
+        order = np.argsort(m.ids, kind="stable")
+        if len(m.ids) != len(ids) or not np.array_equal(m.ids[order], ids):
+            raise IncompatibleMembers(f"{m.name} and {ref.name} predicted different samples")
+        if not np.array_equal(m.labels[order], ref.labels[order0]):
+            raise IncompatibleMembers(f"{m.name} and {ref.name} disagree on the labels of the same samples")
+        stack.append(m.probs[order])
+    return np.stack(stack), ref.labels[order0], ref.fold_of[order0], ids
+
+
+def fuse_members(members: list[Member], rule: str = "sum", expression: str = "") -> FusionResult:
+    if rule not in RULES:
+        raise UsageError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
+    probs, labels, fold_of, _ = aligned(members)
+    scores = RULES[rule](probs)
+    result = FusionResult(expression, rule, members, labels, scores, fold_of)
+    result.metrics = scores_table(labels, scores, fold_of)
+    return result
+
+
+def fuse(store: Store, dataset: str, expr: str, rule: str = "sum") -> FusionResult:
+    terms, members = select(store, dataset, expr)
+    return fuse_members(members, rule, format_terms(terms))
+
+
+def details(result: FusionResult) -> tuple[list[dict], np.ndarray]:
+    return per_class(result.labels, result.scores, result.members[0].classes)

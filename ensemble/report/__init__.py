@@ -1,0 +1,1 @@
+"""Tables and figures regenerated from the member store (``ens report``)."""
