@@ -194,6 +194,18 @@ def train(dataset: str, opt: str, count: int, members_dir: Path, data_dir: Path,
     train_members(req, echo=click.echo)
 
 
+# --------------------------------------------------------------------------- demo
+@cli.command()
+@click.option("--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"),
+              help="The member store the demo fills (members/digits/...).")
+@click.option("--n", "count", type=click.IntRange(min=1), default=2, help="Members per optimizer.")
+def demo(members_dir: Path, count: int) -> None:
+    """Train a few tiny members of SGD, DGrad and Cos1 on scikit-learn's digits, then fuse them."""
+    from .demo import run_demo
+
+    run_demo(members_dir, count, progress=sys.stderr.isatty(), echo=click.echo)
+
+
 # --------------------------------------------------------------------------- fuse
 FORMATS = ("table", "csv", "markdown", "latex", "json")
 

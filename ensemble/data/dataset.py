@@ -92,10 +92,10 @@ def _decode(listing: Listing, size: int, workers: int, progress: bool) -> np.nda
         from rich.progress import track
 
         # joblib returns results in order; a generator lets the bar follow them
-        out = Parallel(n_jobs=workers, prefer="threads", return_as="generator")(jobs)
+        out = Parallel(n_jobs=max(workers, 1), prefer="threads", return_as="generator")(jobs)
         results = list(track(out, total=len(jobs), description="decoding images", transient=True))
     else:
-        results = Parallel(n_jobs=workers, prefer="threads")(jobs)
+        results = Parallel(n_jobs=max(workers, 1), prefer="threads")(jobs)
     return np.stack(results) if results else np.zeros((0, size, size, 3), np.uint8)
 
 
