@@ -250,6 +250,26 @@ def fuse(dataset: str, expressions: tuple[str, ...], rule: str, fmt: str, member
                                zip(classes, cm)], fmt))
 
 
+# --------------------------------------------------------------------------- report
+@cli.command()
+@click.option("--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"),
+              help="The member store.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
+              help="Where tables and figures go (one folder per dataset).")
+@click.option("--step", type=click.IntRange(min=1), default=7,
+              help="Granularity of the per-label member counts in the best-combination search.")
+def report(members_dir: Path, out: Path, step: int) -> None:
+    """Regenerate Table 1, Table 2 and figures for every dataset in the store."""
+    from .report.build import report as build_report
+    from .store import Store
+
+    store = Store(members_dir)
+    if not store.datasets():
+        raise click.UsageError(f"no members in {members_dir}; train some first (ens train ... or ens demo)")
+    for page in build_report(store, out, step):
+        click.echo(f"wrote {page.parent}/ (table1, table2 as .md/.csv/.tex, figures, {page.name})")
+
+
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and an exit code."""
     try:

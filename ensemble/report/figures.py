@@ -1,0 +1,81 @@
+"""The report's figures (PNG): accuracy by label, accuracy against ensemble size, confusion
+matrix of the best ensemble, pairwise disagreement between labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..fusion import aligned  # noqa: E402
+from ..fusion.rules import sum_rule  # noqa: E402
+from ..store import Member  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def write_figures(out: Path, by_label: dict[str, list[Member]], best: str) -> list[Path]:
+    from .build import confusion_of
+
+    out.mkdir(parents=True, exist_ok=True)
+    labels = list(by_label)
+    accs = {lab: [float((m.probs.argmax(1) == m.labels).mean()) for m in ms] for lab, ms in by_label.items()}
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    means = [np.mean(accs[lab]) for lab in labels]
+    stds = [np.std(accs[lab], ddof=1) if len(accs[lab]) > 1 else 0 for lab in labels]
+    ax.bar(labels, means, yerr=stds, capsize=4, color="C0")
+    ax.set(ylabel="accuracy", title="Stand-alone members (mean ± std)")
+    ax.set_ylim(max(0, min(means) - 0.1), 1)
+    paths.append(_save(fig, out / "accuracy_by_label.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for lab in labels:
+        ms = by_label[lab]
+        ys = []
+        for k in range(1, len(ms) + 1):
+            p, y, _, _ = aligned(ms[:k])
+            ys.append(float((sum_rule(p).argmax(1) == y).mean()))
+        ax.plot(range(1, len(ms) + 1), ys, marker="o", label=lab)
+    ax.set(xlabel="members fused (sum rule)", ylabel="accuracy", title="Accuracy against ensemble size")
+    ax.legend()
+    paths.append(_save(fig, out / "accuracy_vs_size.png"))
+
+    cm, classes = confusion_of(by_label, best)
+    fig, ax = plt.subplots(figsize=(1 + 0.5 * len(classes) + 3, 1 + 0.5 * len(classes) + 2))
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted", ylabel="true", title=f"Confusion matrix of {best}")
+    paths.append(_save(fig, out / "confusion_best.png"))
+
+    preds = {}
+    for lab in labels:
+        p, y, _, ids = aligned(by_label[lab])
+        preds[lab] = p.argmax(2)  # (members, N)
+    d = np.zeros((len(labels), len(labels)))
+    for i, a in enumerate(labels):
+        for j, b in enumerate(labels):
+            d[i, j] = float(np.mean([(pa != pb).mean() for pa in preds[a] for pb in preds[b]]))
+    fig, ax = plt.subplots(figsize=(5, 4))
+    im = ax.imshow(d, cmap="viridis")
+    for (i, j), v in np.ndenumerate(d):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set(title="Pairwise disagreement between members")
+    fig.colorbar(im)
+    paths.append(_save(fig, out / "disagreement.png"))
+    return paths
