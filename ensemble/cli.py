@@ -210,10 +210,16 @@ def demo(members_dir: Path, count: int) -> None:
 FORMATS = ("table", "csv", "markdown", "latex", "json")
 
 
-def _dataset_name(dataset: str) -> str:
+def _dataset_name(dataset: str, store_datasets: list[str]) -> str:
+    """The store's name for ``dataset``: as written when the store has it, else as the catalog names it."""
     from .data.catalog import resolve
 
-    return resolve(dataset, Path(".")).name
+    if dataset in store_datasets:
+        return dataset
+    try:
+        return resolve(dataset, Path(".")).name
+    except EnsError:
+        return dataset
 
 
 @cli.command()
@@ -232,7 +238,7 @@ def fuse(dataset: str, expressions: tuple[str, ...], rule: str, fmt: str, member
     from .store import Store
 
     store = Store(members_dir)
-    name = _dataset_name(dataset)
+    name = _dataset_name(dataset, store.datasets())
     if name not in store.datasets():
         known = ", ".join(store.datasets()) or "none"
         raise click.UsageError(f"no members of {name!r} in {members_dir} (datasets there: {known})")

@@ -80,7 +80,7 @@ def fetch(ref: DatasetRef, *, source: Source | None = None,
         try:
             download(source.url, part, on_progress)
         except DataError as err:
-            raise DataError(f"{err}; offline? download it elsewhere and put it at {target} "
+            raise DataError(f"{err}; offline? download it elsewhere and put it by hand at {target} "
                             f"({ref.info.layout} layout, see `ens data list`)") from None
         ok, actual = checksum_ok(part, source.checksum)
         if not ok:

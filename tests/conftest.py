@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny image folders in every layout, hand-made member stores."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path_factory, monkeypatch):
+    """Decoded-dataset cache in a temporary folder, never the user's."""
+    monkeypatch.setenv("ENS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def make_folder(root: Path, classes=("a", "b", "c"), per_class=6, seed=0) -> Path:
+    """PNG and JPEG, grey and RGB, of varying sizes, one folder per class."""
+    rng = np.random.default_rng(seed)
+    for ci, c in enumerate(classes):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            h, w = rng.integers(12, 40, 2)
+            base = 60 * ci
+            if i % 3 == 0:
+                Image.fromarray((rng.integers(0, 60, (h, w)) + base).astype(np.uint8)).save(root / c / f"{c}{i}.png")
+            elif i % 3 == 1:
+                arr = (rng.integers(0, 60, (h, w, 3)) + base).astype(np.uint8)
+                Image.fromarray(arr).save(root / c / f"{c}{i}.JPG", format="JPEG")
+            else:
+                arr = (rng.integers(0, 60, (h, w, 3)) + base).astype(np.uint8)
+                Image.fromarray(arr).save(root / c / f"{c}{i}.jpeg", format="JPEG")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_folder(tmp_path / "imgs")
+
+
+def write_member(root: Path, dataset: str, label: str, run: int, probs: list[np.ndarray], labels: list[np.ndarray],
+                 ids: list[list[str]], classes: list[str], fingerprint: str = "fp0") -> Path:
+    """A member laid out exactly as SPEC §5 says, written by hand (not by ens)."""
+    d = root / dataset / label / f"{run:03d}"
+    d.mkdir(parents=True)
+    for k, (p, y, i) in enumerate(zip(probs, labels, ids)):
+        np.savez(d / f"fold-{k}.npz", probs=np.asarray(p, np.float32), labels=np.asarray(y, np.int64),
+                 ids=np.asarray(i))
+    meta = {"dataset": dataset, "label": label, "run": run, "fingerprint": fingerprint, "classes": classes,
+            "folds": len(probs), "optimizer": {"name": label}, "seed": [0], "model": "hand", "epochs": 0}
+    (d / "member.json").write_text(json.dumps(meta))
+    return d
+
+
+def env_without_coverage() -> dict:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
