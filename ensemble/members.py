@@ -114,10 +114,6 @@ def assemble_run(ds: Dataset, label: str, run: int, cfg: TrainConfig, store: Sto
         if not p.exists():
             raise StoreError(f"{staging}: fold {k} has not finished")
         summaries.append(json.loads(p.read_text()))
-    overrides = dict(cfg.overrides)
-    overrides.setdefault("weight_decay", cfg.weight_decay)
-    if cfg.lr is not None:
-        overrides.setdefault("lr", cfg.lr)
     probs, labels = [], []
     for k in range(len(ds.folds)):
         with np.load(staging / f"fold-{k}.npz") as z:
@@ -133,7 +129,7 @@ def assemble_run(ds: Dataset, label: str, run: int, cfg: TrainConfig, store: Sto
         "protocol": ds.protocol,
         "classes": ds.classes,
         "folds": len(ds.folds),
-        "optimizer": {"name": label, **resolve(label, **overrides), "head_lr_factor": cfg.head_lr_factor},
+        "optimizer": {"name": label, **resolve(label, **cfg.optimizer_overrides()), "head_lr_factor": cfg.head_lr_factor},
         "seed": [s["seed"] for s in summaries],
         "model": cfg.model,
         "pretrained": bool(cfg.pretrained or cfg.weights),
@@ -151,17 +147,6 @@ def assemble_run(ds: Dataset, label: str, run: int, cfg: TrainConfig, store: Sto
     for k in range(len(ds.folds)):
         (staging / f"fold-{k}.json").unlink()
     return store.publish(ds.name, label, run, meta)
-
-
-@dataclass
-class Plan:
-    """What ``ens train`` will do: runs to train now, runs another process holds, runs already there."""
-
-    dataset: Dataset
-    label: str
-    existing: list[int]
-    todo: list[int]
-    busy: list[int]
 
 
 def plan_runs(ds: Dataset, label: str, n: int, store: Store) -> tuple[list[int], list[int]]:

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..store import Member, Store
-from .expr import ExpressionError, Term, format_terms, parse
+from .expr import ExpressionError, Term, format_terms, parse, term_text
 from .metrics import per_class, scores_table
 from .rules import RULES
 
@@ -46,7 +46,7 @@ def select(store: Store, dataset: str, expr: str, split: str = "fold") -> tuple[
         if len(runs) < t.count:
             spec = dataset.replace("medmnist-", "medmnist:", 1) if dataset.startswith("medmnist-") else dataset
             raise UsageError(
-                f"{t.label}{'_' if t.label[-1].isdigit() else ''}{t.count} (column {t.column}) asks for {t.count} "
+                f"{term_text(t.label, t.count)} (column {t.column}) asks for {t.count} "
                 f"{t.label} members of {dataset}, but {len(runs)} exist in {store.root}; add the rest with:\n"
                 f"  ens train --dataset {spec} --opt {t.label} --n {t.count} --members-dir {store.root}"
             )

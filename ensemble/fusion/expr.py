@@ -29,6 +29,14 @@ def _fail(expr: str, pos: int, message: str) -> ExpressionError:
     return ExpressionError(f"column {pos + 1}: {message}\n  {expr}\n  {' ' * pos}^")
 
 
+def _count(expr: str, pos: int, pattern: str, expected: str) -> tuple[str, int]:
+    """The digits ``pattern`` matches at ``pos`` (its last group) and the position after the match."""
+    digits = re.match(pattern, expr[pos:])
+    if not digits:
+        raise _fail(expr, pos, expected)
+    return digits.group(digits.lastindex or 0), pos + len(digits.group(0))
+
+
 def _spellings() -> list[tuple[str, str]]:
     """(spelling, label), longest first: ``Cos1`` and the paper's ``Cos#1``."""
     out = []
@@ -60,19 +68,9 @@ def parse(expr: str) -> list[Term]:
         spelling, label = match
         pos += len(spelling)
         if pos < n and expr[pos] == "_":
-            pos += 1
-            digits = re.match(r"\d+", expr[pos:])
-            if not digits:
-                raise _fail(expr, pos, f"expected a member count after '{expr[start:pos]}'")
-            count_text = digits.group(0)
-            pos += len(count_text)
+            count_text, pos = _count(expr, pos + 1, r"\d+", f"expected a member count after '{expr[start:pos + 1]}'")
         elif pos < n and expr[pos] == "(":
-            pos += 1
-            digits = re.match(r"\s*(\d+)\s*", expr[pos:])
-            if not digits:
-                raise _fail(expr, pos, f"expected a member count inside '{label}( )'")
-            count_text = digits.group(1)
-            pos += len(digits.group(0))
+            count_text, pos = _count(expr, pos + 1, r"\s*(\d+)\s*", f"expected a member count inside '{label}( )'")
             if pos >= n or expr[pos] != ")":
                 raise _fail(expr, pos, "expected ')'")
             pos += 1
@@ -83,14 +81,14 @@ def parse(expr: str) -> list[Term]:
             pos += len(count_text)
         else:
             raise _fail(expr, pos, f"expected a member count after '{expr[start:pos]}' "
-                        f"(e.g. {label}{'_' if label[-1].isdigit() else ''}7 or {label}(7))")
+                        f"(e.g. {term_text(label, 7)} or {label}(7))")
         count = int(count_text)
         if count < 1:
             raise _fail(expr, start, f"{label} needs at least 1 member")
         previous = next((t for t in terms if t.label == label), None)
         if previous is not None:
             raise _fail(expr, start, f"{label} appears twice (also at column {previous.column}): its first "
-                        f"members would be fused twice; write one term {label}{'_' if label[-1].isdigit() else ''}<N>")
+                        f"members would be fused twice; write one term {term_text(label, '<N>')}")
         terms.append(Term(label, count, start + 1))
         while pos < n and expr[pos].isspace():
             pos += 1
@@ -101,6 +99,11 @@ def parse(expr: str) -> list[Term]:
         pos += 1
 
 
+def term_text(label: str, count: int | str) -> str:
+    """Canonical spelling of one term: ``SGD14``, ``Cos1_7`` (an underscore after a trailing digit)."""
+    return f"{label}{'_' if label[-1].isdigit() else ''}{count}"
+
+
 def format_terms(terms: list[Term]) -> str:
     """Canonical spelling: ``SGD14+DGrad7+Cos1_7``."""
-    return "+".join(f"{t.label}{'_' if t.label[-1].isdigit() else ''}{t.count}" for t in terms)
+    return "+".join(term_text(t.label, t.count) for t in terms)

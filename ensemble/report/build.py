@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fusion import aligned
+from ..fusion.expr import term_text
 from ..fusion.metrics import per_class, scores_table
 from ..fusion.rules import sum_rule
 from ..optim import REGISTRY
@@ -54,7 +55,7 @@ def table1(by_label: dict[str, list[Member]]) -> list[dict]:
 
 
 def _expr(counts: dict[str, int]) -> str:
-    return "+".join(f"{lab}{'_' if lab[-1].isdigit() else ''}{k}" for lab, k in counts.items() if k)
+    return "+".join(term_text(lab, k) for lab, k in counts.items() if k)
 
 
 def count_grid(n: int, step: int) -> list[int]:

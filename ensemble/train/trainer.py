@@ -55,6 +55,14 @@ class TrainConfig:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def optimizer_overrides(self) -> dict[str, Any]:
+        """What ``optim.build`` gets: explicit overrides, then the protocol's L2 and --lr."""
+        overrides = dict(self.overrides)
+        overrides.setdefault("weight_decay", self.weight_decay)
+        if self.lr is not None:
+            overrides.setdefault("lr", self.lr)
+        return overrides
+
 
 @dataclass
 class FoldResult:
@@ -139,13 +147,9 @@ class FoldTrainer:
         if self.device.type == "cuda":
             model.to(memory_format=torch.channels_last)
         steps = len(_batches(np.arange(len(self.fold.train)), self.cfg.batch_size))
-        overrides = dict(self.cfg.overrides)
-        overrides.setdefault("weight_decay", self.cfg.weight_decay)
-        if self.cfg.lr is not None:
-            overrides.setdefault("lr", self.cfg.lr)
         try:
             opt, sched = build(self.label, param_groups(model, self.cfg.head_lr_factor),
-                               epochs=self.cfg.epochs, steps_per_epoch=steps, **overrides)
+                               epochs=self.cfg.epochs, steps_per_epoch=steps, **self.cfg.optimizer_overrides())
         except ValueError as err:
             raise EnsError(str(err)) from None
         if sched is None:
