@@ -141,6 +141,9 @@ def _train_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
         click.option("--size", type=click.IntRange(min=8), default=224, help="Input size in pixels (square)."),
         click.option("--device", default="auto", help="cpu, cuda, cuda:N or auto."),
         click.option("--workers", type=click.IntRange(min=0), default=2, help="Data-loading worker processes."),
+        click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="torch CPU threads per fold task [default: 1 on CPU, so every executor trains the "
+                          "same members; torch's own on GPU]."),
         click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="Local ImageNet weights (state dict or .safetensors) instead of downloading them."),
         click.option("--no-pretrained", is_flag=True, help="Start from random weights."),
@@ -152,13 +155,14 @@ def _train_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
     return f
 
 
-def _config(model, epochs, batch_size, lr, size, device, workers, weights, no_pretrained, head_lr_factor,
-            weight_decay):  # noqa: ANN001, ANN202
+def _config(model, epochs, batch_size, lr, size, device, workers, threads, weights, no_pretrained,
+            head_lr_factor, weight_decay):  # noqa: ANN001, ANN202
     from .train.trainer import TrainConfig
 
     return TrainConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, size=size, device=device,
-                       workers=workers, pretrained=not no_pretrained, weights=str(weights) if weights else None,
-                       head_lr_factor=head_lr_factor, weight_decay=weight_decay)
+                       workers=workers, threads=threads, pretrained=not no_pretrained,
+                       weights=str(weights) if weights else None, head_lr_factor=head_lr_factor,
+                       weight_decay=weight_decay)
 
 
 def _check_opt(ctx: click.Context, param: click.Parameter, value: str) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from . import __version__
 from .data.dataset import Dataset, load
@@ -24,7 +25,7 @@ from .errors import StoreError
 from .io import atomic_write_json
 from .optim import get, resolve
 from .store import Store, run_name, write_fold
-from .train.trainer import FoldTrainer, TrainConfig, derive_seed
+from .train.trainer import FoldTrainer, TrainConfig, _batches, derive_seed
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,18 @@ def _dataset(spec: str, data_dir: str, size: int, cache_dir: str | None, workers
     return _DATASETS[key]
 
 
-def train_fold_task(task: FoldTask, on_batch: Callable[[int], None] | None = None,
+def epoch_images(ds: Dataset, fold: int, batch_size: int) -> int:
+    """Images one epoch of a fold pushes through training (what progress displays count)."""
+    return sum(len(b) for b in _batches(ds.folds[fold].train, batch_size))
+
+
+def train_fold_task(task: FoldTask, on_start: Callable[[int], None] | None = None,
+                    on_batch: Callable[[int], None] | None = None,
                     on_epoch: Callable[[int, float, float], None] | None = None) -> dict[str, Any]:
     """Train one fold and write ``fold-<k>.npz`` (and ``val-<k>.npz``) into the run's staging dir.
 
     Idempotent: a fold whose predictions are already staged is not trained again.
+    ``on_start`` gets the epoch training starts from (above 0 when resuming a checkpoint).
     """
     ds = _dataset(task.spec, task.data_dir, task.config.size, task.cache_dir, task.config.workers)
     store = Store(task.store_root)
@@ -85,10 +93,12 @@ def train_fold_task(task: FoldTask, on_batch: Callable[[int], None] | None = Non
     staging = store.staging_dir(ds.name, label, task.run)
     summary_path = staging / f"fold-{task.fold}.json"
     if (staging / f"fold-{task.fold}.npz").exists() and summary_path.exists():
+        if on_start is not None:
+            on_start(task.config.epochs)
         return json.loads(summary_path.read_text())
     seed = run_seed(ds.name, label, task.run, task.fold)
     trainer = FoldTrainer(ds, ds.folds[task.fold], label, task.config, seed, staging / "scratch",
-                          on_batch=on_batch, on_epoch=on_epoch)
+                          on_start=on_start, on_batch=on_batch, on_epoch=on_epoch)
     result = trainer.run()
     write_fold(staging / f"fold-{task.fold}.npz", result.probs, result.labels, result.ids)
     if result.val_probs is not None:
@@ -96,7 +106,8 @@ def train_fold_task(task: FoldTask, on_batch: Callable[[int], None] | None = Non
         write_fold(staging / f"val-{task.fold}.npz", result.val_probs, ds.labels[fold.val], ds.ids[fold.val])
     summary = {"fold": task.fold, "seed": seed, "seconds": round(result.seconds, 3), "curves": result.curves,
                "accuracy": float((result.probs.argmax(1) == result.labels).mean()) if len(result.labels) else None,
-               "train": len(ds.folds[task.fold].train), "test": len(result.labels)}
+               "train": len(ds.folds[task.fold].train), "test": len(result.labels),
+               "device": str(trainer.device), "threads": trainer.intra_op_threads() or torch.get_num_threads()}
     atomic_write_json(summary_path, summary)
     ckpt = trainer.checkpoint_path
     if ckpt.exists():
@@ -129,7 +140,8 @@ def assemble_run(ds: Dataset, label: str, run: int, cfg: TrainConfig, store: Sto
         "protocol": ds.protocol,
         "classes": ds.classes,
         "folds": len(ds.folds),
-        "optimizer": {"name": label, **resolve(label, **cfg.optimizer_overrides()), "head_lr_factor": cfg.head_lr_factor},
+        "optimizer": {"name": label, **resolve(label, **cfg.optimizer_overrides()),
+                      "head_lr_factor": cfg.head_lr_factor},
         "seed": [s["seed"] for s in summaries],
         "model": cfg.model,
         "pretrained": bool(cfg.pretrained or cfg.weights),
@@ -139,6 +151,8 @@ def assemble_run(ds: Dataset, label: str, run: int, cfg: TrainConfig, store: Sto
         "size": cfg.size,
         "versions": library_versions(),
         "fold_seconds": [s["seconds"] for s in summaries],
+        "fold_device": [s.get("device") for s in summaries],
+        "fold_threads": [s.get("threads") for s in summaries],
         "curves": [s["curves"] for s in summaries],
         "fold_accuracy": [s["accuracy"] for s in summaries],
         "accuracy": accuracy,

@@ -1,7 +1,7 @@
 """The README's Quickstart is what CI runs: the two must not drift apart."""
 
-from pathlib import Path
 import re
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 

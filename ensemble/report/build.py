@@ -76,7 +76,7 @@ def search(by_label: dict[str, list[Member]], step: int, mask: np.ndarray | None
     if mask is not None:
         probs, y = probs[:, mask], y[mask]
     cums = []
-    for i, lab in enumerate(labels):
+    for i in range(len(labels)):
         block = probs[starts[i]:starts[i + 1]]
         cums.append(np.concatenate([np.zeros((1, *block.shape[1:]), block.dtype), np.cumsum(block, axis=0)]))
     grids = [count_grid(len(by_label[lab]), step) for lab in labels]
@@ -156,7 +156,7 @@ def report(store: Store, out: Path, step: int = 7) -> list[Path]:
     pages = []
     for dataset in store.datasets():
         groups = _groups(store, dataset)
-        for i, (fp, by_label) in enumerate(sorted(groups.items())):
+        for fp, by_label in sorted(groups.items()):
             name = dataset if len(groups) == 1 else f"{dataset}-{fp}"
             target = out / name
             val = _val_members(by_label)

@@ -46,6 +46,7 @@ class TrainConfig:
     size: int = 224
     device: str = "auto"
     workers: int = 2
+    threads: int | None = None  # None: 1 on CPU (results independent of executor and core count)
     pretrained: bool = True
     weights: str | None = None
     head_lr_factor: float = 20.0
@@ -118,10 +119,12 @@ class FoldTrainer:
     """Trains ``model`` on one fold with one optimizer; ``scratch`` holds the resumable checkpoint."""
 
     def __init__(self, ds: Dataset, fold: Fold, label: str, cfg: TrainConfig, seed: int, scratch: Path,
+                 on_start: Callable[[int], None] | None = None,
                  on_batch: Callable[[int], None] | None = None,
                  on_epoch: Callable[[int, float, float], None] | None = None) -> None:
         self.ds, self.fold, self.label, self.cfg, self.seed = ds, fold, get(label).label, cfg, seed
         self.scratch = Path(scratch)
+        self.on_start = on_start or (lambda epoch: None)
         self.on_batch = on_batch or (lambda n: None)
         self.on_epoch = on_epoch or (lambda e, loss, acc: None)
         self.device = resolve_device(cfg.device)
@@ -163,16 +166,36 @@ class FoldTrainer:
         return _batches(order, self.cfg.batch_size), rng.integers(0, 2**31 - 1, size=len(order))
 
     # -------------------------------------------------------------- run
+    def intra_op_threads(self) -> int | None:
+        """CPU results depend on how many threads split each reduction; one fixed count per fold
+        makes a member the same whether it trained here, in a worker process or on a cluster."""
+        return self.cfg.threads or (1 if self.device.type == "cpu" else None)
+
     def run(self) -> FoldResult:
+        threads, before = self.intra_op_threads(), torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(before)
+
+    def _run(self) -> FoldResult:
         model, opt, sched, _ = self._make()
         start_epoch, curves, elapsed = 0, {"loss": [], "accuracy": []}, 0.0
         if self.checkpoint_path.exists():
-            ckpt = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            if sched is not None:
-                sched.load_state_dict(ckpt["scheduler"])
-            start_epoch, curves, elapsed = ckpt["epoch"] + 1, ckpt["curves"], ckpt["seconds"]
+            try:
+                ckpt = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+                model.load_state_dict(ckpt["model"])
+                opt.load_state_dict(ckpt["optimizer"])
+                if sched is not None:
+                    sched.load_state_dict(ckpt["scheduler"])
+                start_epoch, curves, elapsed = ckpt["epoch"] + 1, ckpt["curves"], ckpt["seconds"]
+            except Exception as err:  # unreadable, or from another model/optimizer: never guess
+                first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+                raise EnsError(f"cannot resume from checkpoint {self.checkpoint_path} ({first}); "
+                               "delete it to train this fold from the start") from None
+        self.on_start(start_epoch)
 
         on_gpu = self.device.type == "cuda"
         gpu_images = self._images_on_device() if on_gpu else None

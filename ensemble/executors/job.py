@@ -1,0 +1,208 @@
+"""The coordinator's side of a training job: who runs what, retries, assembly, the one display.
+
+Whatever executes the fold tasks, the coordinating process alone decides what is
+retried and assembles a run (SPEC §5: member.json last, then the rename into place) the
+moment its last fold lands. A task that fails is submitted once more; a task whose
+worker process died under it is resubmitted without counting against it (up to
+``MAX_LOST_WORKERS`` times, as Dask's own ``allowed-failures``). A task that still fails
+is reported with its error while the others go on; its run stays hidden in staging, to
+be resumed by the next ``ens train``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..data.dataset import Dataset
+from ..members import FoldTask, assemble_run, epoch_images, train_fold_task
+from ..store import Store, run_name
+from ..train.trainer import TrainConfig
+from .pools import Outcome, Pool
+from .progress import JobProgress, progress_path, read_progress
+from .worker import TaskError
+
+MAX_ATTEMPTS = 2  # a failing task is retried once
+MAX_LOST_WORKERS = 3  # times a task may lose its worker process before that counts as a failure
+POLL_SECONDS = 0.5
+
+
+class Job:
+    """Bookkeeping of one job: tasks, their attempts and progress, runs assembled or failed."""
+
+    def __init__(self, ds: Dataset, label: str, runs: list[int], cfg: TrainConfig, store: Store,
+                 tasks: list[FoldTask], bar: JobProgress) -> None:
+        self.ds, self.label, self.runs, self.cfg, self.store = ds, label, runs, cfg, store
+        self.tasks, self.bar = tasks, bar
+        per_epoch = {k: epoch_images(ds, k, cfg.batch_size) for k in range(len(ds.folds))}
+        self.expected = {t.key: per_epoch[t.fold] * cfg.epochs for t in tasks}
+        self.images = dict.fromkeys(self.expected, 0)
+        bar.set_total(sum(self.expected.values()))
+        self.attempts: Counter[str] = Counter()
+        self.lost: Counter[str] = Counter()
+        self.finished: set[str] = set()
+        self.failed_runs: set[int] = set()
+        self.published: list[Path] = []
+        self.where: dict[str, str] = {}  # the process each running task last reported from
+        for t in tasks:  # records of an earlier, interrupted job would read as running tasks
+            progress_path(self.staging(t), t.fold).unlink(missing_ok=True)
+
+    def staging(self, task: FoldTask) -> Path:
+        return self.store.staging_dir(self.ds.name, self.label, task.run)
+
+    def name(self, task: FoldTask) -> str:
+        return f"{self.label} {run_name(task.run)} fold {task.fold + 1}/{len(self.ds.folds)}"
+
+    # ------------------------------------------------------------- progress
+    def redraw(self, description: str | None = None) -> None:
+        self.bar.update(completed=sum(self.images.values()), description=description)
+
+    def set_images(self, task: FoldTask, images: int) -> None:
+        self.images[task.key] = min(images, self.expected[task.key])
+
+    def poll(self, live: list[FoldTask]) -> None:
+        """Read the progress files of the tasks handed out and not yet finished."""
+        running = 0
+        for t in live:
+            record = read_progress(progress_path(self.staging(t), t.fold))
+            if record is None:
+                continue
+            running += 1
+            self.set_images(t, int(record.get("images", 0)))
+            where, before = record.get("where"), self.where.get(t.key)
+            if before and where != before:  # Dask moved it after its worker died; it resumed from a checkpoint
+                self.bar.event(f"{self.name(t)}: worker {before} was lost; continuing on {where} "
+                               "from the last checkpoint")
+            self.where[t.key] = where
+        self.bar.status.running = running
+        self.redraw()
+
+    # ------------------------------------------------------------- outcomes
+    def started(self, task: FoldTask) -> None:
+        self.attempts[task.key] += 1
+
+    def succeeded(self, task: FoldTask, summary: dict[str, Any]) -> None:
+        self.finished.add(task.key)
+        self.images[task.key] = self.expected[task.key]
+        self.bar.status.done += 1
+        self.bar.status.running = max(0, self.bar.status.running - 1)
+        where = f" on {summary['where']}" if summary.get("where") else ""
+        self.bar.event(f"{self.name(task)} done in {summary.get('seconds', 0):.1f} s{where}")
+        if all(t.key in self.finished for t in self.tasks if t.run == task.run):
+            self._assemble(task.run)
+        self.redraw()
+
+    def failed(self, task: FoldTask, outcome: Outcome) -> bool:
+        """Record a failure; True when the task should be submitted again."""
+        err = outcome.error
+        where = f" on {err.where}" if isinstance(err, TaskError) and err.where else ""
+        reason = str(err) if isinstance(err, TaskError) else f"{type(err).__name__}: {_first_line(err)}"
+        if outcome.lost_worker:
+            self.attempts[task.key] -= 1  # not the task's fault
+            self.lost[task.key] += 1
+            codes = [line.strip() for line in str(err).splitlines() if "exit code" in line]
+            reason = f"worker process died ({codes[0] if codes else type(err).__name__})"
+            if self.lost[task.key] < MAX_LOST_WORKERS:
+                self.bar.status.retried += 1
+                self.bar.event(f"{self.name(task)}: its {reason}; submitting it again")
+                return True
+        elif self.attempts[task.key] < MAX_ATTEMPTS:
+            self.bar.status.retried += 1
+            self.bar.event(f"{self.name(task)} failed{where}: {reason}; retrying once")
+            return True
+        self.bar.status.failed += 1
+        self.failed_runs.add(task.run)
+        message = f"{self.ds.name}/{self.name(task)}{where}: {reason}"
+        self.bar.status.errors.append(message)
+        self.bar.event(f"{self.name(task)} failed again{where}: {reason}; run {run_name(task.run)} "
+                       "is left in staging for the next `ens train`")
+        self.redraw()
+        return False
+
+    def _assemble(self, run: int) -> None:
+        try:
+            path = assemble_run(self.ds, self.label, run, self.cfg, self.store)
+        except Exception as err:  # noqa: BLE001 -- reported with the job's failures, others go on
+            self.failed_runs.add(run)
+            self.bar.status.errors.append(f"{self.ds.name}/{self.label}/{run_name(run)}: assembling failed: {err}")
+            return
+        self.published.append(path)
+        meta = json.loads((path / "member.json").read_text())
+        self.bar.print(f"{meta['dataset']}/{meta['label']}/{run_name(run)}: accuracy {meta['accuracy']:.4f} over "
+                       f"{meta['folds']} fold(s) in {sum(meta['fold_seconds']):.0f} s -> {path}")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
+def run_local(job: Job) -> None:
+    """``--executor local``: one task after another in this process, drawn batch by batch."""
+    for task in job.tasks:
+        while True:
+            job.started(task)
+            job.bar.status.running = 1
+            job.redraw(job.name(task))
+            try:
+                summary = train_fold_task(task, **_local_callbacks(job, task))
+            except Exception as err:  # noqa: BLE001 -- retried once, then reported; KeyboardInterrupt stops
+                job.bar.status.running = 0
+                if job.failed(task, Outcome(None, TaskError.wrap(err))):
+                    continue
+                break
+            job.bar.status.running = 0
+            job.succeeded(task, summary)
+            break
+
+
+def _local_callbacks(job: Job, task: FoldTask) -> dict[str, Callable]:
+    per_epoch = job.expected[task.key] // max(job.cfg.epochs, 1)
+    epochs = job.cfg.epochs
+
+    def on_start(epoch: int) -> None:
+        job.set_images(task, epoch * per_epoch)
+        job.redraw()
+
+    def on_batch(n: int) -> None:
+        job.images[task.key] += n
+        job.redraw()
+
+    def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
+        job.redraw(f"{job.name(task)} epoch {epoch + 1}/{epochs} loss {loss:.3f}")
+
+    return {"on_start": on_start, "on_batch": on_batch, "on_epoch": on_epoch}
+
+
+def run_pool(job: Job, pool: Pool) -> None:
+    """Hand every task to ``pool`` (at most ``pool.capacity`` at a time), resubmit failures, and keep
+    the display current."""
+    queue = list(job.tasks)
+    live: dict[Any, FoldTask] = {}
+
+    def fill() -> None:
+        while queue and (pool.capacity is None or len(live) < pool.capacity):
+            task = queue.pop(0)
+            job.started(task)
+            live[pool.submit(task, job.attempts[task.key])] = task
+
+    ok = False
+    try:
+        fill()
+        job.redraw(f"{job.label} on {pool.name}")
+        while live:
+            for handle in pool.wait(list(live), POLL_SECONDS):
+                task = live.pop(handle)
+                outcome = pool.outcome(handle)
+                if outcome.error is None:
+                    job.succeeded(task, outcome.summary or {})
+                elif job.failed(task, outcome):
+                    queue.insert(0, task)
+            fill()
+            job.poll(list(live.values()))
+        ok = True
+    finally:
+        pool.close(cancel=not ok)

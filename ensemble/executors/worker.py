@@ -1,0 +1,119 @@
+"""What runs inside a worker process (a loky worker, a Dask worker): one fold task.
+
+The worker takes its own GPU before anything touches CUDA, sizes torch's thread pool
+to its share of the CPU, reports progress through a file in the run's staging
+directory, and turns any failure into a :class:`TaskError` that pickles back to the
+coordinator with the host, the process and the reason.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import multiprocessing
+import os
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import EnsError
+from ..store import Store
+from .progress import ProgressWriter, progress_path, worker_name
+
+
+class TaskError(EnsError):
+    """A fold task failed in a worker; ``where`` names the process, ``detail`` holds the traceback."""
+
+    def __init__(self, message: str, where: str = "", detail: str = "") -> None:
+        super().__init__(message)
+        self.where, self.detail = where, detail
+
+    def __reduce__(self) -> tuple:
+        return TaskError, (str(self), self.where, self.detail)
+
+    @classmethod
+    def wrap(cls, err: BaseException) -> TaskError:
+        if isinstance(err, EnsError):
+            message = str(err)
+        else:  # a bug or an environment problem: say where it happened
+            frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+            at = f" (at {Path(frame.filename).name}:{frame.lineno})" if frame else ""
+            message = f"{type(err).__name__}: {err}{at}"
+        return cls(message, worker_name(), "".join(traceback.format_exception(err)))
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """How a pool on this machine shares it out among its worker processes."""
+
+    threads: int | None = None  # torch intra-op threads per worker; None leaves torch's default
+    gpus: tuple[str, ...] = ()  # GPU ids to hand out, one per worker process
+    claim_dir: str | None = None  # where workers lock the GPU they took
+
+
+_GPU: str | None = None
+_CLAIM_FDS: list[int] = []
+
+
+def claim_gpu(gpus: tuple[str, ...], claim_dir: str) -> str:
+    """Take a GPU no other worker of the pool holds and make it this process's only visible one.
+
+    The claim is an ``flock`` held for the life of the process, so the OS frees it when a
+    worker dies and its replacement takes the same GPU. With more workers than GPUs the
+    extra ones share, spread by process id.
+    """
+    global _GPU
+    if _GPU is not None:
+        return _GPU
+    chosen = None
+    for gpu in gpus:
+        fd = os.open(Path(claim_dir) / f"gpu-{gpu}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        _CLAIM_FDS.append(fd)
+        chosen = gpu
+        break
+    if chosen is None:
+        chosen = gpus[os.getpid() % len(gpus)]
+    os.environ["CUDA_VISIBLE_DEVICES"] = chosen  # read by CUDA when it first initialises, which is later
+    _GPU = chosen
+    return chosen
+
+
+def run_fold(task: Any, setup: WorkerSetup) -> dict[str, Any]:
+    """Worker entry point: train one (run, fold) and return its summary (small, picklable)."""
+    try:
+        return _run_fold(task, setup)
+    except Exception as err:  # noqa: BLE001 -- everything goes back to the coordinator, pickled safely
+        raise TaskError.wrap(err) from None
+
+
+def _run_fold(task: Any, setup: WorkerSetup) -> dict[str, Any]:
+    from ..members import _dataset, epoch_images, train_fold_task
+    from ..optim import get
+
+    gpu = claim_gpu(setup.gpus, setup.claim_dir or "/tmp") if setup.gpus else None
+    import torch
+
+    if setup.threads:
+        torch.set_num_threads(setup.threads)
+    cfg = task.config
+    if cfg.workers and multiprocessing.current_process().daemon:
+        # daemonic workers (Dask's default) may not start DataLoader processes; augmentation is
+        # seeded per image, so loading in-process gives the same batches
+        task = replace(task, config=replace(cfg, workers=0))
+    ds = _dataset(task.spec, task.data_dir, cfg.size, task.cache_dir, cfg.workers)
+    staging = Store(task.store_root).staging_dir(ds.name, get(task.label).label, task.run)
+    writer = ProgressWriter(progress_path(staging, task.fold), epoch_images(ds, task.fold, cfg.batch_size))
+    summary = train_fold_task(task, on_start=writer.start, on_batch=writer.batch, on_epoch=writer.epoch_done)
+    return {**summary, "where": worker_name() + (f" gpu {gpu}" if gpu is not None else "")}
+
+
+def probe(store_dir: str) -> dict[str, Any]:
+    """What a remote worker can see: its ens version and whether the store is shared with us."""
+    from .. import __version__
+
+    return {"ens": __version__, "store": os.path.isdir(store_dir), "where": worker_name()}
