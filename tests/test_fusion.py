@@ -129,3 +129,36 @@ def test_report_writes_tables_and_figures(store, tmp_path):
     assert "optimistic" in first and "honest" in first
     report(store, tmp_path / "reports", step=1)
     assert (d / "table2.md").read_text() == first  # regenerating gives identical tables
+
+
+def test_count_search_agrees_with_fuse(tmp_path):
+    """Every combination the report's search scores equals `ens fuse` of the same expression."""
+    from ensemble.report.build import search
+
+    rng = np.random.default_rng(3)
+    root = tmp_path / "members"
+    labels = [rng.integers(0, 3, 7), rng.integers(0, 3, 6)]
+    ids = [[f"a{i}" for i in range(7)], [f"b{i}" for i in range(6)]]
+    for label, runs in (("SGD", 3), ("DGrad", 2), ("Cos1", 2)):
+        for r in range(runs):
+            # coarse values make exact ties, which must resolve to the first class as argmax does
+            coarse = [rng.integers(1, 3, (len(y), 3)).astype(np.float32) for y in labels]
+            probs = [c / c.sum(1, keepdims=True) for c in coarse]
+            write_member(root, "toy", label, r, probs, labels, ids, ["p", "q", "r"])
+    store = Store(root)
+    by_label = {lab: store.members("toy", lab) for lab in ("SGD", "DGrad", "Cos1")}
+    found = search(by_label, step=1)
+    assert len(found) == 4 * 3 * 3 - 1
+    from ensemble.fusion.expr import term_text
+
+    for accuracy, counts in found:
+        expr = "+".join(term_text(lab, k) for lab, k in counts.items() if k)
+        assert accuracy == pytest.approx(fuse(store, "toy", expr).metrics["accuracy"]), expr
+
+
+def test_branch_free_argmax_is_argmax_with_ties():
+    from ensemble.report.build import _RowArgmax
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 3, (5, 1000)).astype(np.float32)  # many ties
+    np.testing.assert_array_equal(_RowArgmax(1000, scores.dtype)(scores), scores.argmax(0))

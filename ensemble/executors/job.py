@@ -98,6 +98,7 @@ class Job:
     def failed(self, task: FoldTask, outcome: Outcome) -> bool:
         """Record a failure; True when the task should be submitted again."""
         err = outcome.error
+        self.where.pop(task.key, None)  # a move we ask for is not a lost worker
         where = f" on {err.where}" if isinstance(err, TaskError) and err.where else ""
         reason = str(err) if isinstance(err, TaskError) else f"{type(err).__name__}: {_first_line(err)}"
         if outcome.lost_worker:
