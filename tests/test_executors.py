@@ -90,6 +90,15 @@ def test_executor_matches_local(executor, folder, local_store, tmp_path):
     assert_nothing_hidden_left(members, folder)
 
 
+@pytest.mark.parametrize("executor", ["processes", "dask"])
+def test_dataloader_processes_inside_pool_workers(executor, folder, local_store, tmp_path):
+    """--workers 2 starts DataLoader processes inside loky/Dask workers; same batches, same member."""
+    members = tmp_path / "M"
+    res = run(train_args(folder, members, "--executor", executor, "--jobs", "2", "--workers", "2", n=1))
+    assert res.returncode == 0, res.stderr
+    assert_same_members(read_store(members, folder), {"000": local_store["000"]}, folder)
+
+
 def kill_a_running_worker(proc: subprocess.Popen, label_dir: Path, timeout: float = 120) -> int:
     """SIGKILL the worker process that is training some fold, once it has finished an epoch."""
     deadline = time.time() + timeout

@@ -8,9 +8,12 @@ coordinator with the host, the process and the reason.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import fcntl
 import multiprocessing
 import os
+import sys
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -83,8 +86,35 @@ def claim_gpu(gpus: tuple[str, ...], claim_dir: str) -> str:
     return chosen
 
 
+_MALLOC_TUNED = False
+
+
+def restore_malloc_thresholds() -> None:
+    """Undo the effect of Dask's ``MALLOC_TRIM_THRESHOLD_`` on a training process.
+
+    Dask's nanny starts workers with that variable set; setting it turns off glibc's
+    adaptive mmap threshold, so every tensor over 128 KiB is mapped and unmapped anew
+    and training runs ~1.7x slower (measured, resnet18 on CPU). Setting the thresholds
+    to glibc's own adaptive ceiling (32 MiB) gives the speed back.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED or "MALLOC_TRIM_THRESHOLD_" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    _MALLOC_TUNED = True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 64 * 2**20)
+    except (OSError, AttributeError):  # not glibc: nothing to undo
+        pass
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
+
+
 def run_fold(task: Any, setup: WorkerSetup) -> dict[str, Any]:
     """Worker entry point: train one (run, fold) and return its summary (small, picklable)."""
+    restore_malloc_thresholds()
     try:
         return _run_fold(task, setup)
     except Exception as err:  # noqa: BLE001 -- everything goes back to the coordinator, pickled safely

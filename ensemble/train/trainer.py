@@ -99,6 +99,15 @@ def _batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [b for b in out if len(b) > 1] or out
 
 
+def _loader_context() -> str | None:
+    """Fork DataLoader workers where the OS can: inside a loky or Dask worker the inherited
+    default is loky's context (which DataLoader cannot use) or spawn (a fresh interpreter
+    importing torch for every epoch's workers)."""
+    import multiprocessing
+
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+
+
 class _AugmentedImages(torch.utils.data.Dataset):
     """(index, seed) -> augmented uint8 CHW tensor; used by DataLoader workers on the CPU path."""
 
@@ -272,6 +281,7 @@ class FoldTrainer:
         loader = torch.utils.data.DataLoader(
             loader_ds, batch_sampler=sampler, num_workers=self.cfg.workers,
             persistent_workers=False, pin_memory=self.device.type == "cuda",
+            multiprocessing_context=_loader_context() if self.cfg.workers else None,
         )
         for batch in loader:
             yield self._normalise(batch)
