@@ -9,6 +9,12 @@ class EnsError(Exception):
     exit_code = 1
 
 
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message``: enough of a foreign exception for a one-line error."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:limit]}" if text else type(err).__name__
+
+
 class UsageError(EnsError):
     """A malformed request on the command line (exit code 2, as click's own usage errors)."""
 

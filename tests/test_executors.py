@@ -181,6 +181,27 @@ def test_flaky_task_is_retried_in_process(folder, tmp_path, monkeypatch):
     assert calls.count("SGD/000/fold-1") == 2 and calls.count("SGD/000/fold-0") == 1
 
 
+def test_unexpected_error_keeps_its_traceback(folder, tmp_path, monkeypatch):
+    """A bug (not an EnsError) in a fold: reported in one line, its traceback kept in staging."""
+    from ensemble.errors import EnsError
+    from ensemble.executors import TrainRequest, job, train_members
+    from ensemble.train.trainer import TrainConfig
+
+    def broken(task, **kw):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(job, "train_fold_task", broken)
+    cfg = TrainConfig(model="test_resnet", epochs=1, size=16, device="cpu", workers=0, pretrained=False)
+    with pytest.raises(EnsError) as info:
+        train_members(TrainRequest(f"folder:{folder}", "SGD", 1, cfg, tmp_path / "M", tmp_path, progress=False),
+                      echo=lambda line: None)
+    message = str(info.value)
+    assert "1 run(s) not stored, 0 stored" in message and "ZeroDivisionError: division by zero" in message
+    kept = tmp_path / "M" / folder.name / "SGD" / ".000.staging" / "scratch" / "fold-0.error.txt"
+    assert f"(traceback: {kept})" in message
+    assert "Traceback (most recent call last)" in kept.read_text() and "def broken" not in message
+
+
 def test_gpu_claims_are_distinct_per_process(tmp_path):
     """Each worker process takes its own GPU; a third worker for two GPUs shares one."""
     code = ("import sys, os; from ensemble.executors.worker import claim_gpu\n"

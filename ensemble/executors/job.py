@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data.dataset import Dataset
+from ..errors import first_line
+from ..io import atomic_write_bytes
 from ..members import FoldTask, assemble_run, epoch_images, train_fold_task
 from ..store import Store, run_name
 from ..train.trainer import TrainConfig
@@ -100,7 +102,7 @@ class Job:
         err = outcome.error
         self.where.pop(task.key, None)  # a move we ask for is not a lost worker
         where = f" on {err.where}" if isinstance(err, TaskError) and err.where else ""
-        reason = str(err) if isinstance(err, TaskError) else f"{type(err).__name__}: {_first_line(err)}"
+        reason = str(err) if isinstance(err, TaskError) else first_line(err)
         if outcome.lost_worker:
             self.attempts[task.key] -= 1  # not the task's fault
             self.lost[task.key] += 1
@@ -116,12 +118,20 @@ class Job:
             return True
         self.bar.status.failed += 1
         self.failed_runs.add(task.run)
+        if isinstance(err, TaskError) and err.detail:
+            reason += f" (traceback: {self._keep_traceback(task, err.detail)})"
         message = f"{self.ds.name}/{self.name(task)}{where}: {reason}"
         self.bar.status.errors.append(message)
         self.bar.event(f"{self.name(task)} failed again{where}: {reason}; run {run_name(task.run)} "
                        "is left in staging for the next `ens train`")
         self.redraw()
         return False
+
+    def _keep_traceback(self, task: FoldTask, text: str) -> Path:
+        """A worker's traceback, kept beside the failed run's staged folds for whoever debugs it."""
+        path = self.staging(task) / "scratch" / f"fold-{task.fold}.error.txt"  # scratch is dropped on publish
+        atomic_write_bytes(path, text.encode())
+        return path
 
     def _assemble(self, run: int) -> None:
         try:
@@ -134,11 +144,6 @@ class Job:
         meta = json.loads((path / "member.json").read_text())
         self.bar.print(f"{meta['dataset']}/{meta['label']}/{run_name(run)}: accuracy {meta['accuracy']:.4f} over "
                        f"{meta['folds']} fold(s) in {sum(meta['fold_seconds']):.0f} s -> {path}")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:300] if text else ""
 
 
 def run_local(job: Job) -> None:

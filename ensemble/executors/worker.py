@@ -19,13 +19,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import EnsError
+from ..errors import EnsError, first_line
 from ..store import Store
 from .progress import ProgressWriter, progress_path, worker_name
 
 
 class TaskError(EnsError):
-    """A fold task failed in a worker; ``where`` names the process, ``detail`` holds the traceback."""
+    """A fold task failed in a worker; ``where`` names the process; ``detail`` holds the traceback
+    of an unexpected error (an :class:`EnsError` says all there is to say in its message)."""
 
     def __init__(self, message: str, where: str = "", detail: str = "") -> None:
         super().__init__(message)
@@ -37,12 +38,11 @@ class TaskError(EnsError):
     @classmethod
     def wrap(cls, err: BaseException) -> TaskError:
         if isinstance(err, EnsError):
-            message = str(err)
-        else:  # a bug or an environment problem: say where it happened
-            frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
-            at = f" (at {Path(frame.filename).name}:{frame.lineno})" if frame else ""
-            message = f"{type(err).__name__}: {err}{at}"
-        return cls(message, worker_name(), "".join(traceback.format_exception(err)))
+            return cls(str(err), worker_name())
+        # a bug or an environment problem: say where it happened, keep the whole traceback
+        frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+        at = f" (at {Path(frame.filename).name}:{frame.lineno})" if frame else ""
+        return cls(first_line(err) + at, worker_name(), "".join(traceback.format_exception(err)))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import EnsError, UsageError
+from ..errors import EnsError, UsageError, first_line
 
 
 def create_model(name: str, num_classes: int, *, pretrained: bool = True, weights: Path | None = None) -> nn.Module:
@@ -31,21 +31,16 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = True, weight
             return timm.create_model(name, pretrained=True, num_classes=num_classes,
                                      pretrained_cfg_overlay={"file": str(weights)})
         except Exception as err:  # a wrong file: bad keys, bad shapes, not a state dict
-            raise EnsError(f"cannot load weights {weights} into {name}: {_first_line(err)}") from None
+            raise EnsError(f"cannot load weights {weights} into {name}: {first_line(err)}") from None
     if not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
     try:
         return timm.create_model(name, pretrained=True, num_classes=num_classes)
     except Exception as err:  # offline, hub unreachable, no pretrained tag for this model
         raise EnsError(
-            f"could not get ImageNet weights for {name} ({_first_line(err)}); "
+            f"could not get ImageNet weights for {name} ({first_line(err)}); "
             f"pass --weights PATH (a local state dict or .safetensors file) or --no-pretrained"
         ) from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 def param_groups(model: nn.Module, head_lr_factor: float) -> list[dict]:

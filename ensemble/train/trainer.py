@@ -22,7 +22,7 @@ from torch import nn
 from ..data.augment import augment_batch, augment_image, train_transform
 from ..data.dataset import Dataset
 from ..data.splits import Fold
-from ..errors import EnsError
+from ..errors import EnsError, first_line
 from ..io import atomic_torch_save
 from ..optim import build, get
 from .model import apply_lr_scale, create_model, param_groups
@@ -201,8 +201,7 @@ class FoldTrainer:
                     sched.load_state_dict(ckpt["scheduler"])
                 start_epoch, curves, elapsed = ckpt["epoch"] + 1, ckpt["curves"], ckpt["seconds"]
             except Exception as err:  # unreadable, or from another model/optimizer: never guess
-                first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-                raise EnsError(f"cannot resume from checkpoint {self.checkpoint_path} ({first}); "
+                raise EnsError(f"cannot resume from checkpoint {self.checkpoint_path} ({first_line(err, 200)}); "
                                "delete it to train this fold from the start") from None
         self.on_start(start_epoch)
 
