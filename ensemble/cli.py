@@ -165,19 +165,24 @@ def _config(model, epochs, batch_size, lr, size, device, workers, threads, weigh
                        weight_decay=weight_decay)
 
 
-def _check_opt(ctx: click.Context, param: click.Parameter, value: str) -> str:
+def _check_opts(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:
+    """``--opt sgd --opt dgrad`` or ``--opt sgd,dgrad``: registry labels, each checked."""
     from .optim import get
 
-    try:
-        return get(value).label
-    except ValueError as err:
-        raise click.BadParameter(str(err)) from None
+    labels = []
+    for name in (n.strip() for value in values for n in value.split(",")):
+        try:
+            labels.append(get(name).label)
+        except ValueError as err:
+            raise click.BadParameter(str(err)) from None
+    return list(dict.fromkeys(labels))
 
 
 @cli.command()
 @click.option("--dataset", required=True, help="hela, bg, lar, digits, medmnist:NAME or folder:PATH.")
-@click.option("--opt", required=True, callback=_check_opt, help="Optimizer label (see `ens optimizers`).")
-@click.option("--n", "count", type=click.IntRange(min=1), default=1, help="Complete members wanted.")
+@click.option("--opt", required=True, multiple=True, callback=_check_opts,
+              help="Optimizer label (see `ens optimizers`); several (--opt sgd,dgrad or repeated) make one job.")
+@click.option("--n", "count", type=click.IntRange(min=1), default=1, help="Complete members wanted, per optimizer.")
 @_train_options
 @click.option("--executor", type=click.Choice(["local", "processes", "dask"]), default="local",
               help="Where the (run, fold) tasks run.")
@@ -185,9 +190,13 @@ def _check_opt(ctx: click.Context, param: click.Parameter, value: str) -> str:
               help="Parallel workers for processes/dask [default: GPU count, or 2].")
 @click.option("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786) for --executor dask.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs, batch jobs).")
-def train(dataset: str, opt: str, count: int, members_dir: Path, data_dir: Path, cache_dir: Path | None,
+def train(dataset: str, opt: list[str], count: int, members_dir: Path, data_dir: Path, cache_dir: Path | None,
           executor: str, jobs: int | None, scheduler: str | None, no_progress: bool, **kw) -> None:  # noqa: ANN003
-    """Make sure N complete members of one optimizer exist; train only the missing ones."""
+    """Make sure N complete members of each optimizer exist; train only the missing ones.
+
+    Every missing (run, fold) of every optimizer named is one task of a single job, run here
+    (--executor local), in worker processes (processes) or on a Dask cluster (dask).
+    """
     from .executors import TrainRequest, train_members
 
     if kw["weights"] and kw["no_pretrained"]:

@@ -34,10 +34,10 @@ def run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
 
 
-def read_store(members: Path, folder: Path) -> dict[str, dict]:
+def read_store(members: Path, folder: Path, label: str = "DGrad") -> dict[str, dict]:
     """run name -> {ids, probs, labels, meta}, every fold concatenated in fold order."""
     out = {}
-    label_dir = members / folder.name / "DGrad"
+    label_dir = members / folder.name / label
     for run_dir in sorted(label_dir.iterdir()):
         if run_dir.name.startswith("."):
             continue
@@ -97,6 +97,19 @@ def test_dataloader_processes_inside_pool_workers(executor, folder, local_store,
     res = run(train_args(folder, members, "--executor", executor, "--jobs", "2", "--workers", "2", n=1))
     assert res.returncode == 0, res.stderr
     assert_same_members(read_store(members, folder), {"000": local_store["000"]}, folder)
+
+
+def test_several_optimizers_in_one_job(folder, local_store, tmp_path):
+    """--opt sgd,dgrad: one pool serves both; each member is what a job of its own would make."""
+    members = tmp_path / "M"
+    args = train_args(folder, members, "--executor", "processes", "--jobs", "2", n=1)
+    args[args.index("dgrad")] = "sgd,dgrad"
+    res = run(args)
+    assert res.returncode == 0, res.stderr
+    assert "10/10 tasks done" in res.stdout
+    assert_same_members(read_store(members, folder), {"000": local_store["000"]}, folder)
+    sgd = read_store(members, folder, "SGD")["000"]
+    assert sgd["meta"]["label"] == "SGD" and sorted(sgd["ids"].tolist()) == sorted(local_store["000"]["ids"].tolist())
 
 
 def kill_a_running_worker(proc: subprocess.Popen, label_dir: Path, timeout: float = 120) -> int:

@@ -9,7 +9,7 @@ partial ever becomes visible, and report progress through files there (:mod:`.pr
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,8 +30,10 @@ __all__ = ["EXECUTORS", "TrainRequest", "train_members"]
 
 @dataclass
 class TrainRequest:
+    """One ``ens train``: ``n`` members of each optimizer in ``label`` (one label, or several)."""
+
     spec: str
-    label: str
+    label: str | Sequence[str]
     n: int
     config: TrainConfig
     store_root: Path
@@ -42,32 +44,45 @@ class TrainRequest:
     scheduler: str | None = None
     progress: bool = True
 
+    @property
+    def labels(self) -> list[str]:
+        names = [self.label] if isinstance(self.label, str) else list(self.label)
+        return list(dict.fromkeys(get(name).label for name in names))  # registry spelling, no repeats
+
 
 def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> list[Path]:
-    """Make sure ``req.n`` complete members of ``req.label`` exist; returns the new run directories."""
+    """Make sure ``req.n`` complete members of each label exist; returns the new run directories.
+
+    All missing folds of all labels form one job, so a pool is kept busy across optimizers.
+    """
     if req.executor not in EXECUTORS:
         raise UsageError(f"unknown executor {req.executor!r}; use {', '.join(EXECUTORS)}")
     if req.scheduler and req.executor != "dask":
         raise UsageError("--scheduler is for --executor dask")
-    label = get(req.label).label
+    labels = req.labels
     cache = str(Path(req.cache_dir).resolve()) if req.cache_dir else None
     ds = _dataset(req.spec, str(req.data_dir), req.config.size, cache, req.config.workers)
     for w in ds.warnings:
         echo(f"warning: {w}")
     store = Store(req.store_root)
-    todo, existing = plan_runs(ds, label, req.n, store)
-    if not todo:
-        echo(f"{ds.name}/{label}: {len(existing)} complete member(s) already; nothing to train")
+    todo = {}
+    for label in labels:
+        todo[label], existing = plan_runs(ds, label, req.n, store)
+        if not todo[label]:
+            echo(f"{ds.name}/{label}: {len(existing)} complete member(s) already; nothing to train")
+    if not any(todo.values()):
         return []
     _preflight(req, ds)
     with contextlib.ExitStack() as stack:
-        mine = []
-        for run in todo:
-            got = stack.enter_context(store.try_lock(ds.name, label, run))
-            if not got:
-                echo(f"{ds.name}/{label}/{run_name(run)} is being trained by another process; leaving it to that one")
-            elif not store.final_dir(ds.name, label, run).exists():
-                mine.append(run)
+        mine: list[tuple[str, int]] = []
+        for label, runs in todo.items():
+            for run in runs:
+                got = stack.enter_context(store.try_lock(ds.name, label, run))
+                if not got:
+                    echo(f"{ds.name}/{label}/{run_name(run)} is being trained by another process; "
+                         "leaving it to that one")
+                elif not store.final_dir(ds.name, label, run).exists():
+                    mine.append((label, run))
         if not mine:
             return []
         # workers may run elsewhere (another cwd, another machine on the shared filesystem): absolute paths
@@ -77,20 +92,23 @@ def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> lis
         if cfg.weights:
             cfg = replace(cfg, weights=str(Path(cfg.weights).resolve()))
         tasks = [FoldTask(spec, label, run, k, cfg, root, data_dir, cache)
-                 for run in mine for k in range(len(ds.folds))]
+                 for label, run in mine for k in range(len(ds.folds))]
         where = req.executor + (f" ({req.scheduler})" if req.scheduler else "")
-        echo(f"{ds.name}/{label}: training run(s) {', '.join(run_name(r) for r in mine)} "
-             f"({len(ds.folds)} fold(s) each, {req.config.epochs} epoch(s), {req.config.model}) on {where} ...")
+        for label in labels:
+            runs = [run_name(r) for lab, r in mine if lab == label]
+            if runs:
+                echo(f"{ds.name}/{label}: training run(s) {', '.join(runs)} ({len(ds.folds)} fold(s) each, "
+                     f"{cfg.epochs} epoch(s), {cfg.model}) on {where} ...")
         bar = JobProgress(len(tasks), req.progress)
-        job = Job(ds, label, mine, cfg, store, tasks, bar)
+        job = Job(ds, cfg, store, tasks, bar)
         with bar:
             if req.executor == "local":
                 if req.jobs:
                     echo("note: --jobs has no effect with --executor local")
                 run_local(job)
             else:
-                pool = make_pool(req.executor, req.jobs, req.scheduler, req.config.device,
-                                 str(store.label_dir(ds.name, label).resolve()), bar.print)
+                pool = make_pool(req.executor, req.jobs, req.scheduler, cfg.device,
+                                 str(store.label_dir(ds.name, mine[0][0]).resolve()), bar.print)
                 run_pool(job, pool)
         if bar.status.errors:
             raise EnsError(f"{len(job.failed_runs)} run(s) not stored, {len(job.published)} stored; "

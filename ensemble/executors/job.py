@@ -35,10 +35,10 @@ POLL_SECONDS = 0.5
 class Job:
     """Bookkeeping of one job: tasks, their attempts and progress, runs assembled or failed."""
 
-    def __init__(self, ds: Dataset, label: str, runs: list[int], cfg: TrainConfig, store: Store,
-                 tasks: list[FoldTask], bar: JobProgress) -> None:
-        self.ds, self.label, self.runs, self.cfg, self.store = ds, label, runs, cfg, store
-        self.tasks, self.bar = tasks, bar
+    def __init__(self, ds: Dataset, cfg: TrainConfig, store: Store, tasks: list[FoldTask],
+                 bar: JobProgress) -> None:
+        self.ds, self.cfg, self.store, self.tasks, self.bar = ds, cfg, store, tasks, bar
+        self.labels = list(dict.fromkeys(t.label for t in tasks))
         per_epoch = {k: epoch_images(ds, k, cfg.batch_size) for k in range(len(ds.folds))}
         self.expected = {t.key: per_epoch[t.fold] * cfg.epochs for t in tasks}
         self.images = dict.fromkeys(self.expected, 0)
@@ -46,17 +46,17 @@ class Job:
         self.attempts: Counter[str] = Counter()
         self.lost: Counter[str] = Counter()
         self.finished: set[str] = set()
-        self.failed_runs: set[int] = set()
+        self.failed_runs: set[tuple[str, int]] = set()
         self.published: list[Path] = []
         self.where: dict[str, str] = {}  # the process each running task last reported from
         for t in tasks:  # records of an earlier, interrupted job would read as running tasks
             progress_path(self.staging(t), t.fold).unlink(missing_ok=True)
 
     def staging(self, task: FoldTask) -> Path:
-        return self.store.staging_dir(self.ds.name, self.label, task.run)
+        return self.store.staging_dir(self.ds.name, task.label, task.run)
 
     def name(self, task: FoldTask) -> str:
-        return f"{self.label} {run_name(task.run)} fold {task.fold + 1}/{len(self.ds.folds)}"
+        return f"{task.label} {run_name(task.run)} fold {task.fold + 1}/{len(self.ds.folds)}"
 
     # ------------------------------------------------------------- progress
     def redraw(self, description: str | None = None) -> None:
@@ -93,8 +93,8 @@ class Job:
         self.bar.status.running = max(0, self.bar.status.running - 1)
         where = f" on {summary['where']}" if summary.get("where") else ""
         self.bar.event(f"{self.name(task)} done in {summary.get('seconds', 0):.1f} s{where}")
-        if all(t.key in self.finished for t in self.tasks if t.run == task.run):
-            self._assemble(task.run)
+        if all(t.key in self.finished for t in self.tasks if (t.label, t.run) == (task.label, task.run)):
+            self._assemble(task.label, task.run)
         self.redraw()
 
     def failed(self, task: FoldTask, outcome: Outcome) -> bool:
@@ -117,7 +117,7 @@ class Job:
             self.bar.event(f"{self.name(task)} failed{where}: {reason}; retrying once")
             return True
         self.bar.status.failed += 1
-        self.failed_runs.add(task.run)
+        self.failed_runs.add((task.label, task.run))
         if isinstance(err, TaskError) and err.detail:
             reason += f" (traceback: {self._keep_traceback(task, err.detail)})"
         message = f"{self.ds.name}/{self.name(task)}{where}: {reason}"
@@ -133,12 +133,12 @@ class Job:
         atomic_write_bytes(path, text.encode())
         return path
 
-    def _assemble(self, run: int) -> None:
+    def _assemble(self, label: str, run: int) -> None:
         try:
-            path = assemble_run(self.ds, self.label, run, self.cfg, self.store)
+            path = assemble_run(self.ds, label, run, self.cfg, self.store)
         except Exception as err:  # noqa: BLE001 -- reported with the job's failures, others go on
-            self.failed_runs.add(run)
-            self.bar.status.errors.append(f"{self.ds.name}/{self.label}/{run_name(run)}: assembling failed: {err}")
+            self.failed_runs.add((label, run))
+            self.bar.status.errors.append(f"{self.ds.name}/{label}/{run_name(run)}: assembling failed: {err}")
             return
         self.published.append(path)
         meta = json.loads((path / "member.json").read_text())
@@ -198,7 +198,7 @@ def run_pool(job: Job, pool: Pool) -> None:
     ok = False
     try:
         fill()
-        job.redraw(f"{job.label} on {pool.name}")
+        job.redraw(f"{'+'.join(job.labels)} on {pool.name}")
         while live:
             for handle in pool.wait(list(live), POLL_SECONDS):
                 task = live.pop(handle)
