@@ -6,6 +6,7 @@ LocalClusters of worker processes, on 30 tiny images and timm's ``test_resnet``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -141,6 +142,40 @@ def test_killing_a_worker_mid_run_still_completes(executor, folder, local_store,
     assert "10/10 tasks done" in out and "0 failed" in out
     assert_same_members(read_store(members, folder), local_store, folder)  # resumed exactly, nothing twice
     assert_nothing_hidden_left(members, folder)
+
+
+def test_workers_exit_when_the_coordinator_is_killed(folder, tmp_path):
+    """SIGKILL of `ens train` leaves no loky worker training a fold nobody waits for."""
+    members = tmp_path / "M"
+    args = train_args(folder, members, "--executor", "processes", "--jobs", "2")
+    args[args.index("4")] = "200"  # --epochs: long enough to be mid-fold when killed
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    label_dir = members / folder.name / "DGrad"
+    deadline = time.time() + 120
+    workers: set[int] = set()
+    while time.time() < deadline and not workers:
+        for record in label_dir.glob(".*.staging/scratch/progress-*.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                workers.add(int(json.loads(record.read_text())["where"].rsplit(":", 1)[1]))
+        time.sleep(0.05)
+    assert workers, "no worker reported progress"
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers)
+    assert not (label_dir / "000").exists()  # nothing half-done became visible
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead too: it only waits for its (gone) parent to reap it
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
 
 
 def test_remote_scheduler(folder, local_store, tmp_path):

@@ -63,8 +63,9 @@ def local_setup(jobs: int, device: str, gpus: tuple[str, ...]) -> WorkerSetup:
     """Share this machine out: a GPU per worker (when --device lets us choose), CPU threads evenly."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     if device not in ("auto", "cuda") or not gpus:
-        return WorkerSetup(threads=threads)
-    return WorkerSetup(threads=threads, gpus=gpus, claim_dir=tempfile.mkdtemp(prefix="ens-gpu-claims-"))
+        return WorkerSetup(threads=threads, coordinator=os.getpid())
+    return WorkerSetup(threads=threads, gpus=gpus, claim_dir=tempfile.mkdtemp(prefix="ens-gpu-claims-"),
+                       coordinator=os.getpid())
 
 
 def _forget_claims(setup: WorkerSetup) -> None:

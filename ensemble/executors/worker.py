@@ -14,6 +14,8 @@ import fcntl
 import multiprocessing
 import os
 import sys
+import threading
+import time
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -52,6 +54,7 @@ class WorkerSetup:
     threads: int | None = None  # torch intra-op threads per worker; None leaves torch's default
     gpus: tuple[str, ...] = ()  # GPU ids to hand out, one per worker process
     claim_dir: str | None = None  # where workers lock the GPU they took
+    coordinator: int | None = None  # pid of the `ens train` that started this machine's pool
 
 
 _GPU: str | None = None
@@ -86,6 +89,33 @@ def claim_gpu(gpus: tuple[str, ...], claim_dir: str) -> str:
     return chosen
 
 
+_WATCHING = False
+
+
+def exit_with_coordinator(pid: int, every: float = 2.0) -> None:
+    """End this worker process when the ``ens train`` that started its pool is gone.
+
+    loky workers outlive a coordinator killed by SIGKILL (or a lost terminal): they would
+    go on training a fold nobody waits for and keep its GPU. A daemon thread checks.
+    """
+    global _WATCHING
+    if _WATCHING:
+        return
+    _WATCHING = True
+
+    def watch() -> None:
+        while True:
+            time.sleep(every)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(3)
+            except PermissionError:  # alive, another user's (pid reused): keep going
+                pass
+
+    threading.Thread(target=watch, name="ens-coordinator-watch", daemon=True).start()
+
+
 _MALLOC_TUNED = False
 
 
@@ -115,6 +145,8 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbe
 def run_fold(task: Any, setup: WorkerSetup) -> dict[str, Any]:
     """Worker entry point: train one (run, fold) and return its summary (small, picklable)."""
     restore_malloc_thresholds()
+    if setup.coordinator:
+        exit_with_coordinator(setup.coordinator)
     try:
         return _run_fold(task, setup)
     except Exception as err:  # noqa: BLE001 -- everything goes back to the coordinator, pickled safely
