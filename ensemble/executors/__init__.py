@@ -138,7 +138,7 @@ def _preflight(req: TrainRequest, ds: Dataset) -> None:
         if not timm.is_model(req.config.model):
             create_model(req.config.model, len(ds.classes), pretrained=False)  # raises the helpful error
         return
-    resolve_device(req.config.device)
     cfg = req.config
+    resolve_device(cfg.device)
     create_model(cfg.model, len(ds.classes), pretrained=cfg.pretrained,
                  weights=Path(cfg.weights) if cfg.weights else None)

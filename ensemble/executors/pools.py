@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..errors import EnsError
+from ..errors import EnsError, first_line
 from ..members import FoldTask
 from .worker import WorkerSetup, probe, run_fold
 
@@ -177,7 +177,7 @@ class DaskPool:
         try:
             seen = self.client.run(probe, store_dir)
         except Exception as err:  # noqa: BLE001 -- typically: ens is not importable on a worker
-            raise EnsError(f"the Dask workers of {scheduler} cannot run ens tasks ({type(err).__name__}: {err}); "
+            raise EnsError(f"the Dask workers of {scheduler} cannot run ens tasks ({first_line(err)}); "
                            "install ens in the workers' Python environment") from None
         blind = [w for w, info in seen.items() if not info["store"]]
         if blind:

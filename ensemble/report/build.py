@@ -62,8 +62,8 @@ def count_grid(n: int, step: int) -> list[int]:
     return sorted({0, n, *range(step, n + 1, step)})
 
 
-def search(by_label: dict[str, list[Member]], step: int, mask: np.ndarray | None = None,
-           score_mask: np.ndarray | None = None) -> list[tuple[float, dict[str, int]]]:
+def search(by_label: dict[str, list[Member]], step: int,
+           mask: np.ndarray | None = None) -> list[tuple[float, dict[str, int]]]:
     """Every combination of per-label counts (from :func:`count_grid`), scored by sum-rule accuracy.
 
     Cumulative sums per label give each label's contribution in one lookup, and a depth-first
