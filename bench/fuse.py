@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble.report.build import count_grid, search
+from ensemble.fusion.search import count_grid, search
 from ensemble.store import Member
 
 

@@ -178,6 +178,24 @@ def _check_opts(ctx: click.Context, param: click.Parameter, values: tuple[str, .
     return list(dict.fromkeys(labels))
 
 
+def _check_variant(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from .store import check_variant
+
+    try:
+        return None if value is None else check_variant(value)
+    except EnsError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+def _check_store_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from .store import check_name
+
+    try:
+        return None if value is None else check_name(value, "name")
+    except EnsError as err:
+        raise click.BadParameter(str(err)) from None
+
+
 @cli.command()
 @click.option("--dataset", required=True, help="hela, bg, lar, digits, medmnist:NAME or folder:PATH.")
 @click.option("--opt", required=True, multiple=True, callback=_check_opts,
@@ -190,12 +208,22 @@ def _check_opts(ctx: click.Context, param: click.Parameter, values: tuple[str, .
               help="Parallel workers for processes/dask [default: GPU count, or 2].")
 @click.option("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786) for --executor dask.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs, batch jobs).")
+@click.option("--variant", default=None, callback=_check_variant,
+              help="Store these members apart under Label@VARIANT (another recipe beside the default one); "
+                   "fuse them as e.g. DGrad@VARIANT7.")
+@click.option("--name", default=None, callback=_check_store_name,
+              help="The dataset's name in the store [default: the catalog's, or the folder's name].")
+@click.option("--restart", is_flag=True,
+              help="A run staged under another recipe is moved aside (kept as .<run>.stale-*) and started clean.")
 def train(dataset: str, opt: list[str], count: int, members_dir: Path, data_dir: Path, cache_dir: Path | None,
-          executor: str, jobs: int | None, scheduler: str | None, no_progress: bool, **kw) -> None:  # noqa: ANN003
+          executor: str, jobs: int | None, scheduler: str | None, no_progress: bool, variant: str | None,
+          name: str | None, restart: bool, **kw) -> None:  # noqa: ANN003
     """Make sure N complete members of each optimizer exist; train only the missing ones.
 
-    Every missing (run, fold) of every optimizer named is one task of a single job, run here
-    (--executor local), in worker processes (processes) or on a Dask cluster (dask).
+    Members of one label share one recipe (model, weights, size, epochs, batch, optimizer settings,
+    dataset version): asking for more under other settings is refused with what differs, unless
+    they go to a --variant. Every missing (run, fold) of every optimizer named is one task of a
+    single job, run here (--executor local), in worker processes (processes) or on a Dask cluster (dask).
     """
     from .executors import TrainRequest, train_members
 
@@ -203,7 +231,8 @@ def train(dataset: str, opt: list[str], count: int, members_dir: Path, data_dir:
         raise click.UsageError("--weights and --no-pretrained exclude each other")
     cfg = _config(**kw)
     req = TrainRequest(dataset, opt, count, cfg, members_dir, data_dir, cache_dir, executor, jobs, scheduler,
-                       progress=not no_progress and sys.stderr.isatty())
+                       progress=not no_progress and sys.stderr.isatty(), variant=variant, name=name,
+                       restart=restart)
     train_members(req, echo=click.echo)
 
 
@@ -305,6 +334,16 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+    except Exception as err:  # a bug: one line for the user, the traceback on request
+        import os
+
+        if os.environ.get("ENS_DEBUG"):
+            raise
+        from .errors import first_line
+
+        click.echo(f"Error: internal error ({first_line(err)}); rerun with ENS_DEBUG=1 for the traceback "
+                   "and report it", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

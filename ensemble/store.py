@@ -1,43 +1,241 @@
-"""The member store (SPEC §5): the one place that reads and writes ``members/``.
+"""The member store (SPEC §5): the one owner of the layout and the schema of ``members/``.
 
-    members/<dataset>/<Label>/<run>/member.json    (written last)
-    members/<dataset>/<Label>/<run>/fold-<k>.npz   (probs, labels, ids)
+    members/<dataset>/<Label>[@<variant>]/<run>/member.json    (written last)
+    members/<dataset>/<Label>[@<variant>]/<run>/fold-<k>.npz   (probs, labels, ids)
 
 A run is built in a hidden staging directory ``.<run>.staging`` and renamed into place
 when complete, so readers (which ignore names beginning with ``.``) never see half a
 member. A per-run lock file (``flock``, released by the OS when a process dies, even
 by ``kill -9``) keeps two processes from training the same run; the staging directory
-keeps finished folds and the last epoch's checkpoint so a killed run resumes.
+keeps finished folds, the run's recipe and the last epoch's checkpoint so a killed run
+resumes -- under the recipe it started with, never another.
+
+Everything read from disk is untrusted: :func:`read_member` checks the schema of
+``member.json`` and the content of every fold file, and names the file and the fault.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import hashlib
+import io
 import json
+import math
 import os
+import re
 import shutil
+import time
+import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import StoreError
+from .errors import StoreError, UsageError
 from .io import atomic_write_bytes, atomic_write_json
 
 RUN_DIGITS = 3
+SCHEMA_VERSION = 2
+ROW_SUM_TOLERANCE = 1e-3
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+_VARIANT = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,39}")
+_RUN = re.compile(r"\d+")
+
+
+# --------------------------------------------------------------------------- names
+def check_name(value: str, what: str) -> str:
+    """A dataset, label or run name that is safe as one path component, or a one-line error."""
+    if not isinstance(value, str) or not _PLAIN.fullmatch(value) or ".." in value:
+        raise UsageError(f"{what} {value!r} is not a plain name (letters, digits, '_', '.', '+', '-'; "
+                         "starting with a letter or digit)")
+    return value
+
+
+def check_variant(value: str) -> str:
+    """Variant names: a letter, then letters, digits or '-' (so ``DGrad@long7`` reads as long, 7)."""
+    if not isinstance(value, str) or not _VARIANT.fullmatch(value):
+        raise UsageError(f"variant {value!r} is not a valid name (a letter, then letters, digits or '-', "
+                         "at most 40 characters)")
+    return value
 
 
 def run_name(run: int) -> str:
     return f"{run:0{RUN_DIGITS}d}"
 
 
+def label_key(label: str, variant: str | None = None) -> str:
+    """How a label and its variant are written in paths, expressions and tables: ``DGrad@long``."""
+    return f"{label}@{variant}" if variant else label
+
+
+def split_key(key: str) -> tuple[str, str | None]:
+    label, _, variant = key.partition("@")
+    return label, variant or None
+
+
+# --------------------------------------------------------------------------- recipes
+def recipe_hash(recipe: dict[str, Any]) -> str:
+    """16 hex digits of the SHA-256 of the recipe's canonical JSON (sorted keys)."""
+    text = json.dumps(recipe, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def recipe_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``field: old -> new`` for every recipe field that differs (nested dicts as ``a.b``)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "(unset)"), new.get(key, "(unset)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{line}" for line in recipe_diff(a, b)]
+        elif a != b:
+            out.append(f"{key}: {a} -> {b}")
+    return out
+
+
+def recipe_summary(recipe: dict[str, Any]) -> str:
+    """One line for tables: model, size, epochs, batch, lr."""
+    if not recipe:
+        return "(not recorded)"
+    opt = recipe.get("optimizer") if isinstance(recipe.get("optimizer"), dict) else {}
+    lr = opt.get("lr", opt.get("max_lr"))
+    text = f"{recipe.get('model')} {recipe.get('size')}px {recipe.get('epochs')}ep b{recipe.get('batch_size')}"
+    return text + (f" lr {lr:g}" if isinstance(lr, (int, float)) else "")
+
+
+# --------------------------------------------------------------------------- schema
+@dataclass
+class MemberMeta:
+    """``member.json``: one typed, versioned record.
+
+    Schema 1 (members written before recipes existed, or by hand) needs only the first
+    six fields; schema 2 adds the recipe and its hash, which :func:`read_member` requires.
+    """
+
+    dataset: str
+    label: str
+    run: int
+    fingerprint: str
+    classes: list[str]
+    folds: int
+    schema_version: int = 1
+    variant: str | None = None
+    dataset_spec: str = ""
+    protocol: str = ""
+    recipe: dict[str, Any] = field(default_factory=dict)
+    recipe_hash: str = ""
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    model: str = ""
+    epochs: int = 0
+    seed: list[int] = field(default_factory=list)
+    versions: dict[str, Any] = field(default_factory=dict)
+    fold_seconds: list[float] = field(default_factory=list)
+    fold_device: list[Any] = field(default_factory=list)
+    fold_threads: list[Any] = field(default_factory=list)
+    fold_accuracy: list[Any] = field(default_factory=list)
+    curves: list[Any] = field(default_factory=list)
+    accuracy: float | None = None
+    finished: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # fields of a hand-made member we keep but do not know
+
+    @property
+    def key(self) -> str:
+        return label_key(self.label, self.variant)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {**self.extra, **out}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: Path) -> MemberMeta:
+        """Check types and values field by field; any fault is a :class:`StoreError` naming ``where``."""
+        if not isinstance(obj, dict):
+            raise StoreError(f"{where}: expected a JSON object, found {type(obj).__name__}")
+        version = obj.get("schema_version", 1)
+        if not _is_int(version) or version not in (1, 2):
+            raise StoreError(f"{where}: schema_version {version!r} is not one this ens reads (1 or {SCHEMA_VERSION}); "
+                             "upgrade ens")
+        required = ["dataset", "label", "run", "fingerprint", "classes", "folds"]
+        if version >= 2:
+            required += ["recipe", "recipe_hash"]
+        missing = [k for k in required if k not in obj]
+        if missing:
+            raise StoreError(f"{where}: missing field(s) {', '.join(missing)}")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: v for k, v in obj.items() if k in known}
+        for name, check in _CHECKS.items():
+            if name in values and values[name] is not None and not check(values[name]):
+                raise StoreError(f"{where}: field {name!r} has a wrong type or value: {_short(values[name])}")
+        meta = cls(**values, extra={k: v for k, v in obj.items() if k not in known})
+        for name in ("dataset", "label"):
+            if not _PLAIN.fullmatch(getattr(meta, name)) or ".." in getattr(meta, name):
+                _bad(where, name, getattr(meta, name))
+        if meta.variant is not None and not _VARIANT.fullmatch(str(meta.variant)):
+            _bad(where, "variant", meta.variant)
+        # fingerprints reach file names (report folders): hex for ens's own members, a plain token by hand
+        fp_ok = re.fullmatch(r"[0-9a-f]{8,64}", meta.fingerprint) if version >= 2 else \
+            re.fullmatch(r"[A-Za-z0-9_-]{1,64}", meta.fingerprint)
+        if not fp_ok:
+            _bad(where, "fingerprint", meta.fingerprint)
+        if version >= 2 and (not re.fullmatch(r"[0-9a-f]{16}", meta.recipe_hash)
+                             or recipe_hash(meta.recipe) != meta.recipe_hash):
+            raise StoreError(f"{where}: recipe_hash {_short(meta.recipe_hash)} does not match its recipe")
+        if not 1 <= meta.folds <= 1000:
+            _bad(where, "folds", meta.folds)
+        if not meta.classes or len(set(meta.classes)) != len(meta.classes):
+            raise StoreError(f"{where}: classes must be distinct names, found {_short(meta.classes)}")
+        return meta
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+_CHECKS = {
+    "schema_version": _is_int,
+    "dataset": lambda v: isinstance(v, str),
+    "label": lambda v: isinstance(v, str),
+    "run": lambda v: _is_int(v) and 0 <= v < 10**6,
+    "fingerprint": lambda v: isinstance(v, str),
+    "classes": lambda v: isinstance(v, list) and all(isinstance(c, str) and c for c in v),
+    "folds": _is_int,
+    "variant": lambda v: isinstance(v, str),
+    "dataset_spec": lambda v: isinstance(v, str),
+    "protocol": lambda v: isinstance(v, str),
+    "recipe": lambda v: isinstance(v, dict),
+    "recipe_hash": lambda v: isinstance(v, str),
+    "optimizer": lambda v: isinstance(v, dict),
+    "model": lambda v: isinstance(v, str),
+    "epochs": _is_int,
+    "seed": lambda v: isinstance(v, list) and all(_is_int(s) for s in v),
+    "versions": lambda v: isinstance(v, dict),
+    "fold_seconds": lambda v: isinstance(v, list) and all(_is_num(s) for s in v),
+    "fold_device": lambda v: isinstance(v, list),
+    "fold_threads": lambda v: isinstance(v, list),
+    "fold_accuracy": lambda v: isinstance(v, list),
+    "curves": lambda v: isinstance(v, list),
+    "accuracy": _is_num,
+    "finished": lambda v: isinstance(v, str),
+}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _bad(where: Path, name: str, value: Any) -> None:
+    raise StoreError(f"{where}: field {name!r} has a wrong value: {_short(value)}")
+
+
+# --------------------------------------------------------------------------- fold files
 def write_fold(path: Path, probs: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> None:
     """One fold's predictions: probs (n, C) float32 rows summing to 1, labels int64, ids str."""
-    import io
-
     probs = np.asarray(probs, dtype=np.float32)
     if probs.ndim != 2 or len(probs) != len(labels) or len(labels) != len(ids):
         raise StoreError(f"{path}: probs {probs.shape}, labels {len(labels)} and ids {len(ids)} disagree")
@@ -46,13 +244,51 @@ def write_fold(path: Path, probs: np.ndarray, labels: np.ndarray, ids: np.ndarra
     atomic_write_bytes(path, buf.getvalue())
 
 
+def read_fold(path: Path, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fold file's (probs, labels, ids), checked: no pickles, finite rows summing to 1, labels in range."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("probs", "labels", "ids") if k not in z.files]
+            if missing:
+                raise StoreError(f"{path}: missing array(s) {', '.join(missing)}")
+            probs, labels, ids = z["probs"], z["labels"], z["ids"]
+    except StoreError:
+        raise
+    except FileNotFoundError:
+        raise StoreError(f"{path}: missing (the run is incomplete)") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as err:
+        raise StoreError(f"{path}: unreadable ({type(err).__name__}: {str(err)[:120]})") from None
+    if probs.ndim != 2 or not np.issubdtype(probs.dtype, np.floating):
+        raise StoreError(f"{path}: probs must be a 2-D float array, found {probs.dtype} {probs.shape}")
+    if probs.shape[1] != n_classes:
+        raise StoreError(f"{path}: probs has {probs.shape[1]} columns but member.json lists {n_classes} classes")
+    if labels.ndim != 1 or ids.ndim != 1 or not (len(probs) == len(labels) == len(ids)):
+        raise StoreError(f"{path}: probs ({len(probs)} rows), labels ({labels.shape}) and ids ({ids.shape}) "
+                         "disagree")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise StoreError(f"{path}: labels must be integers, found {labels.dtype}")
+    if ids.dtype.kind not in "USiu":
+        raise StoreError(f"{path}: ids must be strings (or indices), found {ids.dtype}")
+    if not np.isfinite(probs).all():
+        raise StoreError(f"{path}: probs holds NaN or inf")
+    if (probs < 0).any():
+        raise StoreError(f"{path}: probs holds negative values")
+    sums = probs.sum(axis=1, dtype=np.float64)
+    if len(sums) and np.abs(sums - 1).max() > ROW_SUM_TOLERANCE:
+        row = int(np.abs(sums - 1).argmax())
+        raise StoreError(f"{path}: row {row} of probs sums to {sums[row]:.6f}, not 1")
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise StoreError(f"{path}: labels out of range 0..{n_classes - 1} (found {labels.min()}..{labels.max()})")
+    return probs.astype(np.float32), labels.astype(np.int64), ids.astype(str)
+
+
 # --------------------------------------------------------------------------- reading
 @dataclass
 class Member:
     """One complete member: its metadata and its predictions on every test sample, fold by fold."""
 
     path: Path
-    meta: dict[str, Any]
+    meta: MemberMeta
     probs: np.ndarray  # (N, C) float32, folds concatenated in fold order
     labels: np.ndarray  # (N,) int64
     ids: np.ndarray  # (N,) str
@@ -60,46 +296,177 @@ class Member:
 
     @property
     def label(self) -> str:
-        return self.meta["label"]
+        """``Label`` or ``Label@variant``: the member's name in expressions and tables."""
+        return self.meta.key
 
     @property
     def run(self) -> int:
-        return int(self.meta["run"])
+        return self.meta.run
 
     @property
     def fingerprint(self) -> str:
-        return self.meta["fingerprint"]
+        return self.meta.fingerprint
+
+    @property
+    def recipe_hash(self) -> str:
+        return self.meta.recipe_hash
 
     @property
     def classes(self) -> list[str]:
-        return list(self.meta["classes"])
+        return list(self.meta.classes)
 
     @property
     def name(self) -> str:
-        return f"{self.meta['dataset']}/{self.label}/{run_name(self.run)}"
+        return f"{self.meta.dataset}/{self.label}/{run_name(self.run)}"
+
+
+def read_meta(path: Path) -> MemberMeta:
+    """``member.json`` of the run directory ``path``, schema-checked against where it lies."""
+    meta_path = path / "member.json"
+    try:
+        obj = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise StoreError(f"{meta_path}: missing (a visible run directory must hold member.json)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StoreError(f"{meta_path}: unreadable ({type(err).__name__}: {str(err)[:120]})") from None
+    meta = MemberMeta.from_json(obj, meta_path)
+    label, variant = split_key(path.parent.name)
+    expected = {"run": int(path.name) if path.name.isdigit() else path.name, "label": label,
+                "dataset": path.parent.parent.name}
+    got = {"run": meta.run, "label": meta.label, "dataset": meta.dataset}
+    for key in expected:
+        if expected[key] != got[key]:
+            raise StoreError(f"{meta_path}: {key} {got[key]!r} does not match its folder ({expected[key]!r})")
+    if (meta.variant or None) != variant:
+        raise StoreError(f"{meta_path}: variant {meta.variant!r} does not match its folder ({variant!r})")
+    return meta
 
 
 def read_member(path: Path, split: str = "fold") -> Member:
-    """Read a complete run directory; ``split="val"`` reads its validation predictions instead."""
-    meta_path = path / "member.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise StoreError(f"cannot read {meta_path}: {err}") from None
+    """Read and check a complete run directory; ``split="val"`` reads its validation predictions instead."""
+    meta = read_meta(path)
     parts = []
-    for k in range(int(meta["folds"])):
+    for k in range(meta.folds):
         f = path / f"{split}-{k}.npz"
         if split != "fold" and not f.exists():
             continue
-        try:
-            with np.load(f) as z:
-                parts.append((z["probs"], z["labels"], z["ids"], np.full(len(z["labels"]), k)))
-        except (OSError, KeyError, ValueError) as err:
-            raise StoreError(f"cannot read {f}: {err}") from None
+        probs, labels, ids = read_fold(f, len(meta.classes))
+        parts.append((probs, labels, ids, np.full(len(labels), k)))
     if not parts:
         raise StoreError(f"{path} has no {split}-*.npz predictions")
     probs, labels, ids, fold_of = (np.concatenate(x) for x in zip(*parts))
-    return Member(path, meta, probs.astype(np.float32), labels.astype(np.int64), ids.astype(str), fold_of)
+    if len(np.unique(ids)) != len(ids):
+        raise StoreError(f"{path}: a sample id appears in more than one row of the {split} files")
+    return Member(path, meta, probs, labels, ids, fold_of)
+
+
+# --------------------------------------------------------------------------- a run's files
+@dataclass(frozen=True)
+class RunDir:
+    """Where every file of one run lies, staged or published: the one place these names are spelled."""
+
+    label_dir: Path
+    run: int
+
+    @property
+    def name(self) -> str:
+        return run_name(self.run)
+
+    @property
+    def final(self) -> Path:
+        return self.label_dir / self.name
+
+    @property
+    def staging(self) -> Path:
+        return self.label_dir / f".{self.name}.staging"
+
+    @property
+    def lock(self) -> Path:
+        return self.label_dir / f".{self.name}.lock"
+
+    @property
+    def scratch(self) -> Path:
+        """Checkpoints, progress and error files: dropped when the run is published."""
+        return self.staging / "scratch"
+
+    @property
+    def recipe_file(self) -> Path:
+        return self.staging / "recipe.json"
+
+    def fold_file(self, k: int, split: str = "fold") -> Path:
+        return self.staging / f"{split}-{k}.npz"
+
+    def summary(self, k: int) -> Path:
+        return self.staging / f"fold-{k}.json"
+
+    def checkpoint(self, k: int) -> Path:
+        return self.scratch / f"fold-{k}.ckpt"
+
+    def progress(self, k: int) -> Path:
+        return self.scratch / f"progress-{k}.json"
+
+    def error_log(self, k: int) -> Path:
+        return self.scratch / f"fold-{k}.error.txt"
+
+    def staged_recipe(self) -> dict[str, Any] | None:
+        """The recipe the staged run started under; None when nothing is staged."""
+        if not self.staging.exists():
+            return None
+        try:
+            obj = json.loads(self.recipe_file.read_text())
+        except (OSError, ValueError):
+            return {}  # staged by an older ens, or damaged: matches no recipe
+        return obj if isinstance(obj, dict) else {}
+
+    def stage(self, recipe: dict[str, Any]) -> None:
+        """Start (or keep) a staged run under ``recipe``; the caller has checked it matches."""
+        if not self.recipe_file.exists():
+            atomic_write_json(self.recipe_file, recipe)
+
+    def set_aside(self) -> Path:
+        """Move a stale staging directory out of the way (``--restart``), keeping it for inspection."""
+        target = self.label_dir / f".{self.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        os.rename(self.staging, target)
+        return target
+
+    def finished_folds(self, folds: int) -> list[int]:
+        return [k for k in range(folds) if self.fold_file(k).exists() and self.summary(k).exists()]
+
+    def read_summaries(self, folds: int) -> list[dict[str, Any]]:
+        out = []
+        for k in range(folds):
+            try:
+                obj = json.loads(self.summary(k).read_text())
+            except (OSError, ValueError) as err:
+                raise StoreError(f"{self.summary(k)}: unreadable ({type(err).__name__})") from None
+            if not isinstance(obj, dict):
+                raise StoreError(f"{self.summary(k)}: expected a JSON object")
+            out.append(obj)
+        return out
+
+    def publish(self, meta: MemberMeta) -> Path:
+        """member.json into staging, the rename into place, then the staging-only files dropped.
+
+        Each step can be interrupted: until the rename, everything needed to repeat the publish
+        stays in staging (a rerun calls this again); after it, the member is complete and the
+        leftovers are only tidied (:meth:`tidy`).
+        """
+        if self.final.exists():
+            raise StoreError(f"{self.final} already exists; a finished member is never overwritten")
+        missing = [k for k in range(meta.folds) if not self.fold_file(k).exists()]
+        if missing:
+            raise StoreError(f"{self.staging} lacks fold(s) {missing}; the run is not complete")
+        atomic_write_json(self.staging / "member.json", meta.to_json())
+        os.rename(self.staging, self.final)
+        self.tidy()
+        return self.final
+
+    def tidy(self) -> None:
+        """Drop what only staging needed from a published run (a publish killed after its rename)."""
+        for p in self.final.glob("fold-*.json"):
+            p.unlink(missing_ok=True)
+        (self.final / "recipe.json").unlink(missing_ok=True)
+        shutil.rmtree(self.final / "scratch", ignore_errors=True)
 
 
 class Store:
@@ -109,51 +476,83 @@ class Store:
         self.root = Path(root)
 
     def label_dir(self, dataset: str, label: str) -> Path:
+        """``label`` may carry a variant (``DGrad@long``); every part is checked before it touches a path."""
+        name, variant = split_key(label)
+        check_name(dataset, "dataset")
+        check_name(name, "label")
+        if variant is not None:
+            check_variant(variant)
         return self.root / dataset / label
 
+    def run_dir(self, dataset: str, label: str, run: int) -> RunDir:
+        return RunDir(self.label_dir(dataset, label), run)
+
     def datasets(self) -> list[str]:
-        if not self.root.exists():
+        if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def labels(self, dataset: str) -> list[str]:
-        d = self.root / dataset
-        if not d.exists():
+        """Label directories of a dataset (``DGrad``, ``DGrad@long``), each name checked."""
+        d = self.root / check_name(dataset, "dataset")
+        if not d.is_dir():
             return []
-        return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+        out = []
+        for p in sorted(d.iterdir()):
+            if not p.is_dir() or p.name.startswith("."):
+                continue
+            name, variant = split_key(p.name)
+            if not _PLAIN.fullmatch(name) or ".." in name or (variant is not None and not _VARIANT.fullmatch(variant)):
+                raise StoreError(f"{p}: not a label folder (Label or Label@variant)")
+            out.append(p.name)
+        return out
 
     def runs(self, dataset: str, label: str) -> list[int]:
-        """Indices of the complete runs of a label (visible directories with a member.json)."""
+        """Indices of the complete runs of a label; any other visible folder is an error naming it."""
         d = self.label_dir(dataset, label)
-        if not d.exists():
+        if not d.is_dir():
             return []
         out = []
         for p in d.iterdir():
-            if p.name.startswith(".") or not p.is_dir() or not p.name.isdigit():
+            if p.name.startswith(".") or not p.is_dir():
                 continue
-            if (p / "member.json").exists():
-                out.append(int(p.name))
+            if not _RUN.fullmatch(p.name) or p.name != run_name(int(p.name)):
+                raise StoreError(f"{p}: not a run folder (run folders are named {run_name(0)}, {run_name(1)}, ...)")
+            if not (p / "member.json").exists():
+                raise StoreError(f"{p / 'member.json'}: missing (a visible run directory must hold member.json)")
+            out.append(int(p.name))
         return sorted(out)
 
+    def member_dirs(self, dataset: str, label: str) -> list[Path]:
+        return [self.label_dir(dataset, label) / run_name(r) for r in self.runs(dataset, label)]
+
+    def metas(self, dataset: str, label: str) -> list[MemberMeta]:
+        return [read_meta(p) for p in self.member_dirs(dataset, label)]
+
     def members(self, dataset: str, label: str, count: int | None = None, split: str = "fold") -> list[Member]:
-        """The first ``count`` complete members of a label, by run index."""
-        runs = self.runs(dataset, label)[:count]
-        return [read_member(self.label_dir(dataset, label) / run_name(r), split) for r in runs]
+        """The first ``count`` complete members of a label, by run index; all of them are checked,
+        and they must share one recipe."""
+        members = [read_member(p, split) for p in self.member_dirs(dataset, label)]
+        check_one_recipe(members)
+        return members[:count]
+
+    def staged(self, dataset: str, label: str) -> list[int]:
+        """Runs with a staging directory (started, not published)."""
+        d = self.label_dir(dataset, label)
+        if not d.is_dir():
+            return []
+        found = (re.fullmatch(r"\.(\d+)\.staging", p.name) for p in d.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
 
     # ---------------------------------------------------------------- writing
-    def staging_dir(self, dataset: str, label: str, run: int) -> Path:
-        return self.label_dir(dataset, label) / f".{run_name(run)}.staging"
-
-    def final_dir(self, dataset: str, label: str, run: int) -> Path:
-        return self.label_dir(dataset, label) / run_name(run)
-
     @contextlib.contextmanager
     def try_lock(self, dataset: str, label: str, run: int) -> Iterator[bool]:
         """Yield True while holding the run's lock, False if another process holds it."""
-        d = self.label_dir(dataset, label)
-        d.mkdir(parents=True, exist_ok=True)
-        lock_path = d / f".{run_name(run)}.lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        import fcntl  # POSIX only; imported here so the store can be read anywhere
+
+        rd = self.run_dir(dataset, label, run)
+        rd.label_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(rd.lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -169,18 +568,13 @@ class Store:
         finally:
             os.close(fd)
 
-    def publish(self, dataset: str, label: str, run: int, meta: dict[str, Any]) -> Path:
-        """Write member.json into the staging directory, drop scratch files, rename into place."""
-        staging = self.staging_dir(dataset, label, run)
-        final = self.final_dir(dataset, label, run)
-        if final.exists():
-            raise StoreError(f"{final} already exists; a finished member is never overwritten")
-        missing = [k for k in range(int(meta["folds"])) if not (staging / f"fold-{k}.npz").exists()]
-        if missing:
-            raise StoreError(f"{staging} lacks fold(s) {missing}; the run is not complete")
-        scratch = staging / "scratch"
-        if scratch.exists():
-            shutil.rmtree(scratch)
-        atomic_write_json(staging / "member.json", meta)
-        os.rename(staging, final)
-        return final
+
+def check_one_recipe(members: list[Member]) -> None:
+    """Members of one label (and variant) must share one recipe: a table row is one recipe."""
+    hashes = {m.recipe_hash for m in members if m.recipe_hash}
+    if len(hashes) > 1:
+        first = members[0]
+        other = next(m for m in members if m.recipe_hash != first.recipe_hash)
+        diff = "; ".join(recipe_diff(first.meta.recipe, other.meta.recipe)[:5])
+        raise StoreError(f"{other.path}: trained under another recipe than {first.path} ({diff}); "
+                         "one label holds one recipe -- move it to a variant (Label@name) or another store")

@@ -57,6 +57,22 @@ def write_member(root: Path, dataset: str, label: str, run: int, probs: list[np.
     return d
 
 
+def stage_run(folder: Path, members: Path, *, label: str = "DGrad", run: int = 0, **cfg_kw) -> Path:
+    """A run staged (started, not finished) under the recipe of ``cfg_kw``, as a killed `ens train` leaves it."""
+    from ensemble.plan import prepare_run
+    from ensemble.runs import load_dataset
+    from ensemble.store import Store
+    from ensemble.train.recipe import build_recipe
+    from ensemble.train.trainer import TrainConfig
+
+    cfg = TrainConfig(**{"model": "test_resnet", "pretrained": False, "device": "cpu", "workers": 0, **cfg_kw})
+    ds = load_dataset(f"folder:{folder}", "datasets", cfg.size, None, 0)
+    rd = Store(members).run_dir(ds.name, label, run)
+    rd.label_dir.mkdir(parents=True, exist_ok=True)
+    prepare_run(rd, build_recipe(cfg, label, ds), folds=len(ds.folds), restart=False)
+    return rd.staging
+
+
 def env_without_coverage() -> dict:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"

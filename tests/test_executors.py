@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import make_folder
+from tests.conftest import make_folder, stage_run
 
 pytestmark = pytest.mark.slow
 
@@ -192,7 +192,7 @@ def test_remote_scheduler(folder, local_store, tmp_path):
 def test_failing_task_retried_once_then_reported(folder, tmp_path):
     """A fold that cannot resume (a corrupt checkpoint) fails twice; the other run still lands."""
     members = tmp_path / "M"
-    scratch = members / folder.name / "DGrad" / ".000.staging" / "scratch"
+    scratch = stage_run(folder, members, epochs=4, batch_size=8, size=16) / "scratch"
     scratch.mkdir(parents=True)
     (scratch / "fold-2.ckpt").write_bytes(b"not a checkpoint")
     res = run(train_args(folder, members, "--executor", "dask", "--jobs", "2"))

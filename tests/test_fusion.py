@@ -133,7 +133,7 @@ def test_report_writes_tables_and_figures(store, tmp_path):
 
 def test_count_search_agrees_with_fuse(tmp_path):
     """Every combination the report's search scores equals `ens fuse` of the same expression."""
-    from ensemble.report.build import search
+    from ensemble.fusion.search import search
 
     rng = np.random.default_rng(3)
     root = tmp_path / "members"
@@ -157,7 +157,7 @@ def test_count_search_agrees_with_fuse(tmp_path):
 
 
 def test_branch_free_argmax_is_argmax_with_ties():
-    from ensemble.report.build import _RowArgmax
+    from ensemble.fusion.search import _RowArgmax
 
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 3, (5, 1000)).astype(np.float32)  # many ties

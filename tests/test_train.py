@@ -54,7 +54,9 @@ def test_train_folder_two_members(image_folder, tmp_path):
     assert res.returncode == 0, res.stderr
     check_members(members, image_folder, 2)
     assert "accuracy" in res.stdout
-    again = ens("train", "--dataset", f"folder:{image_folder}", "--opt", "DGrad", "--n", "2", *TINY,
+    same = ["--model", "resnet18", "--epochs", "1", "--size", "32", "--no-pretrained", "--device", "cpu",
+            "--workers", "0", "--no-progress"]
+    again = ens("train", "--dataset", f"folder:{image_folder}", "--opt", "DGrad", "--n", "2", *same,
                 "--members-dir", str(members))
     assert again.returncode == 0 and "nothing to train" in again.stdout
 

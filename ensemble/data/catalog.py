@@ -126,7 +126,7 @@ def resolve(spec: str, data_dir: Path | str = "datasets") -> DatasetRef:
         path = Path(spec[len("folder:"):]).expanduser()
         if not spec[len("folder:"):]:
             raise UsageError("folder: needs a path, e.g. folder:/data/my_images")
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.resolve().name) or "folder"
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.resolve().name).lstrip("._").replace("..", "_") or "folder"
         layout = "folder"
         info = DatasetInfo(name, f"image folder {path}", "cv5-or-predefined", layout)
         return DatasetRef(name, path, info, spec)
@@ -134,6 +134,9 @@ def resolve(spec: str, data_dir: Path | str = "datasets") -> DatasetRef:
         sub = spec.split(":", 1)[1].lower()
         if not sub:
             raise UsageError(f"medmnist: needs a name, e.g. medmnist:breastmnist ({', '.join(MEDMNIST)})")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", sub):
+            raise UsageError(f"medmnist:{sub} is not a MedMNIST name (letters, digits, '_' or '-'; known: "
+                             f"{', '.join(MEDMNIST)})")
         md5, n_train, n_val, n_test = MEDMNIST.get(sub, (None, 0, 0, 0))
         info = DatasetInfo(
             f"medmnist-{sub}",

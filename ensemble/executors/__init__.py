@@ -15,9 +15,10 @@ from pathlib import Path
 
 from ..data.dataset import Dataset
 from ..errors import EnsError, UsageError
-from ..members import FoldTask, _dataset, plan_runs
 from ..optim import get
-from ..store import Store, run_name
+from ..plan import plan_labels, prepare_run
+from ..runs import FoldTask, load_dataset
+from ..store import Store, check_name, check_variant, run_name
 from ..train.trainer import TrainConfig
 from .job import Job, run_local, run_pool
 from .pools import make_pool
@@ -43,6 +44,9 @@ class TrainRequest:
     jobs: int | None = None
     scheduler: str | None = None
     progress: bool = True
+    variant: str | None = None  # members stored and addressed apart, as Label@variant
+    name: str | None = None  # the dataset's name in the store [default: the catalog's]
+    restart: bool = False  # set aside a run staged under another recipe instead of refusing
 
     @property
     def labels(self) -> list[str]:
@@ -59,56 +63,64 @@ def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> lis
         raise UsageError(f"unknown executor {req.executor!r}; use {', '.join(EXECUTORS)}")
     if req.scheduler and req.executor != "dask":
         raise UsageError("--scheduler is for --executor dask")
-    labels = req.labels
+    if req.variant is not None:
+        check_variant(req.variant)
+    if req.name is not None:
+        check_name(req.name, "--name")
     cache = str(Path(req.cache_dir).resolve()) if req.cache_dir else None
-    ds = _dataset(req.spec, str(req.data_dir), req.config.size, cache, req.config.workers)
+    ds = load_dataset(req.spec, str(req.data_dir), req.config.size, cache, req.config.workers)
     for w in ds.warnings:
         echo(f"warning: {w}")
+    dataset = req.name or ds.name
     store = Store(req.store_root)
-    todo = {}
-    for label in labels:
-        todo[label], existing = plan_runs(ds, label, req.n, store)
-        if not todo[label]:
-            echo(f"{ds.name}/{label}: {len(existing)} complete member(s) already; nothing to train")
-    if not any(todo.values()):
+    plans = plan_labels(store, dataset=dataset, ds=ds, optimizers=req.labels, variant=req.variant, n=req.n,
+                        cfg=req.config)
+    for p in plans:
+        if not p.todo:
+            echo(f"{dataset}/{p.label}: {len(p.existing)} complete member(s) already; nothing to train")
+    if not any(p.todo for p in plans):
         return []
     _preflight(req, ds)
     with contextlib.ExitStack() as stack:
-        mine: list[tuple[str, int]] = []
-        for label, runs in todo.items():
-            for run in runs:
-                got = stack.enter_context(store.try_lock(ds.name, label, run))
-                if not got:
-                    echo(f"{ds.name}/{label}/{run_name(run)} is being trained by another process; "
-                         "leaving it to that one")
-                elif not store.final_dir(ds.name, label, run).exists():
-                    mine.append((label, run))
-        if not mine:
-            return []
         # workers may run elsewhere (another cwd, another machine on the shared filesystem): absolute paths
         spec = _absolute_spec(req.spec)
         root, data_dir = str(Path(req.store_root).resolve()), str(Path(req.data_dir).resolve())
         cfg = req.config
         if cfg.weights:
             cfg = replace(cfg, weights=str(Path(cfg.weights).resolve()))
-        tasks = [FoldTask(spec, label, run, k, cfg, root, data_dir, cache)
-                 for label, run in mine for k in range(len(ds.folds))]
+        tasks, runs = [], []
+        for p in plans:
+            for run in p.todo:
+                rd = store.run_dir(dataset, p.label, run)
+                if not stack.enter_context(store.try_lock(dataset, p.label, run)):
+                    echo(f"{dataset}/{p.label}/{run_name(run)} is being trained by another process; "
+                         "leaving it to that one")
+                    continue
+                if rd.final.exists():
+                    continue
+                folds = prepare_run(rd, p.recipe, folds=len(ds.folds), restart=req.restart, echo=echo)
+                runs.append((p, run))
+                tasks += [FoldTask(spec, dataset, p.label, run, k, cfg, p.recipe_hash, root, data_dir, cache)
+                          for k in folds]
+        if not runs:
+            return []
         where = req.executor + (f" ({req.scheduler})" if req.scheduler else "")
-        for label in labels:
-            runs = [run_name(r) for lab, r in mine if lab == label]
-            if runs:
-                echo(f"{ds.name}/{label}: training run(s) {', '.join(runs)} ({len(ds.folds)} fold(s) each, "
+        for p in plans:
+            names = [run_name(r) for q, r in runs if q is p]
+            if names:
+                echo(f"{dataset}/{p.label}: training run(s) {', '.join(names)} ({len(ds.folds)} fold(s) each, "
                      f"{cfg.epochs} epoch(s), {cfg.model}) on {where} ...")
         bar = JobProgress(len(tasks), req.progress)
-        job = Job(ds, cfg, store, tasks, bar)
+        job = Job(ds, dataset, cfg, store, tasks, {(p.label, r): p.recipe for p, r in runs}, bar)
         with bar:
-            if req.executor == "local":
+            job.publish_staged()  # runs whose folds were all staged already (a publish interrupted earlier)
+            if tasks and req.executor == "local":
                 if req.jobs:
                     echo("note: --jobs has no effect with --executor local")
                 run_local(job)
-            else:
+            elif tasks:
                 pool = make_pool(req.executor, req.jobs, req.scheduler, cfg.device,
-                                 str(store.label_dir(ds.name, mine[0][0]).resolve()), bar.print)
+                                 str(store.label_dir(dataset, runs[0][0].label).resolve()), bar.print)
                 run_pool(job, pool)
         if bar.status.errors:
             raise EnsError(f"{len(job.failed_runs)} run(s) not stored, {len(job.published)} stored; "

@@ -11,7 +11,6 @@ be resumed by the next ``ens train``.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -20,11 +19,11 @@ from typing import Any
 from ..data.dataset import Dataset
 from ..errors import first_line
 from ..io import atomic_write_bytes
-from ..members import FoldTask, assemble_run, epoch_images, train_fold_task
-from ..store import Store, run_name
+from ..runs import FoldTask, assemble_run, epoch_images, train_fold_task
+from ..store import RunDir, Store, read_meta, run_name
 from ..train.trainer import TrainConfig
 from .pools import Outcome, Pool
-from .progress import JobProgress, progress_path, read_progress
+from .progress import JobProgress, read_progress
 from .worker import TaskError
 
 MAX_ATTEMPTS = 2  # a failing task is retried once
@@ -35,9 +34,11 @@ POLL_SECONDS = 0.5
 class Job:
     """Bookkeeping of one job: tasks, their attempts and progress, runs assembled or failed."""
 
-    def __init__(self, ds: Dataset, cfg: TrainConfig, store: Store, tasks: list[FoldTask],
-                 bar: JobProgress) -> None:
-        self.ds, self.cfg, self.store, self.tasks, self.bar = ds, cfg, store, tasks, bar
+    def __init__(self, ds: Dataset, dataset: str, cfg: TrainConfig, store: Store, tasks: list[FoldTask],
+                 recipes: dict[tuple[str, int], dict[str, Any]], bar: JobProgress) -> None:
+        """``recipes``: every run of the job (label key, run) -> its recipe, also runs with no task left."""
+        self.ds, self.dataset, self.cfg, self.store, self.tasks, self.bar = ds, dataset, cfg, store, tasks, bar
+        self.recipes = recipes
         self.labels = list(dict.fromkeys(t.label for t in tasks))
         per_epoch = {k: epoch_images(ds, k, cfg.batch_size) for k in range(len(ds.folds))}
         self.expected = {t.key: per_epoch[t.fold] * cfg.epochs for t in tasks}
@@ -50,10 +51,16 @@ class Job:
         self.published: list[Path] = []
         self.where: dict[str, str] = {}  # the process each running task last reported from
         for t in tasks:  # records of an earlier, interrupted job would read as running tasks
-            progress_path(self.staging(t), t.fold).unlink(missing_ok=True)
+            t.run_dir().progress(t.fold).unlink(missing_ok=True)
 
-    def staging(self, task: FoldTask) -> Path:
-        return self.store.staging_dir(self.ds.name, task.label, task.run)
+    def run_dir(self, label: str, run: int) -> RunDir:
+        return self.store.run_dir(self.dataset, label, run)
+
+    def publish_staged(self) -> None:
+        """Publish the runs of the job that have no task left (every fold staged earlier)."""
+        for label, run in self.recipes:
+            if not any((t.label, t.run) == (label, run) for t in self.tasks):
+                self._assemble(label, run)
 
     def name(self, task: FoldTask) -> str:
         return f"{task.label} {run_name(task.run)} fold {task.fold + 1}/{len(self.ds.folds)}"
@@ -69,7 +76,7 @@ class Job:
         """Read the progress files of the tasks handed out and not yet finished."""
         running = 0
         for t in live:
-            record = read_progress(progress_path(self.staging(t), t.fold))
+            record = read_progress(t.run_dir().progress(t.fold))
             if record is None:
                 continue
             running += 1
@@ -120,7 +127,7 @@ class Job:
         self.failed_runs.add((task.label, task.run))
         if isinstance(err, TaskError) and err.detail:
             reason += f" (traceback: {self._keep_traceback(task, err.detail)})"
-        message = f"{self.ds.name}/{self.name(task)}{where}: {reason}"
+        message = f"{self.dataset}/{self.name(task)}{where}: {reason}"
         self.bar.status.errors.append(message)
         self.bar.event(f"{self.name(task)} failed again{where}: {reason}; run {run_name(task.run)} "
                        "is left in staging for the next `ens train`")
@@ -129,21 +136,22 @@ class Job:
 
     def _keep_traceback(self, task: FoldTask, text: str) -> Path:
         """A worker's traceback, kept beside the failed run's staged folds for whoever debugs it."""
-        path = self.staging(task) / "scratch" / f"fold-{task.fold}.error.txt"  # scratch is dropped on publish
+        path = task.run_dir().error_log(task.fold)  # scratch is dropped on publish
         atomic_write_bytes(path, text.encode())
         return path
 
     def _assemble(self, label: str, run: int) -> None:
         try:
-            path = assemble_run(self.ds, label, run, self.cfg, self.store)
+            path = assemble_run(self.run_dir(label, run), ds=self.ds, dataset=self.dataset, label=label,
+                                recipe=self.recipes[(label, run)])
         except Exception as err:  # noqa: BLE001 -- reported with the job's failures, others go on
             self.failed_runs.add((label, run))
-            self.bar.status.errors.append(f"{self.ds.name}/{label}/{run_name(run)}: assembling failed: {err}")
+            self.bar.status.errors.append(f"{self.dataset}/{label}/{run_name(run)}: assembling failed: {err}")
             return
         self.published.append(path)
-        meta = json.loads((path / "member.json").read_text())
-        self.bar.print(f"{meta['dataset']}/{meta['label']}/{run_name(run)}: accuracy {meta['accuracy']:.4f} over "
-                       f"{meta['folds']} fold(s) in {sum(meta['fold_seconds']):.0f} s -> {path}")
+        meta = read_meta(path)
+        self.bar.print(f"{meta.dataset}/{meta.key}/{run_name(run)}: accuracy {meta.accuracy:.4f} over "
+                       f"{meta.folds} fold(s) in {sum(meta.fold_seconds):.0f} s -> {path}")
 
 
 def run_local(job: Job) -> None:

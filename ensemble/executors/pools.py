@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import EnsError, first_line
-from ..members import FoldTask
+from ..runs import FoldTask
 from .worker import WorkerSetup, probe, run_fold
 
 

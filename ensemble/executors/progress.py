@@ -28,10 +28,6 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def progress_path(staging: Path, fold: int) -> Path:
-    return staging / "scratch" / f"progress-{fold}.json"
-
-
 class ProgressWriter:
     """Worker side: images done in one fold task, written at most every ``every`` seconds."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import fcntl
 import multiprocessing
 import os
 import sys
@@ -22,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EnsError, first_line
-from ..store import Store
-from .progress import ProgressWriter, progress_path, worker_name
+from .progress import ProgressWriter, worker_name
 
 
 class TaskError(EnsError):
@@ -68,6 +66,8 @@ def claim_gpu(gpus: tuple[str, ...], claim_dir: str) -> str:
     worker dies and its replacement takes the same GPU. With more workers than GPUs the
     extra ones share, spread by process id.
     """
+    import fcntl  # POSIX only, like the pools that call this
+
     global _GPU
     if _GPU is not None:
         return _GPU
@@ -154,8 +154,7 @@ def run_fold(task: Any, setup: WorkerSetup) -> dict[str, Any]:
 
 
 def _run_fold(task: Any, setup: WorkerSetup) -> dict[str, Any]:
-    from ..members import _dataset, epoch_images, train_fold_task
-    from ..optim import get
+    from ..runs import epoch_images, load_dataset, train_fold_task
 
     gpu = claim_gpu(setup.gpus, setup.claim_dir or "/tmp") if setup.gpus else None
     import torch
@@ -167,9 +166,8 @@ def _run_fold(task: Any, setup: WorkerSetup) -> dict[str, Any]:
         # daemonic workers (Dask's default) may not start DataLoader processes; augmentation is
         # seeded per image, so loading in-process gives the same batches
         task = replace(task, config=replace(cfg, workers=0))
-    ds = _dataset(task.spec, task.data_dir, cfg.size, task.cache_dir, cfg.workers)
-    staging = Store(task.store_root).staging_dir(ds.name, get(task.label).label, task.run)
-    writer = ProgressWriter(progress_path(staging, task.fold), epoch_images(ds, task.fold, cfg.batch_size))
+    ds = load_dataset(task.spec, task.data_dir, cfg.size, task.cache_dir, cfg.workers)
+    writer = ProgressWriter(task.run_dir().progress(task.fold), epoch_images(ds, task.fold, cfg.batch_size))
     summary = train_fold_task(task, on_start=writer.start, on_batch=writer.batch, on_epoch=writer.epoch_done)
     return {**summary, "where": worker_name() + (f" gpu {gpu}" if gpu is not None else "")}
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UsageError
-from ..store import Member, Store
+from ..store import Member, Store, split_key
 from .expr import ExpressionError, Term, format_terms, parse, term_text
 from .metrics import per_class, scores_table
 from .rules import RULES
@@ -45,10 +45,12 @@ def select(store: Store, dataset: str, expr: str, split: str = "fold") -> tuple[
         runs = store.runs(dataset, t.label)
         if len(runs) < t.count:
             spec = dataset.replace("medmnist-", "medmnist:", 1) if dataset.startswith("medmnist-") else dataset
+            optimizer, variant = split_key(t.label)
             raise UsageError(
                 f"{term_text(t.label, t.count)} (column {t.column}) asks for {t.count} "
                 f"{t.label} members of {dataset}, but {len(runs)} exist in {store.root}; add the rest with:\n"
-                f"  ens train --dataset {spec} --opt {t.label} --n {t.count} --members-dir {store.root}"
+                f"  ens train --dataset {spec} --opt {optimizer}{f' --variant {variant}' if variant else ''} "
+                f"--n {t.count} --members-dir {store.root}"
             )
         members += store.members(dataset, t.label, t.count, split=split)
     return terms, members
@@ -72,6 +74,8 @@ def aligned(members: list[Member]) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
             raise IncompatibleMembers(f"{m.name} and {ref.name} predicted different samples")
         if not np.array_equal(m.labels[order], ref.labels[order0]):
             raise IncompatibleMembers(f"{m.name} and {ref.name} disagree on the labels of the same samples")
+        if not np.array_equal(m.fold_of[order], ref.fold_of[order0]):
+            raise IncompatibleMembers(f"{m.name} and {ref.name} put the same samples in other folds")
         stack.append(m.probs[order])
     return np.stack(stack), ref.labels[order0], ref.fold_of[order0], ids
 

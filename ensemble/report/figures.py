@@ -13,7 +13,13 @@ import numpy as np  # noqa: E402
 
 from ..fusion import aligned  # noqa: E402
 from ..fusion.rules import sum_rule  # noqa: E402
+from ..fusion.summary import confusion_of  # noqa: E402
 from ..store import Member  # noqa: E402
+
+
+def plain(text: str) -> str:
+    """A name from the filesystem as literal figure text: a '$' would start matplotlib's math mode."""
+    return str(text).replace("$", r"\$")
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -24,8 +30,6 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def write_figures(out: Path, by_label: dict[str, list[Member]], best: str) -> list[Path]:
-    from .build import confusion_of
-
     out.mkdir(parents=True, exist_ok=True)
     labels = list(by_label)
     accs = {lab: [float((m.probs.argmax(1) == m.labels).mean()) for m in ms] for lab, ms in by_label.items()}
@@ -34,7 +38,7 @@ def write_figures(out: Path, by_label: dict[str, list[Member]], best: str) -> li
     fig, ax = plt.subplots(figsize=(6, 4))
     means = [np.mean(accs[lab]) for lab in labels]
     stds = [np.std(accs[lab], ddof=1) if len(accs[lab]) > 1 else 0 for lab in labels]
-    ax.bar(labels, means, yerr=stds, capsize=4, color="C0")
+    ax.bar([plain(lab) for lab in labels], means, yerr=stds, capsize=4, color="C0")
     ax.set(ylabel="accuracy", title="Stand-alone members (mean ± std)")
     ax.set_ylim(max(0, min(means) - 0.1), 1)
     paths.append(_save(fig, out / "accuracy_by_label.png"))
@@ -46,7 +50,7 @@ def write_figures(out: Path, by_label: dict[str, list[Member]], best: str) -> li
         for k in range(1, len(ms) + 1):
             p, y, _, _ = aligned(ms[:k])
             ys.append(float((sum_rule(p).argmax(1) == y).mean()))
-        ax.plot(range(1, len(ms) + 1), ys, marker="o", label=lab)
+        ax.plot(range(1, len(ms) + 1), ys, marker="o", label=plain(lab))
     ax.set(xlabel="members fused (sum rule)", ylabel="accuracy", title="Accuracy against ensemble size")
     ax.legend()
     paths.append(_save(fig, out / "accuracy_vs_size.png"))
@@ -56,9 +60,9 @@ def write_figures(out: Path, by_label: dict[str, list[Member]], best: str) -> li
     ax.imshow(cm, cmap="Blues")
     for (i, j), v in np.ndenumerate(cm):
         ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set(xlabel="predicted", ylabel="true", title=f"Confusion matrix of {best}")
+    ax.set_xticks(range(len(classes)), [plain(c) for c in classes], rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), [plain(c) for c in classes])
+    ax.set(xlabel="predicted", ylabel="true", title=plain(f"Confusion matrix of {best}"))
     paths.append(_save(fig, out / "confusion_best.png"))
 
     preds = {}
@@ -73,8 +77,8 @@ def write_figures(out: Path, by_label: dict[str, list[Member]], best: str) -> li
     im = ax.imshow(d, cmap="viridis")
     for (i, j), v in np.ndenumerate(d):
         ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xticks(range(len(labels)), [plain(lab) for lab in labels], rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), [plain(lab) for lab in labels])
     ax.set(title="Pairwise disagreement between members")
     fig.colorbar(im)
     paths.append(_save(fig, out / "disagreement.png"))

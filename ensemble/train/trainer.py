@@ -125,14 +125,20 @@ class _AugmentedImages(torch.utils.data.Dataset):
 
 
 class FoldTrainer:
-    """Trains ``model`` on one fold with one optimizer; ``scratch`` holds the resumable checkpoint."""
+    """Trains ``model`` on one fold with one optimizer; ``checkpoint`` is where it resumes from.
 
-    def __init__(self, ds: Dataset, fold: Fold, label: str, cfg: TrainConfig, seed: int, scratch: Path,
+    The checkpoint carries the run's recipe hash and holds only tensors and plain values,
+    so it loads with ``torch.load(weights_only=True)``: a file dropped into a staging
+    directory can never run code, and one from another recipe is refused.
+    """
+
+    def __init__(self, ds: Dataset, fold: Fold, label: str, cfg: TrainConfig, *, seed: int, checkpoint: Path,
+                 recipe_hash: str = "",
                  on_start: Callable[[int], None] | None = None,
                  on_batch: Callable[[int], None] | None = None,
                  on_epoch: Callable[[int, float, float], None] | None = None) -> None:
         self.ds, self.fold, self.label, self.cfg, self.seed = ds, fold, get(label).label, cfg, seed
-        self.scratch = Path(scratch)
+        self.checkpoint_path, self.recipe_hash = Path(checkpoint), recipe_hash
         self.on_start = on_start or (lambda epoch: None)
         self.on_batch = on_batch or (lambda n: None)
         self.on_epoch = on_epoch or (lambda e, loss, acc: None)
@@ -140,10 +146,6 @@ class FoldTrainer:
         mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
         std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
         self._mean, self._std = mean, std
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.scratch / f"fold-{self.fold.index}.ckpt"
 
     # -------------------------------------------------------------- pieces
     def _normalise(self, batch_uint8: torch.Tensor) -> torch.Tensor:
@@ -193,16 +195,7 @@ class FoldTrainer:
         model, opt, sched, _ = self._make()
         start_epoch, curves, elapsed = 0, {"loss": [], "accuracy": []}, 0.0
         if self.checkpoint_path.exists():
-            try:
-                ckpt = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
-                model.load_state_dict(ckpt["model"])
-                opt.load_state_dict(ckpt["optimizer"])
-                if sched is not None:
-                    sched.load_state_dict(ckpt["scheduler"])
-                start_epoch, curves, elapsed = ckpt["epoch"] + 1, ckpt["curves"], ckpt["seconds"]
-            except Exception as err:  # unreadable, or from another model/optimizer: never guess
-                raise EnsError(f"cannot resume from checkpoint {self.checkpoint_path} ({first_line(err, 200)}); "
-                               "delete it to train this fold from the start") from None
+            start_epoch, curves, elapsed = self._resume(model, opt, sched)
         self.on_start(start_epoch)
 
         on_gpu = self.device.type == "cuda"
@@ -244,7 +237,7 @@ class FoldTrainer:
             seconds = elapsed + time.perf_counter() - t0
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                      "scheduler": sched.state_dict() if sched is not None else None,
-                     "curves": curves, "seconds": seconds}
+                     "curves": curves, "seconds": seconds, "recipe_hash": self.recipe_hash}
             atomic_torch_save(self.checkpoint_path, state)
             self.on_epoch(epoch, curves["loss"][-1], curves["accuracy"][-1])
         probs = self.predict(model, self.fold.test, gpu_images)
@@ -256,6 +249,26 @@ class FoldTrainer:
             )
         seconds = elapsed + time.perf_counter() - t0
         return FoldResult(probs, self.ds.labels[self.fold.test], self.ds.ids[self.fold.test], val, curves, seconds)
+
+    def _resume(self, model: nn.Module, opt: torch.optim.Optimizer, sched: Any) -> tuple[int, dict, float]:
+        """Load the last epoch's checkpoint (tensors and plain values only; never code)."""
+        try:
+            ckpt = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        except Exception as err:  # unreadable, or a pickle asking for more than tensors
+            raise EnsError(f"cannot resume from checkpoint {self.checkpoint_path} ({first_line(err, 200)}); "
+                           "delete it to train this fold from the start") from None
+        if not isinstance(ckpt, dict) or ckpt.get("recipe_hash") != self.recipe_hash:
+            raise EnsError(f"checkpoint {self.checkpoint_path} was written under another recipe; "
+                           "delete it (or pass --restart) to train this fold from the start")
+        try:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            if sched is not None:
+                sched.load_state_dict(ckpt["scheduler"])
+            return int(ckpt["epoch"]) + 1, ckpt["curves"], float(ckpt["seconds"])
+        except Exception as err:  # from another model/optimizer: never guess
+            raise EnsError(f"cannot resume from checkpoint {self.checkpoint_path} ({first_line(err, 200)}); "
+                           "delete it to train this fold from the start") from None
 
     def _images_on_device(self) -> torch.Tensor | None:
         """All images on the GPU as uint8 when they take under half of its free memory."""

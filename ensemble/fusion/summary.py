@@ -1,0 +1,160 @@
+"""What the report shows, computed from the store: Table 1 (stand-alone members), Table 2 (ensembles),
+and the arrays behind the figures. :mod:`ensemble.report` only renders these.
+
+Members are grouped by dataset fingerprint: members trained on different versions of a
+dataset are reported separately and never fused together.
+
+Table 2's search over per-label member counts picks the best combination on the same
+test folds it reports -- optimistic. The honest variant picks it without looking at the
+samples it is scored on: on the validation split when the dataset has one (MedMNIST), else
+cross-validated over folds (for each fold, the combination that is best on the other folds).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..optim import REGISTRY
+from ..store import Member, Store, check_one_recipe, read_member, recipe_summary, split_key
+from . import aligned
+from .expr import parse, term_text
+from .metrics import per_class, scores_table
+from .rules import sum_rule
+from .search import search
+
+SEED_ENSEMBLES = [
+    "Adam7", "diffGrad7", "DGrad7", "Cos1_7", "Cos2_7", "DGrad7+Cos1_7", "DGrad7+Cos1_7+Cos2_7",
+    "DGrad7+Cos1_7+diffGrad7", "DGrad14", "DGrad14+Cos1_7", "SGD14", "SGD7", "SGD7+DGrad7",
+    "SGD14+DGrad7+Cos1_7", "SGD14+DGrad7+Cos1_7+diffGrad7",
+]
+
+
+def table1(by_label: dict[str, list[Member]]) -> list[dict]:
+    """Per label (and variant): mean and std of the stand-alone members, and the recipe they share."""
+    rows = []
+    for label, members in by_label.items():
+        s = [scores_table(m.labels, m.probs) for m in members]
+        acc, f1 = np.array([x["accuracy"] for x in s]), np.array([x["f1_macro"] for x in s])
+        rows.append({"label": label, "members": len(members), "accuracy_mean": acc.mean(),
+                     "accuracy_std": acc.std(ddof=1) if len(acc) > 1 else 0.0, "f1_mean": f1.mean(),
+                     "f1_std": f1.std(ddof=1) if len(f1) > 1 else 0.0,
+                     "recipe": members[0].recipe_hash[:8] or "--", "setup": recipe_summary(members[0].meta.recipe)})
+    return rows
+
+
+def _expr(counts: dict[str, int]) -> str:
+    return "+".join(term_text(lab, k) for lab, k in counts.items() if k)
+
+
+def _fused(by_label: dict[str, list[Member]], counts: dict[str, int]):
+    members = [m for lab, k in counts.items() for m in by_label[lab][:k]]
+    probs, y, fold_of, _ = aligned(members)
+    return sum_rule(probs), y, fold_of, len(members)
+
+
+def table2(by_label: dict[str, list[Member]], step: int, top: int = 5,
+           val_by_label: dict[str, list[Member]] | None = None) -> list[dict]:
+    rows = []
+    for expr in SEED_ENSEMBLES:
+        terms = parse(expr)
+        if all(t.label in by_label and len(by_label[t.label]) >= t.count for t in terms):
+            scores, y, fold_of, n = _fused(by_label, {t.label: t.count for t in terms})
+            rows.append({"ensemble": expr, "selection": "seed's list", "members": n,
+                         **_metrics(y, scores, fold_of)})
+    found = search(by_label, step)
+    for _, counts in found[:top]:
+        scores, y, fold_of, n = _fused(by_label, counts)
+        rows.append({"ensemble": _expr(counts), "selection": "best on test folds (optimistic)", "members": n,
+                     **_metrics(y, scores, fold_of)})
+    rows.append(_honest(by_label, step, val_by_label))
+    return rows
+
+
+def _metrics(y: np.ndarray, scores: np.ndarray, fold_of: np.ndarray) -> dict[str, float]:
+    m = scores_table(y, scores, fold_of)
+    return {"accuracy": m["accuracy"], "f1_macro": m["f1_macro"], "auc": m["auc"]}
+
+
+def _honest(by_label: dict[str, list[Member]], step: int, val_by_label: dict[str, list[Member]] | None) -> dict:
+    """The combination chosen without the samples it is scored on."""
+    if val_by_label:
+        counts = search(val_by_label, step)[0][1]
+        scores, y, fold_of, n = _fused(by_label, counts)
+        return {"ensemble": _expr(counts), "selection": "chosen on validation split (honest)", "members": n,
+                **_metrics(y, scores, fold_of)}
+    probs, y, fold_of, _ = aligned([m for ms in by_label.values() for m in ms])
+    pred = np.empty_like(y)
+    chosen = []
+    full = np.zeros((len(y), probs.shape[2]))
+    for k in np.unique(fold_of):
+        counts = search(by_label, step, mask=fold_of != k)[0][1]
+        chosen.append(_expr(counts))
+        scores, _, _, _ = _fused(by_label, counts)
+        full[fold_of == k] = scores[fold_of == k]
+        pred[fold_of == k] = scores[fold_of == k].argmax(1)
+    return {"ensemble": " | ".join(dict.fromkeys(chosen)), "selection": "cross-validated over folds (honest)",
+            "members": "per fold", **_metrics(y, full, fold_of)}
+
+
+@dataclass
+class GroupSummary:
+    """Everything the report shows for one dataset version: its members, both tables, the best ensemble."""
+
+    name: str  # the report's folder: the dataset, or dataset-fingerprint when the store holds several versions
+    fingerprint: str
+    by_label: dict[str, list[Member]]
+    table1: list[dict]
+    table2: list[dict]
+
+    @property
+    def best(self) -> str:
+        return next(r for r in self.table2 if r["selection"].startswith("best"))["ensemble"]
+
+    def per_class(self) -> list[dict]:
+        """Precision, recall, F1 and support per class of the best ensemble."""
+        scores, y, _, _ = _fused(self.by_label, {t.label: t.count for t in parse(self.best)})
+        return per_class(y, scores, next(iter(self.by_label.values()))[0].classes)[0]
+
+
+def groups(store: Store, dataset: str) -> dict[str, dict[str, list[Member]]]:
+    """fingerprint -> label key -> members (by run index); every member read and checked."""
+    out: dict[str, dict[str, list[Member]]] = defaultdict(lambda: defaultdict(list))
+    for label in store.labels(dataset):
+        members = [read_member(p) for p in store.member_dirs(dataset, label)]
+        check_one_recipe(members)
+        for m in members:
+            out[m.fingerprint][label].append(m)
+    order = {lab: i for i, lab in enumerate(REGISTRY)}
+
+    def registry_order(item: tuple[str, list[Member]]) -> tuple[int, str]:
+        return order.get(split_key(item[0])[0], 99), item[0]
+
+    return {fp: dict(sorted(d.items(), key=registry_order)) for fp, d in out.items()}
+
+
+def val_members(by_label: dict[str, list[Member]]) -> dict[str, list[Member]] | None:
+    """The members' validation predictions, when every member has them (MedMNIST's split)."""
+    if not all((m.path / "val-0.npz").exists() for ms in by_label.values() for m in ms):
+        return None
+    return {lab: [read_member(m.path, "val") for m in ms] for lab, ms in by_label.items()}
+
+
+def summarise(store: Store, step: int = 7) -> list[GroupSummary]:
+    """Read and check the whole store, then compute every table: a bad file fails before anything is written."""
+    loaded = [(dataset, groups(store, dataset)) for dataset in store.datasets()]
+    out = []
+    for dataset, by_fp in loaded:
+        for fp, by_label in sorted(by_fp.items()):
+            name = dataset if len(by_fp) == 1 else f"{dataset}-{fp}"
+            out.append(GroupSummary(name, fp, by_label, table1(by_label),
+                                    table2(by_label, step, val_by_label=val_members(by_label))))
+    return out
+
+
+def confusion_of(by_label: dict[str, list[Member]], expr: str) -> tuple[np.ndarray, list[str]]:
+    scores, y, _, _ = _fused(by_label, {t.label: t.count for t in parse(expr)})
+    classes = next(iter(by_label.values()))[0].classes
+    return per_class(y, scores, classes)[1], classes

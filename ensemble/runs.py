@@ -1,0 +1,185 @@
+"""A run's work: one (run, fold) training into the run's staging directory, and the run's publish.
+
+The unit of work is one (run, fold) training (:func:`train_fold_task`); it writes its
+predictions into the run's hidden staging directory (laid out by :class:`ensemble.store.RunDir`),
+so any executor can run it (see ``ensemble.executors``). :func:`assemble_run` publishes a run
+when its last fold has landed. What runs are missing is decided by :mod:`ensemble.plan`.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .data.dataset import Dataset, load
+from .errors import DataError, StoreError
+from .io import atomic_write_json
+from .store import SCHEMA_VERSION, MemberMeta, RunDir, Store, recipe_hash, run_name, split_key, write_fold
+from .train.trainer import FoldTrainer, TrainConfig, _batches, derive_seed
+
+
+@dataclass(frozen=True)
+class FoldTask:
+    """One (run, fold) training: everything a worker needs, picklable.
+
+    ``label`` is the store's label key (``DGrad`` or ``DGrad@long``); ``recipe_hash`` is the
+    recipe the run was planned under, which the staged run must carry.
+    """
+
+    spec: str
+    dataset: str
+    label: str
+    run: int
+    fold: int
+    config: TrainConfig
+    recipe_hash: str
+    store_root: str
+    data_dir: str
+    cache_dir: str | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.label}/{run_name(self.run)}/fold-{self.fold}"
+
+    @property
+    def optimizer(self) -> str:
+        return split_key(self.label)[0]
+
+    def run_dir(self) -> RunDir:
+        return Store(self.store_root).run_dir(self.dataset, self.label, self.run)
+
+
+def run_seed(dataset: str, label: str, run: int, fold: int) -> int:
+    """The seed of one fold training, derived from (dataset, label key, run index, fold)."""
+    return derive_seed(dataset, label, run, fold)
+
+
+def library_versions() -> dict[str, str]:
+    import albumentations
+    import sklearn
+    import timm
+
+    return {"ens": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "timm": timm.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__,
+            "albumentations": albumentations.__version__}
+
+
+_DATASETS: dict[tuple, Dataset] = {}
+
+
+def load_dataset(spec: str, data_dir: str, size: int, cache_dir: str | None, workers: int = 2) -> Dataset:
+    """Datasets are loaded once per process (workers run many tasks)."""
+    key = (spec, data_dir, size, cache_dir)
+    if key not in _DATASETS:
+        _DATASETS[key] = load(spec, data_dir=data_dir, size=size, cache_dir=Path(cache_dir) if cache_dir else None,
+                              workers=workers)
+    return _DATASETS[key]
+
+
+def epoch_images(ds: Dataset, fold: int, batch_size: int) -> int:
+    """Images one epoch of a fold pushes through training (what progress displays count)."""
+    return sum(len(b) for b in _batches(ds.folds[fold].train, batch_size))
+
+
+def check_staged_recipe(rd: RunDir, expected_hash: str) -> dict[str, Any]:
+    """The staged run's recipe, which must be the one the task was planned under: never train on
+    (or publish) folds and checkpoints of another recipe."""
+    staged = rd.staged_recipe()
+    if not staged or recipe_hash(staged) != expected_hash:
+        raise StoreError(f"{rd.staging} was staged under another recipe than this task's; "
+                         "rerun `ens train` (it says what differs) or pass --restart")
+    return staged
+
+
+def train_fold_task(task: FoldTask, on_start: Callable[[int], None] | None = None,
+                    on_batch: Callable[[int], None] | None = None,
+                    on_epoch: Callable[[int, float, float], None] | None = None) -> dict[str, Any]:
+    """Train one fold and write ``fold-<k>.npz`` (and ``val-<k>.npz``) into the run's staging dir.
+
+    Idempotent: a fold whose predictions are already staged is not trained again.
+    ``on_start`` gets the epoch training starts from (above 0 when resuming a checkpoint).
+    """
+    ds = load_dataset(task.spec, task.data_dir, task.config.size, task.cache_dir, task.config.workers)
+    rd = task.run_dir()
+    staged = check_staged_recipe(rd, task.recipe_hash)
+    if staged["dataset"]["fingerprint"] != ds.fingerprint:
+        raise DataError(f"{task.spec} has changed since this run was planned (fingerprint {ds.fingerprint}, "
+                        f"planned {staged['dataset']['fingerprint']})")
+    if task.fold in rd.finished_folds(len(ds.folds)):
+        if on_start is not None:
+            on_start(task.config.epochs)
+        return json.loads(rd.summary(task.fold).read_text())
+    seed = run_seed(task.dataset, task.label, task.run, task.fold)
+    trainer = FoldTrainer(ds, ds.folds[task.fold], task.optimizer, task.config, seed=seed,
+                          checkpoint=rd.checkpoint(task.fold), recipe_hash=task.recipe_hash,
+                          on_start=on_start, on_batch=on_batch, on_epoch=on_epoch)
+    result = trainer.run()
+    write_fold(rd.fold_file(task.fold), result.probs, result.labels, result.ids)
+    if result.val_probs is not None:
+        fold = ds.folds[task.fold]
+        write_fold(rd.fold_file(task.fold, "val"), result.val_probs, ds.labels[fold.val], ds.ids[fold.val])
+    summary = {"fold": task.fold, "seed": seed, "seconds": round(result.seconds, 3), "curves": result.curves,
+               "accuracy": float((result.probs.argmax(1) == result.labels).mean()) if len(result.labels) else None,
+               "train": len(ds.folds[task.fold].train), "test": len(result.labels),
+               "device": str(trainer.device), "threads": trainer.intra_op_threads() or torch.get_num_threads(),
+               "recipe_hash": task.recipe_hash}
+    atomic_write_json(rd.summary(task.fold), summary)
+    rd.checkpoint(task.fold).unlink(missing_ok=True)
+    return summary
+
+
+def assemble_run(rd: RunDir, *, ds: Dataset, dataset: str, label: str, recipe: dict[str, Any]) -> Path:
+    """Publish a run whose folds are all staged: member.json from the fold summaries, then the rename.
+
+    Nothing staged is deleted before the rename, so a failed or killed publish is simply
+    repeated by the next ``ens train`` without retraining a fold.
+    """
+    folds = len(ds.folds)
+    missing = [k for k in range(folds) if k not in rd.finished_folds(folds)]
+    if missing:
+        raise StoreError(f"{rd.staging}: fold(s) {missing} have not finished")
+    staged = check_staged_recipe(rd, recipe_hash(recipe))
+    summaries = rd.read_summaries(folds)
+    probs, labels = [], []
+    for k in range(folds):
+        with np.load(rd.fold_file(k), allow_pickle=False) as z:
+            probs.append(z["probs"])
+            labels.append(z["labels"])
+    accuracy = float((np.concatenate(probs).argmax(1) == np.concatenate(labels)).mean())
+    optimizer, variant = split_key(label)
+    meta = MemberMeta(
+        schema_version=SCHEMA_VERSION,
+        dataset=dataset,
+        dataset_spec=ds.spec,
+        label=optimizer,
+        variant=variant,
+        run=rd.run,
+        fingerprint=ds.fingerprint,
+        protocol=ds.protocol,
+        classes=list(ds.classes),
+        folds=folds,
+        recipe=staged,
+        recipe_hash=recipe_hash(staged),
+        optimizer=staged["optimizer"],
+        model=staged["model"],
+        epochs=staged["epochs"],
+        seed=[int(s["seed"]) for s in summaries],
+        versions=library_versions(),
+        fold_seconds=[s["seconds"] for s in summaries],
+        fold_device=[s.get("device") for s in summaries],
+        fold_threads=[s.get("threads") for s in summaries],
+        curves=[s["curves"] for s in summaries],
+        fold_accuracy=[s["accuracy"] for s in summaries],
+        accuracy=accuracy,
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    return rd.publish(meta)
