@@ -121,10 +121,13 @@ def test_report_writes_tables_and_figures(store, tmp_path):
 
     pages = report(store, tmp_path / "reports", step=1)
     d = pages[0].parent
-    for name in ["table1.md", "table1.csv", "table1.tex", "table2.md", "table2.csv", "table2.tex"]:
-        assert (d / name).stat().st_size > 0
-    pngs = sorted(d.glob("*.png"))
-    assert len(pngs) == 4 and all(p.stat().st_size > 1000 for p in pngs)
+    for stem in ["table1", "table2", "per_class", "mixed_vs_single", "diversity"]:
+        for ext in [".md", ".csv", ".tex"]:
+            assert (d / f"{stem}{ext}").stat().st_size > 0
+    pngs = sorted(p.name for p in d.glob("*.png"))
+    assert pngs == ["accuracy_by_label.png", "accuracy_vs_size.png", "confusion_best.png", "disagreement.png",
+                    "diversity.png", "reliability.png"]
+    assert all((d / p).stat().st_size > 1000 for p in pngs)
     first = (d / "table2.md").read_text()
     assert "optimistic" in first and "honest" in first
     report(store, tmp_path / "reports", step=1)

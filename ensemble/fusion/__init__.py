@@ -32,9 +32,17 @@ class FusionResult:
     scores: np.ndarray
     fold_of: np.ndarray
     metrics: dict[str, float] = field(default_factory=dict)
+    calibration: str = "none"
 
     def row(self) -> dict:
-        return {"expression": self.expression, "rule": self.rule, "members": len(self.members), **self.metrics}
+        rule = self.rule if self.calibration == "none" else f"{self.rule} ({self.calibration})"
+        return {"expression": self.expression, "rule": rule, "members": len(self.members), **self.metrics}
+
+    def add_ci(self, resamples: int) -> None:
+        """95% stratified bootstrap intervals of accuracy, macro-F1 and AUC (see :mod:`.stats`)."""
+        from .stats import bootstrap_ci
+
+        self.metrics.update(bootstrap_ci(self.labels, self.scores, resamples=resamples))
 
 
 def select(store: Store, dataset: str, expr: str, split: str = "fold") -> tuple[list[Term], list[Member]]:
@@ -80,19 +88,23 @@ def aligned(members: list[Member]) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return np.stack(stack), ref.labels[order0], ref.fold_of[order0], ids
 
 
-def fuse_members(members: list[Member], rule: str = "sum", expression: str = "") -> FusionResult:
+def fuse_members(members: list[Member], rule: str = "sum", expression: str = "",
+                 calibration: str = "none") -> FusionResult:
+    """Apply ``rule`` to the members (temperature-scaled first when ``calibration`` says so) and score it."""
+    from .calibrate import calibrate
+
     if rule not in RULES:
         raise UsageError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
-    probs, labels, fold_of, _ = aligned(members)
+    probs, labels, fold_of, _ = aligned(calibrate(members, calibration))
     scores = RULES[rule](probs)
-    result = FusionResult(expression, rule, members, labels, scores, fold_of)
+    result = FusionResult(expression, rule, members, labels, scores, fold_of, calibration=calibration)
     result.metrics = scores_table(labels, scores, fold_of)
     return result
 
 
-def fuse(store: Store, dataset: str, expr: str, rule: str = "sum") -> FusionResult:
+def fuse(store: Store, dataset: str, expr: str, rule: str = "sum", calibration: str = "none") -> FusionResult:
     terms, members = select(store, dataset, expr)
-    return fuse_members(members, rule, format_terms(terms))
+    return fuse_members(members, rule, format_terms(terms), calibration)
 
 
 def details(result: FusionResult) -> tuple[list[dict], np.ndarray]:

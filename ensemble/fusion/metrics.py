@@ -1,4 +1,5 @@
-"""Metrics of a fused (or single) prediction: accuracy, macro F1 (the paper's F-measure), AUC.
+"""Metrics of a fused (or single) prediction: accuracy, macro F1 (the paper's F-measure), AUC,
+and the proper scores and calibration error of :mod:`.stats` (NLL, Brier, ECE).
 
 Pooled over all folds, plus mean and std over folds. AUC follows MedMNIST: the score of
 class 1 for two classes, else the mean one-vs-rest AUC.
@@ -10,6 +11,8 @@ import math
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
+
+from .stats import calibration_scores
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -30,6 +33,7 @@ def scores_table(labels: np.ndarray, scores: np.ndarray, fold_of: np.ndarray | N
         "accuracy": float((pred == labels).mean()),
         "f1_macro": float(f1_score(labels, pred, average="macro", labels=list(range(n_classes)), zero_division=0)),
         "auc": auc(labels, scores),
+        **calibration_scores(labels, scores),
     }
     if fold_of is not None and len(np.unique(fold_of)) > 1:
         accs, f1s = [], []

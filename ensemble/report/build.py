@@ -26,7 +26,7 @@ def write_tables(out: Path, stem: str, rows: list[dict]) -> None:
 
 def report(store: Store, out: Path, step: int = 7) -> list[Path]:
     """Write every table and figure; returns the HTML pages."""
-    from .figures import write_figures
+    from .figures import diversity_figure, reliability_figure, write_figures
 
     summaries = summarise(store, step)
     pages = []
@@ -36,7 +36,11 @@ def report(store: Store, out: Path, step: int = 7) -> list[Path]:
         write_tables(target, "table2", group.table2)
         per_class = group.per_class()
         write_tables(target, "per_class", per_class)
+        write_tables(target, "mixed_vs_single", group.comparison)
+        write_tables(target, "diversity", group.diversity)
         figs = write_figures(target, group.by_label, group.best)
+        figs += [f for f in (reliability_figure(target, group.by_label, group.best),
+                             diversity_figure(target, group.diversity)) if f is not None]
         pages.append(_html(target, group, per_class, figs))
     return pages
 
@@ -57,6 +61,13 @@ td,th{{border:1px solid #ccc;padding:3px 8px}} img{{max-width:520px}} figure{{di
 <p>Rows marked "optimistic" are chosen on the very test folds they are scored on; the "honest" row is chosen
 without them (validation split, or cross-validated over folds).</p>
 {table(group.table2)}
+<p>accuracy_lo/hi: 95% interval, bootstrap over samples stratified by class (1000 resamples, seed 0).
+NLL, Brier and ECE (15 equal-width bins of the top-class confidence) measure calibration.</p>
+<h2>Mixed against single-optimizer ensembles of the same size</h2>
+{table(group.comparison) if group.comparison else "<p>Not enough members of two labels.</p>"}
+<p>Paired tests on the same samples: McNemar's exact test for accuracy, DeLong's test for a binary AUC
+(paired bootstrap otherwise). A difference is called one only at p &lt; 0.05.</p>
+<h2>Diversity between labels</h2>{table(group.diversity)}
 <h2>Per class: {html.escape(group.best)}</h2>{table(per_class)}
 <h2>Figures</h2>{imgs}</body></html>
 """

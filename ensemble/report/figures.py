@@ -3,6 +3,7 @@ matrix of the best ensemble, pairwise disagreement between labels."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import matplotlib
@@ -27,6 +28,55 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def reliability_figure(out: Path, by_label: dict[str, list[Member]], best: str) -> Path | None:
+    """Reliability diagram of the best ensemble, as stored and after temperature scaling of its members."""
+    from ..errors import UsageError
+    from ..fusion import fuse_members
+    from ..fusion.expr import parse
+    from ..fusion.stats import ECE_BINS, reliability
+
+    members = [m for t in parse(best) for m in by_label[t.label][:t.count]]
+    panels = [("as stored", fuse_members(members, "sum", best))]
+    with contextlib.suppress(UsageError):  # one fold and no validation split: nothing to fit on honestly
+        panels.append(("temperature-scaled members", fuse_members(members, "sum", best, "temperature")))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.2), squeeze=False)
+    centres = (np.arange(ECE_BINS) + 0.5) / ECE_BINS
+    for ax, (title, result) in zip(axes[0], panels):
+        count, conf, acc = reliability(result.labels, result.scores)
+        filled = count > 0
+        ax.bar(centres[filled], acc[filled], width=1 / ECE_BINS, edgecolor="k", alpha=0.7, label="accuracy")
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        ax.plot(conf[filled], acc[filled], "o", color="C3", ms=4, label="bin (confidence, accuracy)")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="top-class confidence (15 bins)", ylabel="accuracy",
+               title=plain(f"{title}: ECE {result.metrics['ece']:.3f}, NLL {result.metrics['nll']:.3f}"))
+        ax.legend(loc="upper left", fontsize=7)
+    fig.suptitle(plain(f"Reliability of {best}"))
+    return _save(fig, out / "reliability.png")
+
+
+def diversity_figure(out: Path, rows: list[dict]) -> Path | None:
+    """Yule's Q and double-fault between labels, as two heat maps."""
+    labels = list(dict.fromkeys([r["label_a"] for r in rows] + [r["label_b"] for r in rows]))
+    if len(labels) < 2:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for ax, key, title in zip(axes, ("yule_q", "double_fault"), ("Yule's Q (lower: more diverse)",
+                                                                 "double-fault (lower: fewer shared errors)")):
+        grid = np.full((len(labels), len(labels)), np.nan)
+        for r in rows:
+            i, j = labels.index(r["label_a"]), labels.index(r["label_b"])
+            grid[i, j] = grid[j, i] = r[key]
+        im = ax.imshow(grid, cmap="viridis")
+        for (i, j), v in np.ndenumerate(grid):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
+        ax.set_xticks(range(len(labels)), [plain(lab) for lab in labels], rotation=45, ha="right")
+        ax.set_yticks(range(len(labels)), [plain(lab) for lab in labels])
+        ax.set(title=title)
+        fig.colorbar(im, ax=ax)
+    return _save(fig, out / "diversity.png")
 
 
 def write_figures(out: Path, by_label: dict[str, list[Member]], best: str) -> list[Path]:
