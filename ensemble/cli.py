@@ -6,12 +6,16 @@ User errors (:class:`ensemble.errors.EnsError`) print one line and exit with the
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import click
 
 from .errors import EnsError
+from .options import NON_NEGATIVE, POSITIVE, Checksum, Device, SchedulerAddress
+
+MAX_MEMBERS = 1000  # per optimizer and call; a paper uses 7 to 35
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 
@@ -25,6 +29,7 @@ def cli() -> None:
       ens demo                                      # a small end-to-end run, no download
       ens train --dataset hela --opt dgrad --n 7    # make sure 7 DGrad members exist
       ens fuse --dataset hela "SGD14+DGrad7+Cos1_7" # sum-rule fusion of stored members
+      ens compare --dataset hela SGD7+DGrad7 SGD14  # paired tests of two ensembles
       ens report                                    # tables and figures from members/
     """
 
@@ -69,11 +74,12 @@ def data_list(data_dir: Path) -> None:
     """Every dataset: where it is expected, whether it is there, images per class."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from .data.catalog import CATALOG, MEDMNIST, resolve
     from .data.scan import scan
 
-    table = Table(title=f"datasets (data dir: {data_dir})")
+    table = Table(title=Text(f"datasets (data dir: {data_dir})"))
     for col in ("dataset", "protocol", "expected at", "status", "images per class"):
         table.add_column(col, overflow="fold")
     specs = list(CATALOG) + [f"medmnist:{m}" for m in MEDMNIST]
@@ -84,29 +90,31 @@ def data_list(data_dir: Path) -> None:
         where = str(ref.path) if ref.path else "(built in)"
         if not ref.present:
             if not spec.startswith("medmnist:") or spec == "medmnist:breastmnist":
-                table.add_row(spec, ref.info.protocol, where, "[yellow]missing[/]", f"ens data fetch {spec}")
+                table.add_row(Text(spec), ref.info.protocol, Text(where), Text("missing", "yellow"),
+                              Text(f"ens data fetch {spec}"))
             continue
         try:
             listing = scan(ref)
         except EnsError as err:
-            table.add_row(spec, ref.info.protocol, where, "[red]error[/]", str(err))
+            table.add_row(Text(spec), ref.info.protocol, Text(where), Text("error", "red"), Text(str(err)))
             continue
         counts = ", ".join(f"{c}: {int((listing.labels == i).sum())}" for i, c in enumerate(listing.classes))
-        table.add_row(spec, ref.info.protocol, where, f"[green]present[/] ({len(listing.ids)})", counts)
+        table.add_row(Text(spec), ref.info.protocol, Text(where), Text(f"present ({len(listing.ids)})", "green"),
+                      Text(counts))
         notes += listing.warnings
     console = Console()
     console.print(table)
     console.print("Other MedMNIST sets: medmnist:NAME with NAME one of " + ", ".join(MEDMNIST)
                   + "; any image folder: folder:PATH.")
     for note in notes:
-        console.print(f"[yellow]warning:[/] {note}", highlight=False)
+        console.print(Text("warning: ", "yellow") + Text(note), highlight=False)
 
 
 @data.command("fetch")
 @click.argument("name")
 @DATA_DIR
 @click.option("--url", help="Download from this address instead of the official one (a mirror).")
-@click.option("--checksum", help="Expected checksum of the download, as md5:HEX or sha256:HEX.")
+@click.option("--checksum", type=Checksum(), help="Expected checksum of the download, as md5:HEX or sha256:HEX.")
 def data_fetch(name: str, data_dir: Path, url: str | None, checksum: str | None) -> None:
     """Download NAME from its official source, verify its checksum and unpack it."""
     from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
@@ -116,8 +124,13 @@ def data_fetch(name: str, data_dir: Path, url: str | None, checksum: str | None)
 
     ref = resolve(name, data_dir)
     source = None
+    if checksum and not url:
+        raise click.UsageError("--checksum goes with --url (catalogue downloads carry their own)")
     if url:
-        source = Source(url, checksum, Path(url.split("?")[0]).name or "download")
+        if not re.match(r"https?://[^/\s]+", url):
+            raise click.BadParameter(f"{url!r} is not an http:// or https:// address", param_hint="'--url'")
+        filename = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(url.split("?")[0]).name).lstrip(".") or "download"
+        source = Source(url, checksum, filename)
     with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
         task = bar.add_task(f"fetching {name}", total=None)
         path = fetch(ref, source=source, on_progress=lambda done, total: bar.update(task, completed=done,
@@ -136,19 +149,19 @@ def _train_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
         click.option("--model", default="resnet50", help="timm model name."),
         click.option("--epochs", type=click.IntRange(min=1), default=20),
         click.option("--batch-size", type=click.IntRange(min=2), default=30),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+        click.option("--lr", type=POSITIVE, default=None,
                      help="Learning rate [default: the optimizer's paper default, 0.001]."),
         click.option("--size", type=click.IntRange(min=8), default=224, help="Input size in pixels (square)."),
-        click.option("--device", default="auto", help="cpu, cuda, cuda:N or auto."),
+        click.option("--device", type=Device(), default="auto", help="cpu, cuda, cuda:N, mps or auto."),
         click.option("--workers", type=click.IntRange(min=0), default=2, help="Data-loading worker processes."),
         click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="torch CPU threads per fold task [default: 1 on CPU, so every executor trains the "
                           "same members; torch's own on GPU]."),
-        click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+        click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
                      help="Local ImageNet weights (state dict or .safetensors) instead of downloading them."),
         click.option("--no-pretrained", is_flag=True, help="Start from random weights."),
-        click.option("--head-lr-factor", type=float, default=20.0, help="Learning-rate factor of the new head."),
-        click.option("--weight-decay", type=float, default=1e-4, help="L2 added to the gradient (coupled)."),
+        click.option("--head-lr-factor", type=POSITIVE, default=20.0, help="Learning-rate factor of the new head."),
+        click.option("--weight-decay", type=NON_NEGATIVE, default=1e-4, help="L2 added to the gradient (coupled)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -200,13 +213,15 @@ def _check_store_name(ctx: click.Context, param: click.Parameter, value: str | N
 @click.option("--dataset", required=True, help="hela, bg, lar, digits, medmnist:NAME or folder:PATH.")
 @click.option("--opt", required=True, multiple=True, callback=_check_opts,
               help="Optimizer label (see `ens optimizers`); several (--opt sgd,dgrad or repeated) make one job.")
-@click.option("--n", "count", type=click.IntRange(min=1), default=1, help="Complete members wanted, per optimizer.")
+@click.option("--n", "count", type=click.IntRange(min=1, max=MAX_MEMBERS), default=1,
+              help="Complete members wanted, per optimizer.")
 @_train_options
 @click.option("--executor", type=click.Choice(["local", "processes", "dask"]), default="local",
               help="Where the (run, fold) tasks run.")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Parallel workers for processes/dask [default: GPU count, or 2].")
-@click.option("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786) for --executor dask.")
+@click.option("--scheduler", type=SchedulerAddress(), default=None,
+              help="Dask scheduler address (tcp://host:8786, tls://host:8786) for --executor dask.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs, batch jobs).")
 @click.option("--variant", default=None, callback=_check_variant,
               help="Store these members apart under Label@VARIANT (another recipe beside the default one); "
@@ -264,19 +279,27 @@ def _dataset_name(dataset: str, store_datasets: list[str]) -> str:
         return dataset
 
 
-@cli.command()
-@click.option("--dataset", required=True, help="Dataset as given to ens train (hela, lar, medmnist:NAME, ...).")
-@click.argument("expressions", nargs=-1, required=True)
-@click.option("--rule", type=click.Choice(["sum", "product", "max", "vote"]), default="sum", help="Fusion rule.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", help="Output format.")
-@click.option("--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"),
-              help="The member store.")
-@click.option("--details", is_flag=True, help="Also per-class precision/recall/F1 and the confusion matrix.")
-def fuse(dataset: str, expressions: tuple[str, ...], rule: str, fmt: str, members_dir: Path, details: bool) -> None:
-    """Fuse stored members, one row per EXPRESSION (e.g. "SGD14+DGrad7+Cos1_7")."""
-    from .fusion import details as fusion_details
-    from .fusion import fuse as run_fusion
-    from .report.tables import render
+FUSE_OPTIONS = [
+    click.option("--dataset", required=True, help="Dataset as given to ens train (hela, lar, medmnist:NAME, ...)."),
+    click.option("--rule", type=click.Choice(["sum", "product", "max", "vote"]), default="sum", help="Fusion rule."),
+    click.option("--calibrate", type=click.Choice(["none", "temperature"]), default="none",
+                 help="Temperature-scale each member first (fitted on the validation split, else cross-fitted "
+                      "over folds: never on the rows it scores)."),
+    click.option("--resamples", type=click.IntRange(min=1000), default=1000,
+                 help="Bootstrap resamples (stratified by class, seed 0) for intervals and paired tests."),
+    click.option("--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"),
+                 help="The member store."),
+]
+
+
+def _fuse_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
+    for option in reversed(FUSE_OPTIONS):
+        f = option(f)
+    return f
+
+
+def _store_dataset(dataset: str, members_dir: Path):  # noqa: ANN202
+    """The store and the dataset's name in it, or a usage error listing what the store holds."""
     from .store import Store
 
     store = Store(members_dir)
@@ -284,7 +307,31 @@ def fuse(dataset: str, expressions: tuple[str, ...], rule: str, fmt: str, member
     if name not in store.datasets():
         known = ", ".join(store.datasets()) or "none"
         raise click.UsageError(f"no members of {name!r} in {members_dir} (datasets there: {known})")
-    results = [run_fusion(store, name, e, rule) for e in expressions]
+    return store, name
+
+
+@cli.command()
+@click.argument("expressions", nargs=-1, required=True)
+@_fuse_options
+@click.option("--ci", is_flag=True, help="95% bootstrap intervals of accuracy, macro-F1 and AUC.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", help="Output format.")
+@click.option("--details", is_flag=True, help="Also per-class precision/recall/F1 and the confusion matrix.")
+def fuse(dataset: str, expressions: tuple[str, ...], rule: str, calibrate: str, resamples: int, members_dir: Path,
+         ci: bool, fmt: str, details: bool) -> None:
+    """Fuse stored members, one row per EXPRESSION (e.g. "SGD14+DGrad7+Cos1_7").
+
+    Each row gives accuracy, macro-F1, AUC, NLL, Brier score and ECE (15 equal-width bins of the
+    top-class confidence), pooled over folds.
+    """
+    from .fusion import details as fusion_details
+    from .fusion import fuse as run_fusion
+    from .report.tables import render
+
+    store, name = _store_dataset(dataset, members_dir)
+    results = [run_fusion(store, name, e, rule, calibrate) for e in expressions]
+    if ci:
+        for r in results:
+            r.add_ci(resamples)
     rows = [r.row() for r in results]
     click.echo(render(rows, fmt, title=f"{name}: {rule} rule"))
     if details and fmt != "json":
@@ -296,6 +343,36 @@ def fuse(dataset: str, expressions: tuple[str, ...], rule: str, fmt: str, member
             click.echo("confusion matrix (rows: true class, columns: predicted)")
             click.echo(render([{"true": c, **{p: int(v) for p, v in zip(classes, row)}} for c, row in
                                zip(classes, cm)], fmt))
+
+
+@cli.command()
+@click.argument("expr_a")
+@click.argument("expr_b")
+@_fuse_options
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", help="Output format.")
+def compare(dataset: str, expr_a: str, expr_b: str, rule: str, calibrate: str, resamples: int, members_dir: Path,
+            fmt: str) -> None:
+    """Test ensemble EXPR_A against EXPR_B on the same samples.
+
+    Accuracy: McNemar's exact test. AUC: DeLong's test (two classes), else a paired bootstrap of
+    the macro one-vs-rest AUC. Macro-F1: paired bootstrap. The last line is the verdict, with
+    every p-value; a difference is only called one at p < 0.05.
+    """
+    from .fusion import fuse as run_fusion
+    from .fusion.compare import compare_results
+    from .report.tables import render
+
+    store, name = _store_dataset(dataset, members_dir)
+    a, b = (run_fusion(store, name, e, rule, calibrate) for e in (expr_a, expr_b))
+    result = compare_results(a, b, resamples)
+    if fmt == "json":
+        import json
+
+        click.echo(json.dumps({"a": a.expression, "b": b.expression, "samples": len(a.labels),
+                               "tests": result.rows, "verdict": result.verdict()}, indent=2))
+        return
+    click.echo(render(result.rows, fmt, title=f"{name}: A = {a.expression}, B = {b.expression} ({rule} rule)"))
+    click.echo(result.verdict())
 
 
 # --------------------------------------------------------------------------- report
@@ -322,7 +399,13 @@ def main() -> None:
     """Console-script entry point: user errors become one line on stderr and an exit code."""
     try:
         cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as err:
+        if isinstance(err.__cause__, EOFError):  # click turns every EOFError into Abort: a file ended early
+            from .errors import first_line
+
+            click.echo(f"Error: a file ended before its end ({first_line(err.__cause__)}); it is empty or "
+                       "truncated", err=True)
+            sys.exit(1)
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except click.ClickException as err:

@@ -5,8 +5,8 @@
 
 A run is built in a hidden staging directory ``.<run>.staging`` and renamed into place
 when complete, so readers (which ignore names beginning with ``.``) never see half a
-member. A per-run lock file (``flock``, released by the OS when a process dies, even
-by ``kill -9``) keeps two processes from training the same run; the staging directory
+member. A label's lock file (``.lock``, released by the OS when a process dies, even
+by ``kill -9``) keeps two processes from training the same runs; the staging directory
 keeps finished folds, the run's recipe and the last epoch's checkpoint so a killed run
 resumes -- under the recipe it started with, never another.
 
@@ -381,10 +381,6 @@ class RunDir:
         return self.label_dir / f".{self.name}.staging"
 
     @property
-    def lock(self) -> Path:
-        return self.label_dir / f".{self.name}.lock"
-
-    @property
     def scratch(self) -> Path:
         """Checkpoints, progress and error files: dropped when the run is published."""
         return self.staging / "scratch"
@@ -412,6 +408,8 @@ class RunDir:
         """The recipe the staged run started under; None when nothing is staged."""
         if not self.staging.exists():
             return None
+        if not self.recipe_file.exists() and not any(p.is_file() for p in self.staging.rglob("*")):
+            return None  # created by a process killed before it wrote anything: nothing to reuse
         try:
             obj = json.loads(self.recipe_file.read_text())
         except (OSError, ValueError):
@@ -546,27 +544,26 @@ class Store:
 
     # ---------------------------------------------------------------- writing
     @contextlib.contextmanager
-    def try_lock(self, dataset: str, label: str, run: int) -> Iterator[bool]:
-        """Yield True while holding the run's lock, False if another process holds it."""
-        import fcntl  # POSIX only; imported here so the store can be read anywhere
+    def try_lock(self, dataset: str, label: str) -> Iterator[bool]:
+        """Yield True while holding the label's lock, False if another process holds it.
 
-        rd = self.run_dir(dataset, label, run)
-        rd.label_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(rd.lock, os.O_RDWR | os.O_CREAT, 0o666)
+        One lock per label and job (not one open file per run), through ``filelock``: the OS
+        frees it when the process dies, even by ``kill -9``, on POSIX and Windows alike.
+        """
+        import filelock
+
+        d = self.label_dir(dataset, label)
+        d.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(d / ".lock", mode=0o666)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            try:
-                yield True
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            yield False
+            return
+        try:
+            yield True
         finally:
-            os.close(fd)
+            lock.release()
 
 
 def check_one_recipe(members: list[Member]) -> None:

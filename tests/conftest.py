@@ -73,6 +73,25 @@ def stage_run(folder: Path, members: Path, *, label: str = "DGrad", run: int = 0
     return rd.staging
 
 
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``ens ARGS`` in this process, through the console entry point (its error handling included)."""
+    import sys
+
+    from ensemble.cli import main
+
+    argv = sys.argv
+    sys.argv = ["ens", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def env_without_coverage() -> dict:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"

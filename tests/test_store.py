@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,27 +14,12 @@ from ensemble.errors import EnsError, StoreError, UsageError
 from ensemble.fusion import parse
 from ensemble.fusion.expr import ExpressionError
 from ensemble.store import Store, check_name, recipe_hash
-from tests.conftest import make_folder, stage_run, write_member
+from tests.conftest import make_folder, run_cli, stage_run, write_member
+
+cli = run_cli
 
 TINY = ["--model", "test_resnet", "--epochs", "1", "--size", "16", "--no-pretrained", "--device", "cpu",
         "--workers", "0", "--no-progress"]
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """``ens ARGS`` in this process, through the console entry point (its error handling included)."""
-    from ensemble.cli import main
-
-    argv = sys.argv
-    sys.argv = ["ens", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def snapshot(root: Path) -> dict[str, str]:

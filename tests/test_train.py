@@ -130,10 +130,10 @@ def test_two_processes_never_train_the_same_run(tmp_path):
     from ensemble.store import Store
 
     store = Store(tmp_path / "M")
-    with store.try_lock("d", "SGD", 0) as first:
+    with store.try_lock("d", "SGD") as first:
         assert first
         code = ("from ensemble.store import Store; import sys\n"
-                f"with Store({str(tmp_path / 'M')!r}).try_lock('d', 'SGD', 0) as got: sys.exit(0 if got else 3)")
+                f"with Store({str(tmp_path / 'M')!r}).try_lock('d', 'SGD') as got: sys.exit(0 if got else 3)")
         assert subprocess.run([sys.executable, "-c", code]).returncode == 3
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # released: free again
 

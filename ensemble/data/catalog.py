@@ -66,8 +66,9 @@ CATALOG: dict[str, DatasetInfo] = {
         "predefined",
         "folds",
         {"He": 330, "Hbv": 330, "IPCL": 330, "Le": 330, "_total": 1320},
-        (Source("https://zenodo.org/record/1003200/files/laryngeal%20dataset.zip?download=1", None,
-                "lar.zip"),),
+        # the record's file is a tar archive, "laryngeal dataset.tar"; Zenodo publishes no checksum we could reach
+        (Source("https://zenodo.org/record/1003200/files/laryngeal%20dataset.tar?download=1", None,
+                "lar.tar"),),
         "Moccia et al. (2017)",
     ),
     "digits": DatasetInfo(
@@ -135,7 +136,7 @@ def resolve(spec: str, data_dir: Path | str = "datasets") -> DatasetRef:
         if not sub:
             raise UsageError(f"medmnist: needs a name, e.g. medmnist:breastmnist ({', '.join(MEDMNIST)})")
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", sub):
-            raise UsageError(f"medmnist:{sub} is not a MedMNIST name (letters, digits, '_' or '-'; known: "
+            raise UsageError(f"{spec} is not a MedMNIST name (letters, digits, '_' or '-'; known: "
                              f"{', '.join(MEDMNIST)})")
         md5, n_train, n_val, n_test = MEDMNIST.get(sub, (None, 0, 0, 0))
         info = DatasetInfo(

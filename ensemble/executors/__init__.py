@@ -21,6 +21,7 @@ from ..runs import FoldTask, load_dataset
 from ..store import Store, check_name, check_variant, run_name
 from ..train.trainer import TrainConfig
 from .job import Job, run_local, run_pool
+from .lease import Lease, take_over
 from .pools import make_pool
 from .progress import JobProgress
 
@@ -90,12 +91,13 @@ def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> lis
             cfg = replace(cfg, weights=str(Path(cfg.weights).resolve()))
         tasks, runs = [], []
         for p in plans:
+            if not p.todo:
+                continue
+            if not stack.enter_context(store.try_lock(dataset, p.label)):
+                echo(f"{dataset}/{p.label} is being trained by another process; leaving it to that one")
+                continue
             for run in p.todo:
                 rd = store.run_dir(dataset, p.label, run)
-                if not stack.enter_context(store.try_lock(dataset, p.label, run)):
-                    echo(f"{dataset}/{p.label}/{run_name(run)} is being trained by another process; "
-                         "leaving it to that one")
-                    continue
                 if rd.final.exists():
                     continue
                 folds = prepare_run(rd, p.recipe, folds=len(ds.folds), restart=req.restart, echo=echo)
@@ -110,6 +112,11 @@ def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> lis
             if names:
                 echo(f"{dataset}/{p.label}: training run(s) {', '.join(names)} ({len(ds.folds)} fold(s) each, "
                      f"{cfg.epochs} epoch(s), {cfg.model}) on {where} ...")
+        lease = None
+        if req.scheduler and tasks:  # remote workers cannot watch our pid: they watch this lease instead
+            labels = {p.label for p, _ in runs}
+            lease = stack.enter_context(contextlib.closing(
+                take_over(Lease([store.label_dir(dataset, label) for label in labels]), echo)))
         bar = JobProgress(len(tasks), req.progress)
         job = Job(ds, dataset, cfg, store, tasks, {(p.label, r): p.recipe for p, r in runs}, bar)
         with bar:
@@ -120,7 +127,8 @@ def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> lis
                 run_local(job)
             elif tasks:
                 pool = make_pool(req.executor, req.jobs, req.scheduler, cfg.device,
-                                 str(store.label_dir(dataset, runs[0][0].label).resolve()), bar.print)
+                                 str(store.label_dir(dataset, runs[0][0].label).resolve()), bar.print,
+                                 lease_token=lease.token if lease else None)
                 run_pool(job, pool)
         if bar.status.errors:
             raise EnsError(f"{len(job.failed_runs)} run(s) not stored, {len(job.published)} stored; "

@@ -154,7 +154,7 @@ class DaskPool:
             except (OSError, TimeoutError) as err:
                 raise EnsError(f"cannot reach the Dask scheduler at {scheduler} ({err}); start one with "
                                "`dask scheduler` and its workers with `dask worker ADDRESS`") from None
-            self.setup = WorkerSetup()  # remote workers bring their own GPU (CUDA_VISIBLE_DEVICES / dask-cuda)
+            self.setup = setup  # remote workers bring their own GPU (CUDA_VISIBLE_DEVICES / dask-cuda)
             self._check_workers(scheduler, store_dir, echo)
         else:
             # non-daemonic workers may start DataLoader processes; no memory limit: training is not
@@ -217,12 +217,12 @@ class DaskPool:
 
 
 def make_pool(executor: str, jobs: int | None, scheduler: str | None, device: str, store_dir: str,
-              echo: Callable[[str], None]) -> Pool:
+              echo: Callable[[str], None], *, lease_token: str | None = None) -> Pool:
     """The pool of ``--executor processes`` or ``--executor dask`` (local cluster, or ``scheduler``)."""
     if executor == "dask" and scheduler:
         if jobs:
             echo("note: --jobs has no effect with --scheduler: the cluster's workers set the parallelism")
-        return DaskPool(scheduler, 0, WorkerSetup(), store_dir, echo)
+        return DaskPool(scheduler, 0, WorkerSetup(lease_token=lease_token), store_dir, echo)
     gpus = visible_gpus() if device in ("auto", "cuda") else ()
     n = jobs or default_jobs(gpus)
     setup = local_setup(n, device, gpus)

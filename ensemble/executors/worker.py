@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EnsError, first_line
+from .lease import LeaseCheck
 from .progress import ProgressWriter, worker_name
 
 
@@ -53,33 +54,33 @@ class WorkerSetup:
     gpus: tuple[str, ...] = ()  # GPU ids to hand out, one per worker process
     claim_dir: str | None = None  # where workers lock the GPU they took
     coordinator: int | None = None  # pid of the `ens train` that started this machine's pool
+    lease_token: str | None = None  # remote workers: the job's lease (see .lease), checked while training
 
 
 _GPU: str | None = None
-_CLAIM_FDS: list[int] = []
+_CLAIMS: list = []  # filelock.FileLock objects held for the life of the process
 
 
 def claim_gpu(gpus: tuple[str, ...], claim_dir: str) -> str:
     """Take a GPU no other worker of the pool holds and make it this process's only visible one.
 
-    The claim is an ``flock`` held for the life of the process, so the OS frees it when a
+    The claim is a file lock held for the life of the process, so the OS frees it when a
     worker dies and its replacement takes the same GPU. With more workers than GPUs the
     extra ones share, spread by process id.
     """
-    import fcntl  # POSIX only, like the pools that call this
+    import filelock
 
     global _GPU
     if _GPU is not None:
         return _GPU
     chosen = None
     for gpu in gpus:
-        fd = os.open(Path(claim_dir) / f"gpu-{gpu}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        claim = filelock.FileLock(Path(claim_dir) / f"gpu-{gpu}.lock")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            claim.acquire(timeout=0)
+        except filelock.Timeout:
             continue
-        _CLAIM_FDS.append(fd)
+        _CLAIMS.append(claim)
         chosen = gpu
         break
     if chosen is None:
@@ -168,7 +169,20 @@ def _run_fold(task: Any, setup: WorkerSetup) -> dict[str, Any]:
         task = replace(task, config=replace(cfg, workers=0))
     ds = load_dataset(task.spec, task.data_dir, cfg.size, task.cache_dir, cfg.workers)
     writer = ProgressWriter(task.run_dir().progress(task.fold), epoch_images(ds, task.fold, cfg.batch_size))
-    summary = train_fold_task(task, on_start=writer.start, on_batch=writer.batch, on_epoch=writer.epoch_done)
+    on_batch, on_epoch = writer.batch, writer.epoch_done
+    if setup.lease_token:
+        check = LeaseCheck(task.run_dir().label_dir, setup.lease_token)
+        check()  # a task that was queued while its job died never starts
+
+        def on_batch(n: int) -> None:
+            writer.batch(n)
+            check()
+
+        def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
+            check()
+            writer.epoch_done(epoch, loss, accuracy)
+
+    summary = train_fold_task(task, on_start=writer.start, on_batch=on_batch, on_epoch=on_epoch)
     return {**summary, "where": worker_name() + (f" gpu {gpu}" if gpu is not None else "")}
 
 

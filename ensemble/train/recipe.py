@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from ..data.dataset import Dataset
+from ..errors import UsageError
 from ..optim import resolve
 from .trainer import TrainConfig
 
@@ -23,9 +24,12 @@ def weight_source(cfg: TrainConfig) -> str:
     """Where the starting weights come from: ``timm:<model>.<tag>``, ``file:sha256:<hex>`` or ``none``."""
     if cfg.weights:
         h = hashlib.sha256()
-        with open(cfg.weights, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        try:
+            with open(cfg.weights, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        except OSError as err:
+            raise UsageError(f"--weights {cfg.weights}: cannot be read ({err.strerror})") from None
         return f"file:sha256:{h.hexdigest()[:16]}"
     if not cfg.pretrained:
         return "none"
@@ -40,13 +44,17 @@ def weight_source(cfg: TrainConfig) -> str:
 
 def build_recipe(cfg: TrainConfig, label: str, ds: Dataset) -> dict[str, Any]:
     """The recipe of a member of optimizer ``label`` trained with ``cfg`` on ``ds``, as stored JSON."""
+    try:
+        optimizer = {"name": label, **resolve(label, **cfg.optimizer_overrides())}
+    except ValueError as err:  # e.g. --lr with CLMR, whose schedule sets the learning rate
+        raise UsageError(f"{err} (check --lr and the optimizer's own settings in `ens optimizers`)") from None
     recipe = {
         "model": cfg.model,
         "weights": weight_source(cfg),
         "size": cfg.size,
         "epochs": cfg.epochs,
         "batch_size": cfg.batch_size,
-        "optimizer": {"name": label, **resolve(label, **cfg.optimizer_overrides())},
+        "optimizer": optimizer,
         "head_lr_factor": cfg.head_lr_factor,
         "weight_decay": cfg.weight_decay,
         "augmentation": AUGMENTATION,
