@@ -162,6 +162,8 @@ def _train_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
         click.option("--no-pretrained", is_flag=True, help="Start from random weights."),
         click.option("--head-lr-factor", type=POSITIVE, default=20.0, help="Learning-rate factor of the new head."),
         click.option("--weight-decay", type=NON_NEGATIVE, default=1e-4, help="L2 added to the gradient (coupled)."),
+        click.option("--keep-weights/--no-keep-weights", default=True,
+                     help="Keep each fold's model (safetensors) in the run, so `ens predict` can apply the member."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -169,13 +171,13 @@ def _train_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
 
 
 def _config(model, epochs, batch_size, lr, size, device, workers, threads, weights, no_pretrained,
-            head_lr_factor, weight_decay):  # noqa: ANN001, ANN202
+            head_lr_factor, weight_decay, keep_weights):  # noqa: ANN001, ANN202
     from .train.trainer import TrainConfig
 
     return TrainConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, size=size, device=device,
                        workers=workers, threads=threads, pretrained=not no_pretrained,
                        weights=str(weights) if weights else None, head_lr_factor=head_lr_factor,
-                       weight_decay=weight_decay)
+                       weight_decay=weight_decay, keep_weights=keep_weights)
 
 
 def _check_opts(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:
@@ -373,6 +375,110 @@ def compare(dataset: str, expr_a: str, expr_b: str, rule: str, calibrate: str, r
         return
     click.echo(render(result.rows, fmt, title=f"{name}: A = {a.expression}, B = {b.expression} ({rule} rule)"))
     click.echo(result.verdict())
+
+
+# --------------------------------------------------------------------------- predict, members, export
+def _check_out_suffix(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    if value is not None and value.suffix.lower() not in (".csv", ".json", ".parquet"):
+        raise click.BadParameter(f"{value}: write .csv, .json or .parquet")
+    if value is not None and value.exists():
+        raise click.BadParameter(f"{value} already exists; predictions never overwrite a file")
+    return value
+
+
+@cli.command()
+@click.option("--dataset", required=True, help="The dataset the members were trained on (as for ens fuse).")
+@click.argument("expression")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=_check_out_suffix,
+              help="Write the table here (.csv, .json or .parquet) [default: CSV on standard output].")
+@click.option("--rule", type=click.Choice(["sum", "product", "max", "vote"]), default="sum", help="Fusion rule.")
+@click.option("--tta", is_flag=True, help="Average the softmax over the image, its left-right flip, its "
+                                          "top-bottom flip and both flips.")
+@click.option("--fold", type=click.IntRange(min=0), default=None,
+              help="Apply only fold K's model of each member [default: the mean of all fold models].")
+@click.option("--device", type=Device(), default="auto", help="cpu, cuda, cuda:N, mps or auto.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Images per forward pass.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("datasets"),
+              help="Where medmnist:NAME inputs are found.")
+@click.option("--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"),
+              help="The member store.")
+def predict(dataset: str, expression: str, inputs: tuple[str, ...], out: Path | None, rule: str, tta: bool,
+            fold: int | None, device: str, batch_size: int, data_dir: Path, members_dir: Path) -> None:
+    """Apply the ensemble EXPRESSION to INPUTS (image files, folders, folder:PATH, medmnist:NAME's test split).
+
+    One row per image: path, the fused probability of each class, the predicted class, and its
+    uncertainty -- predictive entropy, the members' mutual information (epistemic part) and the
+    share of members that agree with the fused prediction.
+    """
+    from .predict import collect_inputs, write_table
+    from .predict import predict as run_predict
+
+    store, name = _store_dataset(dataset, members_dir)
+    table = run_predict(store, name, expression, collect_inputs(list(inputs), data_dir), rule=rule, device=device,
+                        batch_size=batch_size, tta=tta, fold=fold, progress=sys.stderr.isatty())
+    text = write_table(table, out)
+    if text is not None:
+        click.echo(text, nl=False)
+    else:
+        click.echo(f"wrote {len(table)} row(s) to {out}", err=True)
+
+
+@cli.command()
+@click.option("--dataset", default=None, help="Only this dataset [default: every dataset in the store].")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", help="Output format.")
+@click.option("--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"),
+              help="The member store.")
+def members(dataset: str | None, fmt: str, members_dir: Path) -> None:
+    """The store at a glance: members per dataset and label, their recipe, accuracy, fold models and disk use.
+
+    Staged runs, labels being trained, stale leases and unreadable members are flagged (with
+    --format json: the members as a list on standard output, the flags on standard error).
+    """
+    import json
+
+    from .report.tables import render
+    from .store import Store
+
+    store = Store(members_dir)
+    name = _dataset_name(dataset, store.datasets()) if dataset else None
+    rows, notes = store.inventory(name)
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
+        return
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["label"]), []).append(r)
+    summary = [{"dataset": ds, "label": label, "members": len(rs), "recipe": rs[0]["recipe"],
+                "recipe_hash": (rs[0]["recipe_hash"] or "--")[:8],
+                "accuracy_mean": float(sum(r["accuracy"] or 0 for r in rs) / len(rs)),
+                "fold_models": "all" if all(r["weights"] for r in rs) else
+                "none" if not any(r["weights"] for r in rs) else "some",
+                "disk_MB": round(sum(r["bytes"] for r in rs) / 2**20, 2)} for (ds, label), rs in groups.items()]
+    click.echo(render(summary, "table", title=f"members in {members_dir}") if summary else
+               f"no complete members in {members_dir}")
+    for note in notes:
+        click.echo(f"note: {note}")
+
+
+@cli.command("export")
+@click.option("--dataset", required=True, help="The dataset the members were trained on (as for ens fuse).")
+@click.argument("expression")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The folder to create.")
+@click.option("--rule", type=click.Choice(["sum", "product", "max", "vote"]), default="sum", help="Fusion rule.")
+@click.option("--onnx/--no-onnx", default=None,
+              help="Also write ONNX models, checked against PyTorch [default: when onnx is installed].")
+@click.option("--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"),
+              help="The member store.")
+def export_cmd(dataset: str, expression: str, out: Path, rule: str, onnx: bool | None, members_dir: Path) -> None:
+    """Write the ensemble EXPRESSION as a self-contained folder: fold models, manifest, ONNX."""
+    from .export import export
+
+    store, name = _store_dataset(dataset, members_dir)
+    path = export(store, name, expression, out, rule=rule, onnx=onnx)
+    click.echo(f"wrote {path} (manifest.json, fold models)")
 
 
 # --------------------------------------------------------------------------- report

@@ -22,7 +22,7 @@ import torch
 from . import __version__
 from .data.dataset import Dataset, load
 from .errors import DataError, StoreError
-from .io import atomic_write_json
+from .io import atomic_write_bytes, atomic_write_json
 from .store import SCHEMA_VERSION, MemberMeta, RunDir, Store, recipe_hash, run_name, split_key, write_fold
 from .train.trainer import FoldTrainer, TrainConfig, _batches, derive_seed
 
@@ -127,7 +127,14 @@ def train_fold_task(task: FoldTask, on_start: Callable[[int], None] | None = Non
     if result.val_probs is not None:
         fold = ds.folds[task.fold]
         write_fold(rd.fold_file(task.fold, "val"), result.val_probs, ds.labels[fold.val], ds.ids[fold.val])
+    model = None
+    if result.weights is not None:
+        from safetensors.torch import save
+
+        atomic_write_bytes(rd.model_file(task.fold), save(result.weights))
+        model = {"bytes": rd.model_file(task.fold).stat().st_size, "dtype": result.weights_dtype}
     summary = {"fold": task.fold, "seed": seed, "seconds": round(result.seconds, 3), "curves": result.curves,
+               "model": model,
                "accuracy": float((result.probs.argmax(1) == result.labels).mean()) if len(result.labels) else None,
                "train": len(ds.folds[task.fold].train), "test": len(result.labels),
                "device": str(trainer.device), "threads": trainer.intra_op_threads() or torch.get_num_threads(),
@@ -156,6 +163,10 @@ def assemble_run(rd: RunDir, *, ds: Dataset, dataset: str, label: str, recipe: d
             labels.append(z["labels"])
     accuracy = float((np.concatenate(probs).argmax(1) == np.concatenate(labels)).mean())
     optimizer, variant = split_key(label)
+    models = [s.get("model") for s in summaries]
+    kept = all(m is not None and rd.model_file(k).is_file() for k, m in enumerate(models))
+    fold_models = {"present": kept, "bytes": sum(m["bytes"] for m in models if m) if kept else 0,
+                   "dtype": [m["dtype"] for m in models] if kept else []}
     meta = MemberMeta(
         schema_version=SCHEMA_VERSION,
         dataset=dataset,
@@ -181,5 +192,6 @@ def assemble_run(rd: RunDir, *, ds: Dataset, dataset: str, label: str, recipe: d
         fold_accuracy=[s["accuracy"] for s in summaries],
         accuracy=accuracy,
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        fold_models=fold_models,
     )
     return rd.publish(meta)

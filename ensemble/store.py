@@ -38,6 +38,7 @@ from .io import atomic_write_bytes, atomic_write_json
 
 RUN_DIGITS = 3
 SCHEMA_VERSION = 2
+MODEL_FILE = "model-{}.safetensors"  # fold k's model, kept beside its predictions
 ROW_SUM_TOLERANCE = 1e-3
 _PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
 _VARIANT = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,39}")
@@ -137,6 +138,7 @@ class MemberMeta:
     curves: list[Any] = field(default_factory=list)
     accuracy: float | None = None
     finished: str = ""
+    fold_models: dict[str, Any] = field(default_factory=dict)  # present, bytes, dtype per fold
     extra: dict[str, Any] = field(default_factory=dict)  # fields of a hand-made member we keep but do not know
 
     @property
@@ -221,6 +223,7 @@ _CHECKS = {
     "curves": lambda v: isinstance(v, list),
     "accuracy": _is_num,
     "finished": lambda v: isinstance(v, str),
+    "fold_models": lambda v: isinstance(v, dict),
 }
 
 
@@ -319,6 +322,15 @@ class Member:
     def name(self) -> str:
         return f"{self.meta.dataset}/{self.label}/{run_name(self.run)}"
 
+    @property
+    def has_models(self) -> bool:
+        """Every fold's model was kept (see :meth:`model_file`)."""
+        return bool(self.meta.fold_models.get("present")) and all(
+            self.model_file(k).is_file() for k in range(self.meta.folds))
+
+    def model_file(self, k: int) -> Path:
+        return self.path / MODEL_FILE.format(k)
+
 
 def read_meta(path: Path) -> MemberMeta:
     """``member.json`` of the run directory ``path``, schema-checked against where it lies."""
@@ -394,6 +406,9 @@ class RunDir:
 
     def summary(self, k: int) -> Path:
         return self.staging / f"fold-{k}.json"
+
+    def model_file(self, k: int) -> Path:
+        return self.staging / MODEL_FILE.format(k)
 
     def checkpoint(self, k: int) -> Path:
         return self.scratch / f"fold-{k}.ckpt"
@@ -542,6 +557,42 @@ class Store:
         found = (re.fullmatch(r"\.(\d+)\.staging", p.name) for p in d.iterdir())
         return sorted(int(m.group(1)) for m in found if m)
 
+    # ---------------------------------------------------------------- at a glance
+    def inventory(self, dataset: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+        """Every complete member as a row (recipe, accuracy, fold models, disk use), and notes: unreadable
+        members, staged runs, labels being trained, leases left by a job that died."""
+        rows, notes = [], []
+        for ds in [dataset] if dataset else self.datasets():
+            try:
+                labels = self.labels(ds)
+            except StoreError as err:
+                notes.append(f"unreadable: {err}")
+                continue
+            for label in labels:
+                label_dir = self.label_dir(ds, label)
+                try:
+                    dirs = self.member_dirs(ds, label)
+                except StoreError as err:
+                    notes.append(f"unreadable: {err}")
+                    dirs = [p for p in label_dir.iterdir() if _RUN.fullmatch(p.name) and (p / "member.json").exists()]
+                for path in dirs:
+                    try:
+                        m = read_member(path)
+                    except StoreError as err:
+                        notes.append(f"unreadable: {err}")
+                        continue
+                    rows.append({"dataset": ds, "label": m.label, "optimizer": m.meta.label, "variant": m.meta.variant,
+                                 "run": m.run, "recipe_hash": m.recipe_hash or None,
+                                 "recipe": recipe_summary(m.meta.recipe), "accuracy": m.meta.accuracy,
+                                 "weights": m.has_models, "weights_bytes": int(m.meta.fold_models.get("bytes", 0)),
+                                 "bytes": sum(f.stat().st_size for f in path.rglob("*") if f.is_file()),
+                                 "path": str(path)})
+                for run in self.staged(ds, label):
+                    notes.append(f"staged (started, not published): {label_dir / f'.{run_name(run)}.staging'}; "
+                                 "the next `ens train` of this label resumes it")
+                notes += _lock_notes(label_dir)
+        return rows, notes
+
     # ---------------------------------------------------------------- writing
     @contextlib.contextmanager
     def try_lock(self, dataset: str, label: str) -> Iterator[bool]:
@@ -564,6 +615,27 @@ class Store:
             yield True
         finally:
             lock.release()
+
+
+def _lock_notes(label_dir: Path) -> list[str]:
+    """A label being trained right now, or a lease left by a job that died."""
+    import filelock
+
+    notes = []
+    lock_path = label_dir / ".lock"
+    held = False
+    if lock_path.exists():
+        lock = filelock.FileLock(lock_path)
+        try:
+            lock.acquire(timeout=0)
+            lock.release()
+        except filelock.Timeout:
+            held = True
+            notes.append(f"being trained now: {label_dir} is locked by a running `ens train`")
+    if (label_dir / ".lease.json").exists() and not held:
+        notes.append(f"stale lease: {label_dir / '.lease.json'} was left by an `ens train` that died; the next "
+                     "one takes it over")
+    return notes
 
 
 def check_one_recipe(members: list[Member]) -> None:

@@ -73,21 +73,25 @@ def stage_run(folder: Path, members: Path, *, label: str = "DGrad", run: int = 0
     return rd.staging
 
 
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+def invoke_main(*args: str) -> int:
     """``ens ARGS`` in this process, through the console entry point (its error handling included)."""
     import sys
 
     from ensemble.cli import main
 
-    argv = sys.argv
-    sys.argv = ["ens", *args]
+    argv, sys.argv = sys.argv, ["ens", *args]
     try:
         main()
-        code = 0
+        return 0
     except SystemExit as exit_:
-        code = exit_.code or 0
+        return exit_.code or 0
     finally:
         sys.argv = argv
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """:func:`invoke_main` with what it printed: (exit code, stdout, stderr)."""
+    code = invoke_main(*args)
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -7,6 +7,7 @@ resumed run continues exactly as an uninterrupted one would.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import time
@@ -25,11 +26,10 @@ from ..data.splits import Fold
 from ..errors import EnsError, first_line
 from ..io import atomic_torch_save
 from ..optim import build, get
+from .infer import Normaliser, nchw, probabilities
 from .model import apply_lr_scale, create_model, param_groups
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
+HALF_TOLERANCE = 2e-4  # fold models are kept in float16 when that moves no test probability by more
 
 class TrainingDiverged(EnsError):
     """The loss became NaN or inf: the run stops and nothing of it is stored as complete."""
@@ -52,6 +52,7 @@ class TrainConfig:
     head_lr_factor: float = 20.0
     weight_decay: float = 1e-4
     overrides: dict[str, Any] = field(default_factory=dict)
+    keep_weights: bool = True  # keep each fold's model (safetensors) so the member can predict
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,6 +74,8 @@ class FoldResult:
     val_probs: np.ndarray | None
     curves: dict[str, list[float]]
     seconds: float
+    weights: dict[str, torch.Tensor] | None = None  # the fold model to keep (None: --no-keep-weights)
+    weights_dtype: str | None = None
 
 
 def derive_seed(*parts: object) -> int:
@@ -143,16 +146,9 @@ class FoldTrainer:
         self.on_batch = on_batch or (lambda n: None)
         self.on_epoch = on_epoch or (lambda e, loss, acc: None)
         self.device = resolve_device(cfg.device)
-        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
-        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
-        self._mean, self._std = mean, std
+        self._normalise = Normaliser(self.device)
 
     # -------------------------------------------------------------- pieces
-    def _normalise(self, batch_uint8: torch.Tensor) -> torch.Tensor:
-        x = batch_uint8.to(self.device, non_blocking=True).float()
-        x = (x - self._mean) / self._std
-        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
-
     def _make(self) -> tuple[nn.Module, torch.optim.Optimizer, Any, int]:
         torch.manual_seed(self.seed)
         weights = Path(self.cfg.weights) if self.cfg.weights else None
@@ -247,8 +243,10 @@ class FoldTrainer:
                 f"{self.ds.name}/{self.label}: the trained model of fold {self.fold.index} predicts NaN/inf; "
                 "the run is stopped and not stored (try a smaller --lr)"
             )
+        weights, dtype = self.storable_weights(model, probs, gpu_images) if self.cfg.keep_weights else (None, None)
         seconds = elapsed + time.perf_counter() - t0
-        return FoldResult(probs, self.ds.labels[self.fold.test], self.ds.ids[self.fold.test], val, curves, seconds)
+        return FoldResult(probs, self.ds.labels[self.fold.test], self.ds.ids[self.fold.test], val, curves, seconds,
+                          weights, dtype)
 
     def _resume(self, model: nn.Module, opt: torch.optim.Optimizer, sched: Any) -> tuple[int, dict, float]:
         """Load the last epoch's checkpoint (tensors and plain values only; never code)."""
@@ -282,7 +280,7 @@ class FoldTrainer:
         for idx in batches:
             x = images[torch.from_numpy(idx).to(images.device)].float()
             x = augment_batch(x, gen)
-            yield ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
+            yield self._normalise(x)
 
     def _cpu_batches(self, loader_ds: _AugmentedImages, batches: list[np.ndarray], aug_seeds: np.ndarray):
         pos = 0
@@ -298,21 +296,27 @@ class FoldTrainer:
         for batch in loader:
             yield self._normalise(batch)
 
-    @torch.no_grad()
     def predict(self, model: nn.Module, indices: np.ndarray, gpu_images: torch.Tensor | None) -> np.ndarray:
-        """Softmax probabilities (float32) for ``indices``, without augmentation."""
-        model.eval()
-        out = []
+        """Softmax probabilities (float32) for ``indices``, without augmentation (see :mod:`.infer`)."""
         step = max(self.cfg.batch_size * 2, 2)
-        for start in range(0, len(indices), step):
-            idx = indices[start : start + step]
-            if gpu_images is not None:
-                x = (gpu_images[torch.from_numpy(idx).to(gpu_images.device)].float() - self._mean) / self._std
-                x = x.contiguous(memory_format=torch.channels_last)
-            else:
-                x = self._normalise(torch.from_numpy(np.ascontiguousarray(self.ds.images[idx])).permute(0, 3, 1, 2))
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                logits = model(x)
-            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-        probs = np.concatenate(out) if out else np.zeros((0, len(self.ds.classes)), np.float32)
-        return probs.astype(np.float32)
+        chunks = [indices[s:s + step] for s in range(0, len(indices), step)]
+        if gpu_images is not None:
+            batches = (gpu_images[torch.from_numpy(idx).to(gpu_images.device)] for idx in chunks)
+        else:
+            batches = (nchw(self.ds.images[idx]) for idx in chunks)
+        return probabilities(model, batches, self._normalise, n_classes=len(self.ds.classes),
+                             autocast=self.device.type == "cuda")
+
+    def storable_weights(self, model: nn.Module, probs: np.ndarray,
+                         gpu_images: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], str]:
+        """The fold model's tensors to keep: float16 when that moves no test probability by more than
+        ``HALF_TOLERANCE`` (half the disk), else float32."""
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        probe = copy.deepcopy(model)
+        probe.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in half.items()})
+        moved = np.abs(self.predict(probe, self.fold.test, gpu_images) - probs)
+        del probe
+        if not len(moved) or moved.max() <= HALF_TOLERANCE:
+            return half, "float16"
+        return state, "float32"

@@ -1,0 +1,111 @@
+"""``ens export``: an ensemble as a self-contained folder another program can apply.
+
+    DIR/manifest.json                         classes, rule, preprocessing, members and their files
+    DIR/<Label>/<run>/model-<k>.safetensors   every fold model of every member (as stored)
+    DIR/<Label>/<run>/model-<k>.onnx          when onnx is installed (``pip install "ens[onnx]"``)
+
+Each ONNX file is checked against PyTorch on a few random inputs (onnxruntime, max abs
+difference of the logits below ``ONNX_TOLERANCE``) before the folder is put in place; the
+folder appears by one rename, and an existing one is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import EnsError, UsageError
+from .fusion import select
+from .fusion.expr import format_terms
+from .fusion.rules import RULES
+from .predict import check_members, load_fold_model
+from .store import Store, run_name
+from .train.infer import IMAGENET_MEAN, IMAGENET_STD, TTA_FLIPS
+
+ONNX_TOLERANCE = 1e-4
+
+
+def onnx_available() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _to_onnx(model, size: int, path: Path) -> float:  # noqa: ANN001 - a torch module
+    """Export ``model`` (float32, CPU) with a dynamic batch; returns the max |logit difference| to PyTorch."""
+    import onnxruntime
+    import torch
+
+    example = torch.randn(2, 3, size, size)
+    with warnings.catch_warnings():  # the TorchScript exporter needs no onnxscript; torch marks it deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = session.run(None, {"image": x.numpy()})[0]
+    return float(np.abs(got - want).max())
+
+
+def export(store: Store, dataset: str, expr: str, out: Path, *, rule: str = "sum", onnx: bool | None = None) -> Path:
+    """Write the folder; ``onnx`` None exports ONNX when onnx and onnxruntime are installed."""
+    import torch
+
+    if rule not in RULES:
+        raise UsageError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
+    if out.exists():
+        raise UsageError(f"--out {out} already exists; an export never overwrites")
+    terms, members = select(store, dataset, expr)
+    check_members(members, None)
+    with_onnx = onnx_available() if onnx is None else onnx
+    if with_onnx and not onnx_available():
+        raise UsageError('--onnx needs onnx and onnxruntime: pip install "ens[onnx]"')
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        entries = []
+        for m in members:
+            rel = Path(m.label) / run_name(m.run)
+            (tmp / rel).mkdir(parents=True)
+            files, onnx_files, worst = [], [], 0.0
+            for k in range(m.meta.folds):
+                shutil.copy2(m.model_file(k), tmp / rel / m.model_file(k).name)
+                files.append((rel / m.model_file(k).name).as_posix())
+                if with_onnx:
+                    path = tmp / rel / f"model-{k}.onnx"
+                    diff = _to_onnx(load_fold_model(m, k, torch.device("cpu")), int(m.meta.recipe["size"]), path)
+                    if not diff < ONNX_TOLERANCE:
+                        raise EnsError(f"{m.name} fold {k}: the ONNX model differs from PyTorch by {diff:.2e} "
+                                       f"(over {ONNX_TOLERANCE:g}); nothing was exported")
+                    worst = max(worst, diff)
+                    onnx_files.append((rel / path.name).as_posix())
+            entries.append({"label": m.label, "run": m.run, "recipe_hash": m.recipe_hash,
+                            "model": m.meta.recipe["model"],
+                            "folds": files, "onnx": onnx_files, "onnx_max_abs_diff": worst if with_onnx else None,
+                            "preprocessing": {"size": m.meta.recipe["size"], "resize": "bilinear",
+                                              "channels": "grey replicated to RGB, alpha dropped",
+                                              "scale": "uint8 (16-bit and float images by their own range)",
+                                              "mean": [v * 255 for v in IMAGENET_MEAN],
+                                              "std": [v * 255 for v in IMAGENET_STD], "layout": "NCHW float32"}})
+        manifest = {"ens": __version__, "dataset": dataset, "expression": format_terms(terms), "rule": rule,
+                    "classes": members[0].classes, "fingerprint": members[0].fingerprint,
+                    "member": "mean of the softmax of its fold models",
+                    "fusion": f"{rule} rule over members (ensemble.fusion.rules.{RULES[rule].__name__})",
+                    "tta_flips": [list(f) for f in TTA_FLIPS], "members": entries}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,206 @@
+"""``ens predict``: apply stored members to new images and fuse them.
+
+Each member is applied as the mean of its fold models' softmax outputs (the cross-validation
+models together form the member, as nnU-Net applies its folds), or as one fold's model with
+``fold``. Each member's preprocessing comes from its recipe (input size; grey images to RGB and
+ImageNet normalisation, as in training), decoded by the same functions training used, so a
+fold model reproduces the probabilities stored when it was trained. The members are fused
+with the expression's rule; uncertainty columns come with every row:
+
+* ``entropy`` -- predictive entropy of the fused row, -sum p log p (natural log, 0 log 0 = 0);
+* ``mutual_information`` -- entropy of the members' mean minus the mean of the members' entropies
+  (the part of the uncertainty that comes from the members disagreeing, epistemic);
+* ``agreement`` -- share of members whose own prediction is the fused prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UsageError
+from .fusion import select
+from .fusion.rules import RULES
+from .store import Member, Store
+
+RESERVED = ("path", "predicted", "entropy", "mutual_information", "agreement")
+
+
+@dataclass
+class Inputs:
+    """The images to predict: files (decoded at each member's size), or arrays from a dataset."""
+
+    ids: list[str]
+    files: list[Path] | None = None
+    pixels: np.ndarray | None = None
+    _decoded: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def images(self, size: int) -> np.ndarray:
+        """(N, size, size, 3) uint8, decoded once per size (with the training's own functions)."""
+        if size not in self._decoded:
+            from .data.images import prepare, read_image
+
+            if self.files is not None:
+                self._decoded[size] = np.stack([read_image(f, size) for f in self.files])
+            else:
+                self._decoded[size] = np.stack([prepare(img, size) for img in self.pixels])
+        return self._decoded[size]
+
+
+def collect_inputs(items: list[str], data_dir: Path) -> Inputs:
+    """Image files, folders (recursively) and dataset specs (``folder:PATH``; ``medmnist:NAME`` gives its
+    test split), in the order given; a missing path is an error naming it."""
+    from .data.catalog import resolve
+    from .data.images import is_image
+    from .data.scan import scan
+
+    ids: list[str] = []
+    files: list[Path] = []
+    arrays: list[np.ndarray] = []
+    for item in items:
+        if item.startswith(("folder:", "medmnist:")):
+            ref = resolve(item, data_dir)
+            listing = scan(ref)
+            if listing.pixels is not None:
+                test = [i for i, g in enumerate(listing.groups or []) if g == "test"] or list(range(len(listing.ids)))
+                arrays.append(listing.pixels[test])
+                ids += [f"{item}/{listing.ids[i]}" for i in test]
+            else:
+                files += listing.files
+                ids += [str(f) for f in listing.files]
+            continue
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image(p))
+            if not found:
+                raise UsageError(f"INPUT {item}: the folder holds no images")
+            files += found
+            ids += [str(p) for p in found]
+        elif path.is_file():
+            files.append(path)
+            ids.append(str(path))
+        else:
+            raise UsageError(f"INPUT {item}: no such file or folder")
+    if files and arrays:
+        raise UsageError("INPUT: give image files and folders, or one array dataset (medmnist:NAME), not both")
+    if arrays:
+        return Inputs(ids, pixels=np.concatenate(arrays))
+    return Inputs(ids, files=files)
+
+
+def load_fold_model(member: Member, k: int, device):  # noqa: ANN001, ANN201 - a torch device and module
+    """Fold ``k``'s model of ``member`` (weights read as tensors only, float32 on ``device``)."""
+    from safetensors.torch import load_file
+
+    from .errors import StoreError, first_line
+    from .train.model import create_model
+
+    recipe = member.meta.recipe
+    model = create_model(recipe["model"], len(member.classes), pretrained=False)
+    path = member.model_file(k)
+    try:
+        state = load_file(path)
+        model.load_state_dict({n: t.float() if t.is_floating_point() else t for n, t in state.items()})
+    except Exception as err:  # a damaged or foreign file
+        raise StoreError(f"{path}: cannot be loaded into {recipe['model']} ({first_line(err, 200)})") from None
+    return model.to(device).eval()
+
+
+def member_probs(member: Member, inputs: Inputs, *, device, batch_size: int, tta: bool,  # noqa: ANN001
+                 fold: int | None = None, advance: Callable[[int], None] = lambda n: None) -> np.ndarray:
+    """(N, C): the mean softmax of the member's fold models (or of fold ``fold`` alone)."""
+    from .train.infer import Normaliser, nchw, probabilities
+
+    images = inputs.images(int(member.meta.recipe["size"]))
+    normalise = Normaliser(device)
+    folds = [fold] if fold is not None else list(range(member.meta.folds))
+    total = np.zeros((len(inputs), len(member.classes)), np.float64)
+    for k in folds:
+        model = load_fold_model(member, k, device)
+
+        def batches():  # noqa: ANN202
+            for start in range(0, len(images), batch_size):
+                chunk = images[start:start + batch_size]
+                yield nchw(chunk)
+                advance(len(chunk))
+
+        total += probabilities(model, batches(), normalise, n_classes=len(member.classes), tta=tta)
+    return (total / len(folds)).astype(np.float32)
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    p = p.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=-1)
+
+
+def check_members(members: list[Member], fold: int | None) -> None:
+    """Every member can predict: fold models kept, one class list, the fold asked for exists."""
+    for m in members:
+        if not m.meta.recipe:
+            raise UsageError(f"{m.name} records no recipe (trained by an older ens or by hand): it cannot predict")
+        if not m.has_models:
+            raise UsageError(f"{m.name} has no fold models (trained with --no-keep-weights); retrain it to "
+                             "predict with it")
+        if m.classes != members[0].classes:
+            raise UsageError(f"{m.name} has classes {m.classes}, {members[0].name} has {members[0].classes}: "
+                             "they cannot be fused")
+        if fold is not None and not 0 <= fold < m.meta.folds:
+            raise UsageError(f"--fold {fold}: {m.name} has folds 0..{m.meta.folds - 1}")
+
+
+def predict(store: Store, dataset: str, expr: str, inputs: Inputs, *, rule: str = "sum", device: str = "auto",
+            batch_size: int = 64, tta: bool = False, fold: int | None = None, progress: bool = False):  # noqa: ANN201
+    """One row per input: path, fused probability per class, predicted class and the uncertainty columns."""
+    import pandas as pd
+    from rich.progress import Progress
+
+    from .train.trainer import resolve_device
+
+    if rule not in RULES:
+        raise UsageError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
+    _, members = select(store, dataset, expr)
+    check_members(members, fold)
+    dev = resolve_device(device)
+    classes = members[0].classes
+    views = sum(1 if fold is not None else m.meta.folds for m in members) * len(inputs)
+    with Progress(*Progress.get_default_columns(), disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"predicting {len(inputs)} image(s) with {len(members)} member(s)", total=views)
+        stacked = np.stack([member_probs(m, inputs, device=dev, batch_size=batch_size, tta=tta, fold=fold,
+                                         advance=lambda n: bar.advance(task, n)) for m in members])
+    fused = RULES[rule](stacked).astype(np.float64)
+    predicted = fused.argmax(1)
+    mean = stacked.astype(np.float64).mean(0)
+    columns = [c if c not in RESERVED else f"class:{c}" for c in classes]
+    table = pd.DataFrame(fused, columns=columns)
+    table.insert(0, "path", inputs.ids)
+    table["predicted"] = [classes[i] for i in predicted]
+    table["entropy"] = _entropy(fused)
+    table["mutual_information"] = _entropy(mean) - _entropy(stacked).mean(0)
+    table["agreement"] = (stacked.argmax(2) == predicted[None, :]).mean(0)
+    return table
+
+
+def write_table(table, out: Path | None) -> str | None:  # noqa: ANN001
+    """CSV (default, or to stdout), JSON or Parquet by ``out``'s suffix; returns the CSV text for stdout."""
+    if out is None:
+        return table.to_csv(index=False, float_format="%.8g")
+    suffix = out.suffix.lower()
+    if suffix == ".json":
+        out.write_text(table.to_json(orient="records", indent=2))
+    elif suffix == ".parquet":
+        try:
+            table.to_parquet(out, index=False)
+        except ImportError:
+            raise UsageError("--out *.parquet needs pyarrow (pip install pyarrow); or write .csv or .json") from None
+    elif suffix in (".csv", ""):
+        table.to_csv(out, index=False, float_format="%.8g")
+    else:
+        raise UsageError(f"--out {out}: write .csv, .json or .parquet")
+    return None

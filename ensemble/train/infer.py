@@ -1,0 +1,56 @@
+"""From uint8 images to softmax probabilities: the one forward pass of training's predictions and
+``ens predict`` (same normalisation, same precision), so a fold model applied later reproduces
+the probabilities stored when it was trained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# test-time augmentation: the image as it is, flipped left-right, flipped top-bottom, and both
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
+
+
+class Normaliser:
+    """uint8 NCHW batches -> normalised float batches on ``device`` (channels-last on CUDA)."""
+
+    def __init__(self, device: torch.device, mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD) -> None:
+        self.device = device
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+
+    def __call__(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        x = (batch_uint8.to(self.device, non_blocking=True).float() - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+
+
+def nchw(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 array -> (N, 3, H, W) uint8 tensor (a view where it can be)."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+
+
+@torch.no_grad()
+def probabilities(model: nn.Module, batches: Iterable[torch.Tensor], normalise: Normaliser, *, n_classes: int,
+                  tta: bool = False, autocast: bool = False) -> np.ndarray:
+    """Softmax probabilities (float32) of every image of ``batches`` (uint8 NCHW); with ``tta`` the mean
+    of the softmax over :data:`TTA_FLIPS`."""
+    model.eval()
+    out = []
+    device = normalise.device
+    for batch in batches:
+        x = normalise(batch)
+        views = TTA_FLIPS if tta else ((),)
+        p = 0
+        for dims in views:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = model(torch.flip(x, dims) if dims else x)
+            p = p + torch.softmax(logits.float(), dim=1)
+        out.append((p / len(views)).cpu().numpy())
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, n_classes), np.float32)
