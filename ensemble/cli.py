@@ -139,6 +139,23 @@ def data_fetch(name: str, data_dir: Path, url: str | None, checksum: str | None)
 
 
 # --------------------------------------------------------------------------- train
+def _milestones(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if value.strip().lower() in ("", "none"):
+        return ()
+    try:
+        epochs = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of epochs (e.g. 50,75)") from None
+    if any(e < 1 for e in epochs) or list(epochs) != sorted(set(epochs)):
+        raise click.BadParameter(f"{value!r}: epochs must be positive and increasing")
+    return epochs
+
+
+RECIPE = "[default: from the recipe]"
+
+
 def _train_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
     options = [
         click.option("--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"),
@@ -146,22 +163,49 @@ def _train_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
         DATA_DIR,
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Where decoded datasets are cached [default: the user cache dir, or $ENS_CACHE_DIR]."),
-        click.option("--model", default="resnet50", help="timm model name."),
-        click.option("--epochs", type=click.IntRange(min=1), default=20),
-        click.option("--batch-size", type=click.IntRange(min=2), default=30),
+        click.option("--recipe", default="paper", help="Named preset of every training option (`ens recipes`)."),
+        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="YAML file of recipe keys (and a `set:` mapping); explicit flags win."),
+        click.option("--set", "sets", multiple=True, metavar="[OPT.]KEY=VALUE",
+                     help="An optimizer setting of the registry (`ens optimizers`), for every optimizer of the "
+                          "job or, as dgrad.lr=1e-4, for one. Repeatable."),
+        click.option("--model", default=None, help=f"timm model name, with a weight tag (resnet50.tv_in1k). {RECIPE}"),
+        click.option("--epochs", type=click.IntRange(min=1), default=None, help=RECIPE),
+        click.option("--batch-size", type=click.IntRange(min=2), default=None, help=RECIPE),
         click.option("--lr", type=POSITIVE, default=None,
-                     help="Learning rate [default: the optimizer's paper default, 0.001]."),
-        click.option("--size", type=click.IntRange(min=8), default=224, help="Input size in pixels (square)."),
+                     help="Learning rate of every optimizer of the job [default: the recipe's, or the "
+                          "optimizer's paper default]."),
+        click.option("--size", type=click.IntRange(min=8), default=None, help=f"Input size in pixels. {RECIPE}"),
+        click.option("--stem", type=click.Choice(["default", "small"]), default=None,
+                     help=f"small: 3x3 stride-1 first convolution, no max-pool (timm ResNets). {RECIPE}"),
+        click.option("--augment", type=click.Choice(["paper", "flips", "none"]), default=None,
+                     help=f"paper: flips + independent x/y scale in [1, 2]; flips; none. {RECIPE}"),
+        click.option("--normalise", type=click.Choice(["imagenet", "half"]), default=None,
+                     help=f"ImageNet mean/std, or 0.5/0.5. {RECIPE}"),
+        click.option("--select", type=click.Choice(["last", "best-val-auc", "best-val-loss"]), default=None,
+                     help="The epoch kept: the last, or the best on the validation split (the dataset's, else "
+                          f"an inner stratified split of each training fold). {RECIPE}"),
+        click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+                     help=f"Share of each training fold held out for --select when there is no validation split. "
+                          f"{RECIPE}"),
+        click.option("--milestones", callback=_milestones, default=None, metavar="E1,E2",
+                     help=f"Epochs at which the learning rate is multiplied by --gamma ('none': constant). {RECIPE}"),
+        click.option("--gamma", type=POSITIVE, default=None, help=RECIPE),
+        click.option("--class-weights", type=click.Choice(["none", "balanced"]), default=None,
+                     help=f"balanced: cross-entropy weighted by n / (C n_c) of the training fold. {RECIPE}"),
+        click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default=None,
+                     help=f"Training autocast (auto: bf16 on CUDA, none on CPU); predictions are fp32. {RECIPE}"),
+        click.option("--head-lr-factor", type=POSITIVE, default=None,
+                     help=f"Learning-rate factor of the new head (1 under CLMR and TASO). {RECIPE}"),
+        click.option("--weight-decay", type=NON_NEGATIVE, default=None, help=f"L2 added to the gradient. {RECIPE}"),
+        click.option("--pretrained/--no-pretrained", default=None, help=f"Start from ImageNet weights. {RECIPE}"),
+        click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                     help="Local ImageNet weights (state dict or .safetensors) instead of downloading them."),
         click.option("--device", type=Device(), default="auto", help="cpu, cuda, cuda:N, mps or auto."),
         click.option("--workers", type=click.IntRange(min=0), default=2, help="Data-loading worker processes."),
         click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="torch CPU threads per fold task [default: 1 on CPU, so every executor trains the "
                           "same members; torch's own on GPU]."),
-        click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-                     help="Local ImageNet weights (state dict or .safetensors) instead of downloading them."),
-        click.option("--no-pretrained", is_flag=True, help="Start from random weights."),
-        click.option("--head-lr-factor", type=POSITIVE, default=20.0, help="Learning-rate factor of the new head."),
-        click.option("--weight-decay", type=NON_NEGATIVE, default=1e-4, help="L2 added to the gradient (coupled)."),
         click.option("--keep-weights/--no-keep-weights", default=True,
                      help="Keep each fold's model (safetensors) in the run, so `ens predict` can apply the member."),
     ]
@@ -170,14 +214,15 @@ def _train_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
     return f
 
 
-def _config(model, epochs, batch_size, lr, size, device, workers, threads, weights, no_pretrained,
-            head_lr_factor, weight_decay, keep_weights):  # noqa: ANN001, ANN202
-    from .train.trainer import TrainConfig
+def _config(labels: list[str], *, recipe: str, config_file: str | None, sets: tuple[str, ...],  # noqa: ANN202
+            weights: Path | None, device: str, workers: int, threads: int | None, keep_weights: bool, **explicit):
+    from .train.recipe import compose_config
 
-    return TrainConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, size=size, device=device,
-                       workers=workers, threads=threads, pretrained=not no_pretrained,
-                       weights=str(weights) if weights else None, head_lr_factor=head_lr_factor,
-                       weight_decay=weight_decay, keep_weights=keep_weights)
+    if weights is not None and explicit.get("pretrained") is False:
+        raise click.UsageError("--weights and --no-pretrained exclude each other")
+    return compose_config(recipe, config_file=config_file, explicit=explicit, sets=list(sets), labels=labels,
+                          weights=str(weights) if weights else None, device=device, workers=workers,
+                          threads=threads, keep_weights=keep_weights)
 
 
 def _check_opts(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:
@@ -215,8 +260,10 @@ def _check_store_name(ctx: click.Context, param: click.Parameter, value: str | N
 @click.option("--dataset", required=True, help="hela, bg, lar, digits, medmnist:NAME or folder:PATH.")
 @click.option("--opt", required=True, multiple=True, callback=_check_opts,
               help="Optimizer label (see `ens optimizers`); several (--opt sgd,dgrad or repeated) make one job.")
-@click.option("--n", "count", type=click.IntRange(min=1, max=MAX_MEMBERS), default=1,
-              help="Complete members wanted, per optimizer.")
+@click.option("--n", "count", type=click.IntRange(min=1, max=MAX_MEMBERS), default=None,
+              help="Complete members wanted, per optimizer [default: 1].")
+@click.option("--run", "runs", type=click.IntRange(min=0, max=10**6 - 1), multiple=True,
+              help="Train exactly these run indices (repeatable) instead of --n; a run's seeds follow its index.")
 @_train_options
 @click.option("--executor", type=click.Choice(["local", "processes", "dask"]), default="local",
               help="Where the (run, fold) tasks run.")
@@ -232,25 +279,52 @@ def _check_store_name(ctx: click.Context, param: click.Parameter, value: str | N
               help="The dataset's name in the store [default: the catalog's, or the folder's name].")
 @click.option("--restart", is_flag=True,
               help="A run staged under another recipe is moved aside (kept as .<run>.stale-*) and started clean.")
-def train(dataset: str, opt: list[str], count: int, members_dir: Path, data_dir: Path, cache_dir: Path | None,
-          executor: str, jobs: int | None, scheduler: str | None, no_progress: bool, variant: str | None,
-          name: str | None, restart: bool, **kw) -> None:  # noqa: ANN003
+def train(dataset: str, opt: list[str], count: int | None, runs: tuple[int, ...], members_dir: Path, data_dir: Path,
+          cache_dir: Path | None, executor: str, jobs: int | None, scheduler: str | None, no_progress: bool,
+          variant: str | None, name: str | None, restart: bool, **kw) -> None:  # noqa: ANN003
     """Make sure N complete members of each optimizer exist; train only the missing ones.
 
-    Members of one label share one recipe (model, weights, size, epochs, batch, optimizer settings,
-    dataset version): asking for more under other settings is refused with what differs, unless
-    they go to a --variant. Every missing (run, fold) of every optimizer named is one task of a
-    single job, run here (--executor local), in worker processes (processes) or on a Dask cluster (dask).
+    Every option starts from a named recipe (--recipe paper, the seed paper's protocol; see
+    `ens recipes`), then --config FILE, then the flags given. Members of one label share one
+    recipe: asking for more under other settings is refused with what differs, unless they go to
+    a --variant. Every missing (run, fold) of every optimizer named is one task of a single job,
+    run here (--executor local), in worker processes (processes) or on a Dask cluster (dask).
     """
     from .executors import TrainRequest, train_members
 
-    if kw["weights"] and kw["no_pretrained"]:
-        raise click.UsageError("--weights and --no-pretrained exclude each other")
-    cfg = _config(**kw)
-    req = TrainRequest(dataset, opt, count, cfg, members_dir, data_dir, cache_dir, executor, jobs, scheduler,
+    if count is not None and runs:
+        raise click.UsageError("--n and --run exclude each other")
+    cfg = _config(opt, **kw)
+    req = TrainRequest(dataset, opt, count or 1, cfg, members_dir, data_dir, cache_dir, executor, jobs, scheduler,
                        progress=not no_progress and sys.stderr.isatty(), variant=variant, name=name,
-                       restart=restart)
+                       restart=restart, runs=list(dict.fromkeys(runs)) or None)
     train_members(req, echo=click.echo)
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+def recipes(names: tuple[str, ...]) -> None:
+    """List the named recipes (presets of every `ens train` option) with every value."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from .train.recipe import RECIPE_HELP, RECIPE_KEYS, RECIPES
+
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        raise click.BadParameter(f"unknown recipe {unknown[0]!r}; valid: {', '.join(RECIPES)}", param_hint="NAMES")
+    shown = list(names) or list(RECIPES)
+    table = Table(title="ens recipes (ens train --recipe NAME; flags and --config override any value)")
+    table.add_column("key")
+    for n in shown:
+        table.add_column(n, overflow="fold")
+    for key in RECIPE_KEYS:
+        table.add_row(key, *(Text(str(RECIPES[n][key])) for n in shown))
+    console = Console()
+    console.print(table)
+    for n in shown:
+        console.print(Text(f"{n}: {RECIPE_HELP[n]}"))
 
 
 # --------------------------------------------------------------------------- demo

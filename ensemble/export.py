@@ -26,7 +26,8 @@ from .fusion.expr import format_terms
 from .fusion.rules import RULES
 from .predict import check_members, load_fold_model
 from .store import Store, run_name
-from .train.infer import IMAGENET_MEAN, IMAGENET_STD, TTA_FLIPS
+from .train.infer import TTA_FLIPS
+from .train.trainer import NORMALISATIONS
 
 ONNX_TOLERANCE = 1e-4
 
@@ -90,14 +91,16 @@ def export(store: Store, dataset: str, expr: str, out: Path, *, rule: str = "sum
                                        f"(over {ONNX_TOLERANCE:g}); nothing was exported")
                     worst = max(worst, diff)
                     onnx_files.append((rel / path.name).as_posix())
+            norm = m.meta.recipe.get("normalisation", "imagenet")
             entries.append({"label": m.label, "run": m.run, "recipe_hash": m.recipe_hash,
                             "model": m.meta.recipe["model"],
                             "folds": files, "onnx": onnx_files, "onnx_max_abs_diff": worst if with_onnx else None,
                             "preprocessing": {"size": m.meta.recipe["size"], "resize": "bilinear",
                                               "channels": "grey replicated to RGB, alpha dropped",
                                               "scale": "uint8 (16-bit and float images by their own range)",
-                                              "mean": [v * 255 for v in IMAGENET_MEAN],
-                                              "std": [v * 255 for v in IMAGENET_STD], "layout": "NCHW float32"}})
+                                              "mean": [v * 255 for v in NORMALISATIONS[norm][0]],
+                                              "std": [v * 255 for v in NORMALISATIONS[norm][1]],
+                                              "layout": "NCHW float32"}})
         manifest = {"ens": __version__, "dataset": dataset, "expression": format_terms(terms), "rule": rule,
                     "classes": members[0].classes, "fingerprint": members[0].fingerprint,
                     "member": "mean of the softmax of its fold models",

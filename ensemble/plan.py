@@ -75,8 +75,9 @@ def missing_runs(existing: list[int], n: int) -> list[int]:
 
 
 def plan_labels(store: Store, *, dataset: str, ds: Dataset, optimizers: list[str], variant: str | None, n: int,
-                cfg: TrainConfig) -> list[LabelPlan]:
-    """For each optimizer: its recipe, its complete runs (which must share that recipe), the runs missing."""
+                cfg: TrainConfig, runs: list[int] | None = None) -> list[LabelPlan]:
+    """For each optimizer: its recipe, its complete runs (which must share that recipe), the runs missing
+    (to reach ``n``, or of the run indices ``runs``)."""
     check_dataset_identity(store, dataset, ds)
     plans = []
     for optimizer in optimizers:
@@ -93,7 +94,8 @@ def plan_labels(store: Store, *, dataset: str, ds: Dataset, optimizers: list[str
         existing = [m.run for m in metas]
         for run in existing:
             store.run_dir(dataset, key, run).tidy()  # leftovers of a publish killed after its rename
-        plans.append(LabelPlan(key, recipe, existing, missing_runs(existing, n)))
+        todo = [r for r in runs if r not in existing] if runs else missing_runs(existing, n)
+        plans.append(LabelPlan(key, recipe, existing, todo))
     return plans
 
 

@@ -102,7 +102,7 @@ def load_fold_model(member: Member, k: int, device):  # noqa: ANN001, ANN201 - a
     from .train.model import create_model
 
     recipe = member.meta.recipe
-    model = create_model(recipe["model"], len(member.classes), pretrained=False)
+    model = create_model(recipe["model"], len(member.classes), pretrained=False, stem=recipe.get("stem", "default"))
     path = member.model_file(k)
     try:
         state = load_file(path)
@@ -116,9 +116,10 @@ def member_probs(member: Member, inputs: Inputs, *, device, batch_size: int, tta
                  fold: int | None = None, advance: Callable[[int], None] = lambda n: None) -> np.ndarray:
     """(N, C): the mean softmax of the member's fold models (or of fold ``fold`` alone)."""
     from .train.infer import Normaliser, nchw, probabilities
+    from .train.trainer import NORMALISATIONS
 
     images = inputs.images(int(member.meta.recipe["size"]))
-    normalise = Normaliser(device)
+    normalise = Normaliser(device, *NORMALISATIONS[member.meta.recipe.get("normalisation", "imagenet")])
     folds = [fold] if fold is not None else list(range(member.meta.folds))
     total = np.zeros((len(inputs), len(member.classes)), np.float64)
     for k in folds:

@@ -144,7 +144,33 @@ def train_fold_task(task: FoldTask, on_start: Callable[[int], None] | None = Non
     return summary
 
 
-def assemble_run(rd: RunDir, *, ds: Dataset, dataset: str, label: str, recipe: dict[str, Any]) -> Path:
+def learnt_nothing(ds: Dataset, rd: RunDir, summaries: list[dict[str, Any]]) -> tuple[bool, str]:
+    """Whether the member did no better than always answering the majority class: on its validation
+    predictions when it has them, else on its last epoch's training accuracy (mean over folds)."""
+    def majority(idx: np.ndarray) -> float:
+        return float(np.bincount(ds.labels[idx], minlength=len(ds.classes)).max() / max(len(idx), 1))
+
+    folds = range(len(ds.folds))
+    if all(rd.fold_file(k, "val").exists() for k in folds):
+        accs, rates = [], []
+        for k in folds:
+            with np.load(rd.fold_file(k, "val"), allow_pickle=False) as z:
+                accs.append(float((z["probs"].argmax(1) == z["labels"]).mean()))
+            rates.append(majority(ds.folds[k].val))
+        what = "validation"
+    else:
+        accs = [s["curves"]["accuracy"][-1] for s in summaries]
+        rates = [majority(ds.folds[k].train) for k in folds]
+        what = "training"
+    acc, rate = float(np.mean(accs)), float(np.mean(rates))
+    if acc <= rate + 1e-9:
+        return True, (f"learnt nothing: {what} accuracy {acc:.4f} is at or below the majority-class rate {rate:.4f} "
+                      "(try another --lr, more --epochs, or --class-weights balanced)")
+    return False, ""
+
+
+def assemble_run(rd: RunDir, *, ds: Dataset, dataset: str, label: str, recipe: dict[str, Any],
+                 command: str = "") -> Path:
     """Publish a run whose folds are all staged: member.json from the fold summaries, then the rename.
 
     Nothing staged is deleted before the rename, so a failed or killed publish is simply
@@ -163,6 +189,7 @@ def assemble_run(rd: RunDir, *, ds: Dataset, dataset: str, label: str, recipe: d
             labels.append(z["labels"])
     accuracy = float((np.concatenate(probs).argmax(1) == np.concatenate(labels)).mean())
     optimizer, variant = split_key(label)
+    nothing, diagnosis = learnt_nothing(ds, rd, summaries)
     models = [s.get("model") for s in summaries]
     kept = all(m is not None and rd.model_file(k).is_file() for k, m in enumerate(models))
     fold_models = {"present": kept, "bytes": sum(m["bytes"] for m in models if m) if kept else 0,
@@ -193,5 +220,8 @@ def assemble_run(rd: RunDir, *, ds: Dataset, dataset: str, label: str, recipe: d
         accuracy=accuracy,
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         fold_models=fold_models,
+        command=command,
+        learnt_nothing=nothing,
+        diagnosis=diagnosis,
     )
     return rd.publish(meta)

@@ -139,6 +139,9 @@ class MemberMeta:
     accuracy: float | None = None
     finished: str = ""
     fold_models: dict[str, Any] = field(default_factory=dict)  # present, bytes, dtype per fold
+    command: str = ""  # the `ens train` arguments that retrain exactly this run (add --members-dir)
+    learnt_nothing: bool = False  # validation (or training) accuracy at or below the majority-class rate
+    diagnosis: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # fields of a hand-made member we keep but do not know
 
     @property
@@ -224,6 +227,9 @@ _CHECKS = {
     "accuracy": _is_num,
     "finished": lambda v: isinstance(v, str),
     "fold_models": lambda v: isinstance(v, dict),
+    "command": lambda v: isinstance(v, str),
+    "learnt_nothing": lambda v: isinstance(v, bool),
+    "diagnosis": lambda v: isinstance(v, str),
 }
 
 

@@ -19,7 +19,8 @@ from ..optim import get
 from ..plan import plan_labels, prepare_run
 from ..runs import FoldTask, load_dataset
 from ..store import Store, check_name, check_variant, run_name
-from ..train.trainer import TrainConfig
+from ..train.recipe import train_command
+from ..train.trainer import TrainConfig, resolve_device
 from .job import Job, run_local, run_pool
 from .lease import Lease, take_over
 from .pools import make_pool
@@ -48,6 +49,7 @@ class TrainRequest:
     variant: str | None = None  # members stored and addressed apart, as Label@variant
     name: str | None = None  # the dataset's name in the store [default: the catalog's]
     restart: bool = False  # set aside a run staged under another recipe instead of refusing
+    runs: list[int] | None = None  # exactly these run indices instead of n
 
     @property
     def labels(self) -> list[str]:
@@ -75,7 +77,7 @@ def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> lis
     dataset = req.name or ds.name
     store = Store(req.store_root)
     plans = plan_labels(store, dataset=dataset, ds=ds, optimizers=req.labels, variant=req.variant, n=req.n,
-                        cfg=req.config)
+                        cfg=req.config, runs=req.runs)
     for p in plans:
         if not p.todo:
             echo(f"{dataset}/{p.label}: {len(p.existing)} complete member(s) already; nothing to train")
@@ -118,7 +120,12 @@ def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> lis
             lease = stack.enter_context(contextlib.closing(
                 take_over(Lease([store.label_dir(dataset, label) for label in labels]), echo)))
         bar = JobProgress(len(tasks), req.progress)
-        job = Job(ds, dataset, cfg, store, tasks, {(p.label, r): p.recipe for p, r in runs}, bar)
+        device = resolve_device(cfg.device).type if not req.scheduler else cfg.device
+        threads = cfg.threads or (1 if device == "cpu" else None)
+        commands = {(p.label, r): train_command(spec=req.spec, data_dir=str(req.data_dir), label=p.label, run=r,
+                                                cfg=req.config, name=req.name, device=device, threads=threads)
+                    for p, r in runs}
+        job = Job(ds, dataset, cfg, store, tasks, {(p.label, r): p.recipe for p, r in runs}, bar, commands)
         with bar:
             job.publish_staged()  # runs whose folds were all staged already (a publish interrupted earlier)
             if tasks and req.executor == "local":

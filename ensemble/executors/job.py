@@ -35,10 +35,12 @@ class Job:
     """Bookkeeping of one job: tasks, their attempts and progress, runs assembled or failed."""
 
     def __init__(self, ds: Dataset, dataset: str, cfg: TrainConfig, store: Store, tasks: list[FoldTask],
-                 recipes: dict[tuple[str, int], dict[str, Any]], bar: JobProgress) -> None:
-        """``recipes``: every run of the job (label key, run) -> its recipe, also runs with no task left."""
+                 recipes: dict[tuple[str, int], dict[str, Any]], bar: JobProgress,
+                 commands: dict[tuple[str, int], str] | None = None) -> None:
+        """``recipes``: every run of the job (label key, run) -> its recipe, also runs with no task left;
+        ``commands``: the `ens train` command that retrains each run, recorded in its member.json."""
         self.ds, self.dataset, self.cfg, self.store, self.tasks, self.bar = ds, dataset, cfg, store, tasks, bar
-        self.recipes = recipes
+        self.recipes, self.commands = recipes, commands or {}
         self.labels = list(dict.fromkeys(t.label for t in tasks))
         per_epoch = {k: epoch_images(ds, k, cfg.batch_size) for k in range(len(ds.folds))}
         self.expected = {t.key: per_epoch[t.fold] * cfg.epochs for t in tasks}
@@ -143,15 +145,16 @@ class Job:
     def _assemble(self, label: str, run: int) -> None:
         try:
             path = assemble_run(self.run_dir(label, run), ds=self.ds, dataset=self.dataset, label=label,
-                                recipe=self.recipes[(label, run)])
+                                recipe=self.recipes[(label, run)], command=self.commands.get((label, run), ""))
         except Exception as err:  # noqa: BLE001 -- reported with the job's failures, others go on
             self.failed_runs.add((label, run))
             self.bar.status.errors.append(f"{self.dataset}/{label}/{run_name(run)}: assembling failed: {err}")
             return
         self.published.append(path)
         meta = read_meta(path)
+        warning = f"  WARNING: {meta.diagnosis}" if meta.learnt_nothing else ""
         self.bar.print(f"{meta.dataset}/{meta.key}/{run_name(run)}: accuracy {meta.accuracy:.4f} over "
-                       f"{meta.folds} fold(s) in {sum(meta.fold_seconds):.0f} s -> {path}")
+                       f"{meta.folds} fold(s) in {sum(meta.fold_seconds):.0f} s -> {path}{warning}")
 
 
 def run_local(job: Job) -> None:

@@ -7,22 +7,13 @@ class 1 for two classes, else the mean one-vs-rest AUC.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
+from ..auc import auc
 from .stats import calibration_scores
 
-
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """MedMNIST's AUC; NaN when a class is missing from ``labels`` (AUC is undefined then)."""
-    n_classes = scores.shape[1]
-    if len(np.unique(labels)) < n_classes or n_classes < 2:
-        return math.nan
-    if n_classes == 2:
-        return float(roc_auc_score(labels, scores[:, 1]))
-    return float(roc_auc_score(labels, scores, multi_class="ovr", average="macro", labels=list(range(n_classes))))
+__all__ = ["auc", "per_class", "scores_table"]
 
 
 def scores_table(labels: np.ndarray, scores: np.ndarray, fold_of: np.ndarray | None = None) -> dict[str, float]:

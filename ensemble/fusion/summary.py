@@ -54,6 +54,7 @@ def table1(by_label: dict[str, list[Member]]) -> list[dict]:
                      "nll_mean": float(np.mean([x["nll"] for x in s])),
                      "ece_mean": float(np.mean([x["ece"] for x in s])),
                      "ece_temperature_mean": _calibrated_ece(members),
+                     "learnt_nothing": sum(m.meta.learnt_nothing for m in members),
                      "recipe": members[0].recipe_hash[:8] or "--", "setup": recipe_summary(members[0].meta.recipe)})
     return rows
 

@@ -45,6 +45,15 @@ def report(store: Store, out: Path, step: int = 7) -> list[Path]:
     return pages
 
 
+def _learnt_nothing_note(group: GroupSummary) -> str:
+    """Members that did no better than the majority class, named (they are still fused as stored)."""
+    bad = [m for ms in group.by_label.values() for m in ms if m.meta.learnt_nothing]
+    if not bad:
+        return ""
+    items = "".join(f"<li>{html.escape(m.name)}: {html.escape(m.meta.diagnosis)}</li>" for m in bad)
+    return f"<p><strong>Members that learnt nothing</strong> (column learnt_nothing):</p><ul>{items}</ul>"
+
+
 def _html(target: Path, group: GroupSummary, per_class: list[dict], figs: list[Path]) -> Path:
     def table(rows: list[dict]) -> str:
         return pd.DataFrame(rows).to_html(index=False, float_format="%.4f", na_rep="", escape=True)
@@ -57,6 +66,7 @@ def _html(target: Path, group: GroupSummary, per_class: list[dict], figs: list[P
 td,th{{border:1px solid #ccc;padding:3px 8px}} img{{max-width:520px}} figure{{display:inline-block}}</style>
 </head><body><h1>{name}</h1><p>dataset fingerprint {html.escape(group.fingerprint)}</p>
 <h2>Table 1: stand-alone members</h2>{table(group.table1)}
+{_learnt_nothing_note(group)}
 <h2>Table 2: sum-rule ensembles</h2>
 <p>Rows marked "optimistic" are chosen on the very test folds they are scored on; the "honest" row is chosen
 without them (validation split, or cross-validated over folds).</p>

@@ -10,7 +10,29 @@ from torch import nn
 from ..errors import EnsError, UsageError, first_line
 
 
-def create_model(name: str, num_classes: int, *, pretrained: bool = True, weights: Path | None = None) -> nn.Module:
+def create_model(name: str, num_classes: int, *, pretrained: bool = True, weights: Path | None = None,
+                 stem: str = "default") -> nn.Module:
+    """:func:`build_model`, with the small-input stem when ``stem`` is ``small``."""
+    model = build_model(name, num_classes, pretrained=pretrained, weights=weights)
+    return small_stem(model, name) if stem == "small" else model
+
+
+def small_stem(model: nn.Module, name: str) -> nn.Module:
+    """A CIFAR-style stem for small images (MedMNIST's "ResNet (28)"): the first convolution becomes 3x3
+    with stride 1 and the max-pool goes. timm ResNets only; a replaced first convolution is new."""
+    conv, pool = getattr(model, "conv1", None), getattr(model, "maxpool", None)
+    if conv is None or pool is None:
+        raise UsageError(f"--stem small is for timm ResNets (conv1 + maxpool); {name} has no such stem")
+    if isinstance(conv, nn.Conv2d):
+        model.conv1 = nn.Conv2d(conv.in_channels, conv.out_channels, 3, stride=1, padding=1, bias=False)
+    else:  # a deep stem (resnet*d, *t): its first convolution keeps its weights, loses its stride
+        first = next(m for m in conv.modules() if isinstance(m, nn.Conv2d))
+        first.stride = (1, 1)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def build_model(name: str, num_classes: int, *, pretrained: bool = True, weights: Path | None = None) -> nn.Module:
     """``timm.create_model(name)`` with ``num_classes`` outputs.
 
     ImageNet weights come through timm (Hugging Face hub) when ``pretrained``; ``weights``

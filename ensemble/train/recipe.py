@@ -1,8 +1,11 @@
-"""A member's recipe: everything that changes what it learns, and so part of its identity.
+"""Recipes: the named presets of every training option, and a member's recipe as part of its identity.
 
-Two members of one label (and variant) share one recipe; ``ens train`` refuses to add
-members under another one, and a staged run resumes only under the recipe it started
-with. The recipe is plain JSON (what ``member.json`` stores and the store hashes).
+:data:`RECIPES` are the presets ``ens train --recipe NAME`` starts from (``ens recipes`` lists
+them); a YAML file (``--config``) sets the same keys, and explicit flags win. What a member
+was trained with -- everything that changes what it learns -- is its recipe
+(:func:`build_recipe`): two members of one label (and variant) share one; ``ens train``
+refuses to add members under another, and a staged run resumes only under the recipe it
+started with. The recipe is plain JSON (what ``member.json`` stores and the store hashes).
 """
 
 from __future__ import annotations
@@ -13,11 +16,31 @@ from typing import Any
 
 from ..data.dataset import Dataset
 from ..errors import UsageError
-from ..optim import resolve
+from ..optim import get, resolve
 from .trainer import TrainConfig
 
-AUGMENTATION = "paper"  # random reflection on both axes, independent x/y scale in [1, 2] (SPEC §2)
-PRECISION = "auto"  # bf16 autocast on CUDA, fp32 on CPU (the fold's device is recorded per fold)
+# Every key is a TrainConfig field; a recipe sets all of them, so a preset is a complete protocol.
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {  # SPEC §2: Nanni et al.'s fine-tuning protocol, MATLAB's resnet50 weights
+        "model": "resnet50.tv_in1k", "pretrained": True, "size": 224, "epochs": 20, "batch_size": 30,
+        "lr": None, "head_lr_factor": 20.0, "weight_decay": 1e-4, "augment": "paper", "normalise": "imagenet",
+        "stem": "default", "select": "last", "val_fraction": 0.1, "milestones": [], "gamma": 0.1,
+        "class_weights": "none", "precision": "auto",
+    },
+    "medmnist": {  # MedMNIST v2's baseline protocol (Yang et al. 2023): ResNet-18 (28) from scratch
+        "model": "resnet18", "pretrained": False, "size": 28, "epochs": 100, "batch_size": 128,
+        "lr": 1e-3, "head_lr_factor": 1.0, "weight_decay": 0.0, "augment": "none", "normalise": "half",
+        "stem": "small", "select": "best-val-auc", "val_fraction": 0.1, "milestones": [50, 75], "gamma": 0.1,
+        "class_weights": "none", "precision": "auto",
+    },
+}
+RECIPE_HELP = {
+    "paper": "SPEC §2 (Nanni et al. 2021): torchvision's ImageNet ResNet50 fine-tuned, head x20, L2 1e-4, "
+             "flips + x/y scale, 20 epochs, batch 30, constant lr",
+    "medmnist": "MedMNIST v2 baseline: ResNet-18 with a 3x3 stride-1 stem at 28 px from scratch, Adam 1e-3, "
+                "batch 128, 100 epochs, lr x0.1 at 50 and 75, no augmentation, 0.5/0.5 normalisation, "
+                "model chosen on validation AUC",
+}
 
 
 def weight_source(cfg: TrainConfig) -> str:
@@ -44,22 +67,139 @@ def weight_source(cfg: TrainConfig) -> str:
 
 def build_recipe(cfg: TrainConfig, label: str, ds: Dataset) -> dict[str, Any]:
     """The recipe of a member of optimizer ``label`` trained with ``cfg`` on ``ds``, as stored JSON."""
+    if cfg.milestones and get(label).kind == "schedule":
+        raise UsageError(f"--milestones: {label} sets its learning rate by its own schedule; milestones apply to "
+                         "the constant-rate optimizers")
     try:
-        optimizer = {"name": label, **resolve(label, **cfg.optimizer_overrides())}
+        optimizer = {"name": label, **resolve(label, **cfg.optimizer_overrides(label))}
     except ValueError as err:  # e.g. --lr with CLMR, whose schedule sets the learning rate
         raise UsageError(f"{err} (check --lr and the optimizer's own settings in `ens optimizers`)") from None
     recipe = {
         "model": cfg.model,
         "weights": weight_source(cfg),
         "size": cfg.size,
+        "stem": cfg.stem,
         "epochs": cfg.epochs,
         "batch_size": cfg.batch_size,
         "optimizer": optimizer,
-        "head_lr_factor": cfg.head_lr_factor,
+        "head_lr_factor": cfg.head_factor(label),
         "weight_decay": cfg.weight_decay,
-        "augmentation": AUGMENTATION,
-        "precision": PRECISION,
+        "milestones": list(cfg.milestones),
+        "gamma": cfg.gamma,
+        "augmentation": cfg.augment,
+        "normalisation": cfg.normalise,
+        "class_weights": cfg.class_weights,
+        "select": cfg.select,
+        "val_fraction": cfg.val_fraction if cfg.select != "last" else None,
+        "precision": cfg.precision,
         "dataset": {"fingerprint": ds.fingerprint, "protocol": ds.protocol, "folds": len(ds.folds),
                     "classes": list(ds.classes)},
     }
     return json.loads(json.dumps(recipe))  # tuples become lists: the form it has when read back
+
+
+RECIPE_KEYS = tuple(RECIPES["paper"])
+
+
+def parse_sets(items: list[str], labels: list[str], where: str = "--set") -> dict[str, dict[str, Any]]:
+    """``KEY=VALUE`` (every optimizer of the job) or ``OPT.KEY=VALUE`` (that one): checked against the registry
+    before any work, with the valid keys named."""
+    import math
+
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, text = str(item).partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{where} {item!r}: expected KEY=VALUE or OPTIMIZER.KEY=VALUE (e.g. dgrad.lr=1e-4)")
+        target, _, name = key.strip().rpartition(".")
+        if target:
+            try:
+                target = get(target).label
+            except ValueError as err:
+                raise UsageError(f"{where} {item!r}: {err}") from None
+            if target not in labels:
+                raise UsageError(f"{where} {item!r}: {target} is not among this job's optimizers ({', '.join(labels)})")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise UsageError(f"{where} {item!r}: {text!r} is not a value") from None
+        numbers = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, (int, float, bool)) or v is None for v in numbers) or any(
+                isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            raise UsageError(f"{where} {item!r}: {text!r} is not a finite number, a boolean or a list of numbers")
+        for label in [target] if target else labels:
+            accepted = get(label).defaults
+            if name not in accepted:
+                raise UsageError(f"{where} {item!r}: {label} has no setting {name!r}; its settings are "
+                                 f"{', '.join(accepted)}")
+        out.setdefault(target or "*", {})[name] = value
+    return out
+
+
+def compose_config(recipe: str, *, config_file: str | None, explicit: dict[str, Any], sets: list[str],
+                   labels: list[str], **execution: Any) -> TrainConfig:
+    """The effective options: the named recipe, then the YAML file's keys, then explicit flags, then --set."""
+    import yaml
+
+    if recipe not in RECIPES:
+        raise UsageError(f"unknown recipe {recipe!r}; valid: {', '.join(RECIPES)} (see `ens recipes`)")
+    values = dict(RECIPES[recipe])
+    file_sets: list[str] = []
+    if config_file:
+        try:
+            loaded = yaml.safe_load(open(config_file).read()) or {}  # noqa: SIM115 - read at once
+        except (OSError, yaml.YAMLError) as err:
+            raise UsageError(f"--config {config_file}: cannot be read ({str(err).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise UsageError(f"--config {config_file}: expected KEY: VALUE lines")
+        unknown = sorted(set(loaded) - set(RECIPE_KEYS) - {"set"})
+        if unknown:
+            raise UsageError(f"--config {config_file}: unknown key(s) {', '.join(map(str, unknown))}; valid: "
+                             f"{', '.join(RECIPE_KEYS)}, set")
+        raw = loaded.pop("set", {}) or {}
+        file_sets = [f"{k}={v}" for k, v in raw.items()] if isinstance(raw, dict) else list(raw)
+        values.update(loaded)
+    values.update({k: v for k, v in explicit.items() if v is not None})
+    values["milestones"] = tuple(int(m) for m in values["milestones"] or ())
+    overrides = parse_sets(file_sets, labels, f"--config {config_file} set") if file_sets else {}
+    for target, settings in parse_sets(sets, labels).items():
+        overrides.setdefault(target, {}).update(settings)
+    try:
+        return TrainConfig(**values, overrides=overrides, **execution)
+    except TypeError as err:
+        raise UsageError(f"recipe values: {err}") from None
+
+
+def train_command(*, spec: str, data_dir: str, label: str, run: int, cfg: TrainConfig, name: str | None,
+                  device: str, threads: int | None) -> str:
+    """The ``ens train`` arguments that retrain exactly this run (same run index, so the same seeds) into a
+    store given with --members-dir: every recipe value spelled out, none left to a preset."""
+    import shlex
+
+    from ..store import split_key
+
+    optimizer, variant = split_key(label)
+    args = ["ens", "train", "--dataset", spec, "--data-dir", data_dir, "--opt", optimizer, "--run", str(run),
+            "--model", cfg.model, "--size", str(cfg.size), "--stem", cfg.stem, "--epochs", str(cfg.epochs),
+            "--batch-size", str(cfg.batch_size), "--head-lr-factor", repr(cfg.head_lr_factor),
+            "--weight-decay", repr(cfg.weight_decay), "--augment", cfg.augment, "--normalise", cfg.normalise,
+            "--select", cfg.select, "--val-fraction", repr(cfg.val_fraction),
+            "--milestones", ",".join(map(str, cfg.milestones)) or "none", "--gamma", repr(cfg.gamma),
+            "--class-weights", cfg.class_weights, "--precision", cfg.precision,
+            "--pretrained" if cfg.pretrained else "--no-pretrained", "--device", device]
+    if cfg.lr is not None:
+        args += ["--lr", repr(cfg.lr)]
+    if cfg.weights:
+        args += ["--weights", cfg.weights]
+    if threads:
+        args += ["--threads", str(threads)]
+    if variant:
+        args += ["--variant", variant]
+    if name:
+        args += ["--name", name]
+    for target, settings in sorted(cfg.overrides.items()):
+        if target in ("*", optimizer):
+            args += [a for k, v in sorted(settings.items()) for a in ("--set", f"{optimizer.lower()}.{k}={v}")]
+    return shlex.join(args)

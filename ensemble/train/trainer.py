@@ -26,20 +26,29 @@ from ..data.splits import Fold
 from ..errors import EnsError, first_line
 from ..io import atomic_torch_save
 from ..optim import build, get
-from .infer import Normaliser, nchw, probabilities
+from .infer import IMAGENET_MEAN, IMAGENET_STD, Normaliser, nchw, probabilities
 from .model import apply_lr_scale, create_model, param_groups
 
 HALF_TOLERANCE = 2e-4  # fold models are kept in float16 when that moves no test probability by more
+
 
 class TrainingDiverged(EnsError):
     """The loss became NaN or inf: the run stops and nothing of it is stored as complete."""
 
 
+AUGMENTATIONS = ("paper", "flips", "none")
+NORMALISATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": ((0.5,) * 3, (0.5,) * 3)}
+STEMS = ("default", "small")
+SELECTIONS = ("last", "best-val-auc", "best-val-loss")
+CLASS_WEIGHTS = ("none", "balanced")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
 @dataclass
 class TrainConfig:
-    """The protocol of SPEC §2, every field a CLI option of ``ens train``."""
+    """Every training option of ``ens train``; the named recipes (:mod:`.recipe`) are presets of it."""
 
-    model: str = "resnet50"
+    model: str = "resnet50.tv_in1k"
     epochs: int = 20
     batch_size: int = 30
     lr: float | None = None  # None: the optimizer's paper default
@@ -51,19 +60,39 @@ class TrainConfig:
     weights: str | None = None
     head_lr_factor: float = 20.0
     weight_decay: float = 1e-4
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # "*" or optimizer label -> --set values
     keep_weights: bool = True  # keep each fold's model (safetensors) so the member can predict
+    augment: str = "paper"  # paper: flips + x/y scale in [1, 2]; flips: flips only; none
+    normalise: str = "imagenet"  # imagenet mean/std, or half (0.5/0.5, MedMNIST's)
+    stem: str = "default"  # small: 3x3 stride-1 first convolution and no max-pool (timm ResNets)
+    select: str = "last"  # the epoch kept: the last, or the best on a validation split
+    val_fraction: float = 0.1  # inner validation split of each training fold when the dataset has none
+    milestones: tuple[int, ...] = ()  # epochs at which the learning rate is multiplied by gamma
+    gamma: float = 0.1
+    class_weights: str = "none"  # balanced: cross-entropy weighted by n / (C * n_c) of the training fold
+    precision: str = "auto"  # training autocast: auto (bf16 on CUDA, none on CPU), bf16, fp16, fp32
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def optimizer_overrides(self) -> dict[str, Any]:
-        """What ``optim.build`` gets: explicit overrides, then the protocol's L2 and --lr."""
-        overrides = dict(self.overrides)
+    def optimizer_overrides(self, label: str) -> dict[str, Any]:
+        """What ``optim.build`` gets for ``label``: --set values (for all, then for this optimizer), the
+        protocol's L2 and --lr."""
+        overrides = {**self.overrides.get("*", {}), **self.overrides.get(get(label).label, {})}
         overrides.setdefault("weight_decay", self.weight_decay)
         if self.lr is not None:
             overrides.setdefault("lr", self.lr)
         return overrides
+
+    def head_factor(self, label: str) -> float:
+        """The head's learning-rate factor under ``label``: CLMR and TASO are schedules whose range is the
+        learning rate the papers intended for every layer, so their head gets factor 1."""
+        return 1.0 if get(label).kind == "schedule" else self.head_lr_factor
+
+    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
+        if self.precision == "bf16" or (self.precision == "auto" and device.type == "cuda"):
+            return torch.bfloat16
+        return torch.float16 if self.precision == "fp16" else None
 
 
 @dataclass
@@ -114,9 +143,9 @@ def _loader_context() -> str | None:
 class _AugmentedImages(torch.utils.data.Dataset):
     """(index, seed) -> augmented uint8 CHW tensor; used by DataLoader workers on the CPU path."""
 
-    def __init__(self, images: np.ndarray) -> None:
+    def __init__(self, images: np.ndarray, kind: str) -> None:
         self.images = images
-        self.transform = train_transform()
+        self.transform = train_transform(kind)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -124,7 +153,7 @@ class _AugmentedImages(torch.utils.data.Dataset):
     def __getitem__(self, item: tuple[int, int]) -> torch.Tensor:
         index, seed = item
         image = augment_image(self.transform, np.asarray(self.images[index]), seed)
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)  # writable: memory-mapped input
 
 
 class FoldTrainer:
@@ -146,30 +175,83 @@ class FoldTrainer:
         self.on_batch = on_batch or (lambda n: None)
         self.on_epoch = on_epoch or (lambda e, loss, acc: None)
         self.device = resolve_device(cfg.device)
-        self._normalise = Normaliser(self.device)
+        self._normalise = Normaliser(self.device, *NORMALISATIONS[cfg.normalise])
+        self.train_idx, self.select_idx = self._selection_split()
+
+    def _selection_split(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Training indices, and the validation indices the kept epoch is chosen on (``select`` other than
+        last): the dataset's own validation split, or a stratified inner split of the training fold."""
+        if self.cfg.select == "last":
+            return self.fold.train, None
+        if self.fold.val is not None and len(self.fold.val):
+            return self.fold.train, self.fold.val
+        from sklearn.model_selection import train_test_split
+
+        labels = self.ds.labels[self.fold.train]
+        present = np.bincount(labels)
+        stratify = labels if present[present > 0].min(initial=2) >= 2 else None
+        n_val = max(int(round(self.cfg.val_fraction * len(labels))), len(np.unique(labels)) if stratify is not None
+                    else 1)
+        try:
+            train, val = train_test_split(self.fold.train, test_size=n_val, stratify=stratify,
+                                          random_state=derive_seed("inner-val", self.fold.index) % 2**31)
+        except ValueError as err:
+            raise EnsError(f"--select {self.cfg.select}: cannot split fold {self.fold.index}'s "
+                           f"{len(self.fold.train)} training images ({err})") from None
+        return np.sort(train), np.sort(val)
 
     # -------------------------------------------------------------- pieces
     def _make(self) -> tuple[nn.Module, torch.optim.Optimizer, Any, int]:
         torch.manual_seed(self.seed)
         weights = Path(self.cfg.weights) if self.cfg.weights else None
-        model = create_model(self.cfg.model, len(self.ds.classes), pretrained=self.cfg.pretrained, weights=weights)
+        model = create_model(self.cfg.model, len(self.ds.classes), pretrained=self.cfg.pretrained, weights=weights,
+                             stem=self.cfg.stem)
         model.to(self.device)
         if self.device.type == "cuda":
             model.to(memory_format=torch.channels_last)
-        steps = len(_batches(np.arange(len(self.fold.train)), self.cfg.batch_size))
+        steps = len(_batches(np.arange(len(self.train_idx)), self.cfg.batch_size))
         try:
-            opt, sched = build(self.label, param_groups(model, self.cfg.head_lr_factor),
-                               epochs=self.cfg.epochs, steps_per_epoch=steps, **self.cfg.optimizer_overrides())
+            opt, sched = build(self.label, param_groups(model, self.cfg.head_factor(self.label)),
+                               epochs=self.cfg.epochs, steps_per_epoch=steps,
+                               **self.cfg.optimizer_overrides(self.label))
         except ValueError as err:
             raise EnsError(str(err)) from None
         if sched is None:
             apply_lr_scale(opt)
+            for group in opt.param_groups:
+                group["base_lr"] = group["lr"]
         return model, opt, sched, steps
+
+    def _set_milestone_lr(self, opt: torch.optim.Optimizer, epoch: int) -> None:
+        """lr = base lr x gamma^(milestones passed): a function of the epoch, so a resume needs no state."""
+        if self.cfg.milestones:
+            factor = self.cfg.gamma ** sum(epoch >= m for m in self.cfg.milestones)
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * factor
+
+    def _loss_weights(self) -> torch.Tensor | None:
+        if self.cfg.class_weights != "balanced":
+            return None
+        counts = np.bincount(self.ds.labels[self.train_idx], minlength=len(self.ds.classes)).astype(np.float64)
+        weights = np.where(counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)), 0.0)
+        return torch.tensor(weights, dtype=torch.float32, device=self.device)
+
+    def _selection_score(self, model: nn.Module, gpu_images: torch.Tensor | None) -> float:
+        """Higher is better: validation AUC, or minus the validation loss."""
+        from ..auc import auc
+
+        probs = self.predict(model, self.select_idx, gpu_images)
+        labels = self.ds.labels[self.select_idx]
+        if self.cfg.select == "best-val-auc":
+            value = auc(labels, probs)
+            return value if math.isfinite(value) else float((probs.argmax(1) == labels).mean())
+        p = np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)
+        return float(np.mean(np.log(p)))
 
     def _epoch_plan(self, epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
         """Sample order (as batches of dataset indices) and per-position augmentation seeds."""
         rng = np.random.default_rng([self.seed, epoch])
-        order = self.fold.train[rng.permutation(len(self.fold.train))]
+        order = self.train_idx[rng.permutation(len(self.train_idx))]
         return _batches(order, self.cfg.batch_size), rng.integers(0, 2**31 - 1, size=len(order))
 
     # -------------------------------------------------------------- run
@@ -190,17 +272,22 @@ class FoldTrainer:
     def _run(self) -> FoldResult:
         model, opt, sched, _ = self._make()
         start_epoch, curves, elapsed = 0, {"loss": [], "accuracy": []}, 0.0
+        best: dict[str, Any] = {}
         if self.checkpoint_path.exists():
-            start_epoch, curves, elapsed = self._resume(model, opt, sched)
+            start_epoch, curves, elapsed, best = self._resume(model, opt, sched)
         self.on_start(start_epoch)
 
         on_gpu = self.device.type == "cuda"
         gpu_images = self._images_on_device() if on_gpu else None
-        loader_ds = None if gpu_images is not None else _AugmentedImages(self.ds.images)
+        loader_ds = None if gpu_images is not None else _AugmentedImages(self.ds.images, self.cfg.augment)
         labels = torch.from_numpy(self.ds.labels)
+        dtype = self.cfg.autocast_dtype(self.device)
+        scaler = torch.amp.GradScaler(enabled=dtype == torch.float16 and on_gpu)
+        weights = self._loss_weights()
         t0 = time.perf_counter()
         for epoch in range(start_epoch, self.cfg.epochs):
             model.train()
+            self._set_milestone_lr(opt, epoch)
             batches, aug_seeds = self._epoch_plan(epoch)
             loss_sum = torch.zeros((), device=self.device)
             correct = torch.zeros((), device=self.device, dtype=torch.long)
@@ -210,12 +297,13 @@ class FoldTrainer:
                       else self._cpu_batches(loader_ds, batches, aug_seeds))
             for idx, x in zip(batches, source):
                 y = labels[idx].to(self.device, non_blocking=True)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on_gpu):
+                with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                     logits = model(x)
-                    loss = nn.functional.cross_entropy(logits.float(), y)
+                    loss = nn.functional.cross_entropy(logits.float(), y, weight=weights)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
                 if sched is not None:
                     sched.step()
                 loss_sum += loss.detach() * len(idx)
@@ -230,12 +318,21 @@ class FoldTrainer:
                 )
             curves["loss"].append(mean_loss)
             curves["accuracy"].append(float(correct) / max(seen, 1))
+            if self.select_idx is not None:
+                score = self._selection_score(model, gpu_images)
+                curves.setdefault("val_score", []).append(score)
+                if not best or score > best["score"]:
+                    best = {"score": score, "epoch": epoch,
+                            "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
             seconds = elapsed + time.perf_counter() - t0
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                      "scheduler": sched.state_dict() if sched is not None else None,
-                     "curves": curves, "seconds": seconds, "recipe_hash": self.recipe_hash}
+                     "curves": curves, "seconds": seconds, "recipe_hash": self.recipe_hash, "best": best}
             atomic_torch_save(self.checkpoint_path, state)
             self.on_epoch(epoch, curves["loss"][-1], curves["accuracy"][-1])
+        if best:
+            model.load_state_dict(best["model"])
+            curves["selected_epoch"] = [best["epoch"] + 1]
         probs = self.predict(model, self.fold.test, gpu_images)
         val = self.predict(model, self.fold.val, gpu_images) if self.fold.val is not None else None
         if not np.isfinite(probs).all() or (val is not None and not np.isfinite(val).all()):
@@ -243,12 +340,14 @@ class FoldTrainer:
                 f"{self.ds.name}/{self.label}: the trained model of fold {self.fold.index} predicts NaN/inf; "
                 "the run is stopped and not stored (try a smaller --lr)"
             )
-        weights, dtype = self.storable_weights(model, probs, gpu_images) if self.cfg.keep_weights else (None, None)
+        weights_kept, dtype_kept = (self.storable_weights(model, probs, gpu_images) if self.cfg.keep_weights
+                                    else (None, None))
         seconds = elapsed + time.perf_counter() - t0
         return FoldResult(probs, self.ds.labels[self.fold.test], self.ds.ids[self.fold.test], val, curves, seconds,
-                          weights, dtype)
+                          weights_kept, dtype_kept)
 
-    def _resume(self, model: nn.Module, opt: torch.optim.Optimizer, sched: Any) -> tuple[int, dict, float]:
+    def _resume(self, model: nn.Module, opt: torch.optim.Optimizer,
+                sched: Any) -> tuple[int, dict, float, dict[str, Any]]:
         """Load the last epoch's checkpoint (tensors and plain values only; never code)."""
         try:
             ckpt = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
@@ -263,7 +362,7 @@ class FoldTrainer:
             opt.load_state_dict(ckpt["optimizer"])
             if sched is not None:
                 sched.load_state_dict(ckpt["scheduler"])
-            return int(ckpt["epoch"]) + 1, ckpt["curves"], float(ckpt["seconds"])
+            return int(ckpt["epoch"]) + 1, ckpt["curves"], float(ckpt["seconds"]), ckpt.get("best") or {}
         except Exception as err:  # from another model/optimizer: never guess
             raise EnsError(f"cannot resume from checkpoint {self.checkpoint_path} ({first_line(err, 200)}); "
                            "delete it to train this fold from the start") from None
@@ -279,7 +378,7 @@ class FoldTrainer:
     def _gpu_batches(self, images: torch.Tensor, batches: list[np.ndarray], gen: torch.Generator):
         for idx in batches:
             x = images[torch.from_numpy(idx).to(images.device)].float()
-            x = augment_batch(x, gen)
+            x = augment_batch(x, gen, self.cfg.augment)
             yield self._normalise(x)
 
     def _cpu_batches(self, loader_ds: _AugmentedImages, batches: list[np.ndarray], aug_seeds: np.ndarray):
@@ -304,8 +403,7 @@ class FoldTrainer:
             batches = (gpu_images[torch.from_numpy(idx).to(gpu_images.device)] for idx in chunks)
         else:
             batches = (nchw(self.ds.images[idx]) for idx in chunks)
-        return probabilities(model, batches, self._normalise, n_classes=len(self.ds.classes),
-                             autocast=self.device.type == "cuda")
+        return probabilities(model, batches, self._normalise, n_classes=len(self.ds.classes))  # fp32
 
     def storable_weights(self, model: nn.Module, probs: np.ndarray,
                          gpu_images: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], str]:

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The training runs behind the committed members/ and reports/, on this project's CPU machine
+# (2 cores, no GPU). Run from the repository root; the data is the shared development data
+# (../shared/data, see its README). Every member also records its own command in member.json.
+#
+# Budget: about 40 minutes per dataset on one core, so these are shortened versions of the
+# protocols (resnet10t instead of ResNet-18/50, 20 or 15 epochs); reports/README.md says so.
+set -euo pipefail
+DATA=${DATA:-../shared/data}
+CPU=(--device cpu --threads 1 --workers 0 --no-progress --no-keep-weights)
+
+breast() {  # BreastMNIST: the MedMNIST protocol (28 px, small stem, no augmentation, chosen on val AUC)
+  ens train --dataset medmnist:breastmnist --data-dir "$DATA" --recipe medmnist --model resnet10t \
+    --epochs 20 --milestones 10,15 --opt adam,dgrad,cos1 --n "$1" "${CPU[@]}"
+}
+
+lar() {  # LAR patches (5-fold CV): the paper's augmentation, from scratch (no ImageNet weights offline)
+  ens train --dataset "folder:$DATA/lar_fold3" --recipe paper --model resnet10t --no-pretrained --size 64 \
+    --epochs 15 --batch-size 32 --head-lr-factor 1 --opt sgd,dgrad,cos1 --set sgd.lr=0.01 --n "$1" "${CPU[@]}"
+}
+
+# two members of each first, so a shorter budget still gives every comparison something
+case "${1:-all}" in
+  breast) breast 2; breast 4 ;;
+  lar) lar 2; lar 4 ;;
+  all) breast 2; lar 2; breast 4; lar 4 ;;
+esac
+ens report --step 2
