@@ -122,9 +122,12 @@ def parse_sets(items: list[str], labels: list[str], where: str = "--set") -> dic
             if target not in labels:
                 raise UsageError(f"{where} {item!r}: {target} is not among this job's optimizers ({', '.join(labels)})")
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise UsageError(f"{where} {item!r}: {text!r} is not a value") from None
+            value = json.loads(text)  # numbers as written (1e-6 too), true/false, [0.9, 0.99]
+        except ValueError:
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError:
+                raise UsageError(f"{where} {item!r}: {text!r} is not a value") from None
         numbers = value if isinstance(value, list) else [value]
         if not all(isinstance(v, (int, float, bool)) or v is None for v in numbers) or any(
                 isinstance(v, float) and not math.isfinite(v) for v in numbers):

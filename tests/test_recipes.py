@@ -1,0 +1,182 @@
+"""Recipes and the training options: presets, --config, --set, selection, schedules, stems, reproducible runs."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ensemble.train.recipe import RECIPE_KEYS, RECIPES, compose_config
+from ensemble.train.trainer import TrainConfig
+from tests.conftest import invoke_main, make_folder, run_cli
+
+TINY = ["--model", "test_resnet", "--epochs", "2", "--size", "16", "--no-pretrained", "--device", "cpu",
+        "--workers", "0", "--no-progress", "--no-keep-weights"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("rec") / "imgs", per_class=6)
+
+
+def _meta(members: Path, label: str, run: int = 0) -> dict:
+    return json.loads((members / "imgs" / label / f"{run:03d}" / "member.json").read_text())
+
+
+def test_set_changes_exactly_the_named_setting(folder, tmp_path):
+    members = tmp_path / "M"
+    assert invoke_main("train", "--dataset", f"folder:{folder}", "--opt", "dgrad,adam", *TINY, "--members-dir",
+                       str(members), "--set", "dgrad.eps=1e-6", "--set", "betas=[0.8, 0.99]") == 0
+    dgrad, adam = _meta(members, "DGrad")["recipe"]["optimizer"], _meta(members, "Adam")["recipe"]["optimizer"]
+    assert dgrad["eps"] == 1e-6 and adam["eps"] == 1e-8  # dgrad.eps reached DGrad alone
+    assert dgrad["betas"] == adam["betas"] == [0.8, 0.99]  # an unprefixed key reaches every optimizer
+    assert dgrad["lr"] == adam["lr"] == 1e-3 and dgrad["weight_decay"] == 1e-4
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--opt", "dgrad", "--set", "dgrad.momentum=0.9"], "DGrad has no setting 'momentum'; its settings are lr, betas"),
+    (["--opt", "sgd", "--set", "dgrad.lr=0.1"], "DGrad is not among this job's optimizers"),
+    (["--opt", "sgd,dgrad", "--set", "nesterov=true"], "DGrad has no setting 'nesterov'"),
+    (["--opt", "dgrad", "--set", "lr"], "expected KEY=VALUE"),
+    (["--opt", "dgrad", "--set", "lr=fast"], "'fast' is not a finite number"),
+    (["--opt", "dgrad", "--set", "lr=.nan"], "not a finite number"),
+    (["--opt", "clmr", "--lr", "0.1"], "CLMR does not accept lr"),
+    (["--opt", "clmr", "--milestones", "5"], "CLMR sets its learning rate by its own schedule"),
+    (["--opt", "sgd", "--recipe", "fast"], "unknown recipe 'fast'"),
+    (["--opt", "sgd", "--n", "2", "--run", "1"], "--n and --run exclude each other"),
+    (["--opt", "sgd", "--milestones", "9,3"], "increasing"),
+])
+def test_bad_settings_fail_before_training(capsys, folder, tmp_path, args, words):
+    code, out, err = run_cli(capsys, "train", "--dataset", f"folder:{folder}", *TINY, "--members-dir",
+                             str(tmp_path / "M"), *args)
+    assert code == 2 and words in err and "Traceback" not in err, err
+    assert not (tmp_path / "M").exists()
+
+
+def test_recipes_list_every_value(capsys):
+    code, out, err = run_cli(capsys, "recipes")
+    assert code == 0, err
+    assert "paper" in out and "medmnist" in out and "resnet50.tv_in1k" in out
+    for key in RECIPE_KEYS:
+        assert key in out
+    assert RECIPES["medmnist"]["milestones"] == [50, 75] and RECIPES["medmnist"]["batch_size"] == 128
+
+
+def test_config_file_then_flags_then_set(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("epochs: 7\nbatch_size: 16\nset:\n  dgrad.eps: 1.0e-5\n")
+    cfg = compose_config("medmnist", config_file=str(path), explicit={"epochs": 3, "size": None}, sets=["lr=0.5"],
+                         labels=["DGrad"])
+    assert (cfg.epochs, cfg.batch_size, cfg.size, cfg.stem) == (3, 16, 28, "small")
+    assert cfg.optimizer_overrides("DGrad") == {"eps": 1e-5, "lr": 0.5, "weight_decay": 0.0}
+    path.write_text("epoch: 7\n")
+    with pytest.raises(Exception, match="unknown key.*epoch"):
+        compose_config("paper", config_file=str(path), explicit={}, sets=[], labels=["DGrad"])
+
+
+def test_schedules_give_the_head_factor_one(folder):
+    """CLMR's range is the learning rate the paper intended for every layer: the head never gets 20x it."""
+    from ensemble.runs import load_dataset
+    from ensemble.train.trainer import FoldTrainer
+
+    ds = load_dataset(f"folder:{folder}", "datasets", 16, None, 0)
+    cfg = TrainConfig(model="test_resnet", size=16, pretrained=False, device="cpu", workers=0, epochs=2)
+    assert cfg.head_factor("CLMR") == cfg.head_factor("TASO") == 1.0 and cfg.head_factor("SGD") == 20.0
+    for label, peak in (("CLMR", 5e-2), ("SGD", 1e-3 * 20)):
+        trainer = FoldTrainer(ds, ds.folds[0], label, cfg, seed=0, checkpoint=Path("unused"))
+        _, opt, sched, steps = trainer._make()
+        highest = 0.0
+        for _ in range(steps * 20):  # CLMR's whole period (c_lr = 20 epochs): its peak is half-way
+            highest = max(highest, max(g["lr"] for g in opt.param_groups))
+            opt.step()  # no gradients: nothing moves, the schedule advances as in training
+            if sched is not None:
+                sched.step()
+        assert highest == pytest.approx(peak, rel=0.06), label
+
+
+def test_milestones_multiply_the_rate_by_gamma(folder):
+    from ensemble.runs import load_dataset
+    from ensemble.train.trainer import FoldTrainer
+
+    ds = load_dataset(f"folder:{folder}", "datasets", 16, None, 0)
+    cfg = TrainConfig(model="test_resnet", size=16, pretrained=False, device="cpu", workers=0, head_lr_factor=1.0,
+                      milestones=(2, 4), gamma=0.1)
+    trainer = FoldTrainer(ds, ds.folds[0], "Adam", cfg, seed=0, checkpoint=Path("unused"))
+    _, opt, _, _ = trainer._make()
+    rates = []
+    for epoch in range(6):
+        trainer._set_milestone_lr(opt, epoch)
+        rates.append(opt.param_groups[0]["lr"])
+    assert rates == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5])
+
+
+def test_small_stem_and_balanced_weights(folder):
+    from ensemble.runs import load_dataset
+    from ensemble.train.model import create_model
+    from ensemble.train.trainer import FoldTrainer
+
+    model = create_model("resnet18", 2, pretrained=False, stem="small")
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, torch.nn.Identity)
+    assert model.forward_features(torch.zeros(1, 3, 28, 28)).shape[-1] == 4  # 28 / 8, not 28 / 32
+    ds = load_dataset(f"folder:{folder}", "datasets", 16, None, 0)
+    cfg = TrainConfig(model="test_resnet", size=16, pretrained=False, device="cpu", class_weights="balanced")
+    trainer = FoldTrainer(ds, ds.folds[0], "SGD", cfg, seed=0, checkpoint=Path("unused"))
+    counts = np.bincount(ds.labels[ds.folds[0].train], minlength=3)
+    np.testing.assert_allclose(trainer._loss_weights().numpy(), counts.sum() / (3 * counts), rtol=1e-6)
+
+
+def test_augment_kinds():
+    from ensemble.data.augment import augment_batch
+
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    assert augment_batch(x, torch.Generator().manual_seed(0), "none") is x
+    flipped = augment_batch(x, torch.Generator().manual_seed(0), "flips")
+    for i in range(2):
+        assert any(torch.allclose(flipped[i], torch.flip(x[i], d), atol=1e-4) for d in [(), (1,), (2,), (1, 2)])
+
+
+def test_precision_choices():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert TrainConfig(precision="auto").autocast_dtype(cpu) is None
+    assert TrainConfig(precision="auto").autocast_dtype(cuda) == torch.bfloat16
+    assert TrainConfig(precision="fp32").autocast_dtype(cuda) is None
+    assert TrainConfig(precision="fp16").autocast_dtype(cuda) == torch.float16
+    assert TrainConfig(precision="bf16").autocast_dtype(cpu) == torch.bfloat16
+
+
+def test_selection_on_an_inner_split_and_the_recorded_command_reproduces(folder, tmp_path):
+    members = tmp_path / "M"
+    args = ["train", "--dataset", f"folder:{folder}", "--opt", "dgrad", *TINY, "--epochs", "3", "--select",
+            "best-val-loss", "--val-fraction", "0.2", "--members-dir", str(members), "--run", "2"]
+    assert invoke_main(*args) == 0
+    meta = _meta(members, "DGrad", 2)
+    assert [p.name for p in (members / "imgs" / "DGrad").iterdir() if not p.name.startswith(".")] == ["002"]
+    assert all(len(c["val_score"]) == 3 and 1 <= c["selected_epoch"][0] <= 3 for c in meta["curves"])
+    assert meta["recipe"]["select"] == "best-val-loss" and meta["recipe"]["val_fraction"] == 0.2
+    command = shlex.split(meta["command"])
+    assert command[:2] == ["ens", "train"] and "--run" in command and "2" in command
+    again = tmp_path / "again"
+    assert invoke_main(*command[1:], "--members-dir", str(again), "--no-keep-weights") == 0
+    for k in range(meta["folds"]):
+        with np.load(members / "imgs" / "DGrad" / "002" / f"fold-{k}.npz") as a, \
+                np.load(again / "imgs" / "DGrad" / "002" / f"fold-{k}.npz") as b:
+            np.testing.assert_allclose(a["probs"], b["probs"], atol=1e-4)
+    assert _meta(again, "DGrad", 2)["recipe_hash"] == meta["recipe_hash"]
+
+
+def test_a_member_that_learnt_nothing_is_flagged(folder, tmp_path):
+    from ensemble.runs import learnt_nothing, load_dataset
+    from ensemble.store import Store
+
+    ds = load_dataset(f"folder:{folder}", "datasets", 16, None, 0)
+    rd = Store(tmp_path / "M").run_dir("imgs", "SGD", 0)
+    rate = np.mean([np.bincount(ds.labels[f.train]).max() / len(f.train) for f in ds.folds])
+    flat = [{"curves": {"accuracy": [0.30]}} for _ in ds.folds]  # 3 nearly balanced classes: majority rate ~1/3
+    nothing, why = learnt_nothing(ds, rd, flat)
+    assert nothing and f"majority-class rate {rate:.4f}" in why
+    assert learnt_nothing(ds, rd, [{"curves": {"accuracy": [0.9]}} for _ in ds.folds]) == (False, "")
