@@ -4,7 +4,9 @@
 # (../shared/data, see its README). Every member also records its own command in member.json.
 #
 # Budget: about 40 minutes per dataset on one core, so these are shortened versions of the
-# protocols (resnet10t instead of ResNet-18/50, 20 or 15 epochs); reports/README.md says so.
+# protocols (resnet10t instead of ResNet-18/50, 20, 15 or 10 epochs); reports/README.md says so.
+# This session ran `breast` and `lar` side by side (one core each), then `pneumonia` (its runs 2 and 3
+# as two processes, Adam+DGrad and Cos1; a member does not depend on which process trained it).
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 CPU=(--device cpu --threads 1 --workers 0 --no-progress --no-keep-weights)
@@ -12,6 +14,11 @@ CPU=(--device cpu --threads 1 --workers 0 --no-progress --no-keep-weights)
 breast() {  # BreastMNIST: the MedMNIST protocol (28 px, small stem, no augmentation, chosen on val AUC)
   ens train --dataset medmnist:breastmnist --data-dir "$DATA" --recipe medmnist --model resnet10t \
     --epochs 20 --milestones 10,15 --opt adam,dgrad,cos1 --n "$1" "${CPU[@]}"
+}
+
+pneumonia() {  # PneumoniaMNIST (4708 training images): the same protocol with resnet10t's own stem, 10 epochs
+  ens train --dataset medmnist:pneumoniamnist --data-dir "$DATA" --recipe medmnist --model resnet10t \
+    --stem default --epochs 10 --milestones 5,8 --opt adam,dgrad,cos1 --n "$1" "${CPU[@]}"
 }
 
 lar() {  # LAR patches (5-fold CV): the paper's augmentation, from scratch (no ImageNet weights offline)
@@ -22,7 +29,8 @@ lar() {  # LAR patches (5-fold CV): the paper's augmentation, from scratch (no I
 # two members of each first, so a shorter budget still gives every comparison something
 case "${1:-all}" in
   breast) breast 2; breast 4 ;;
+  pneumonia) pneumonia 2; pneumonia 4 ;;
   lar) lar 2; lar 4 ;;
-  all) breast 2; lar 2; breast 4; lar 4 ;;
+  all) breast 2; lar 2; breast 4; lar 4; pneumonia 2; pneumonia 4 ;;
 esac
 ens report --step 2
