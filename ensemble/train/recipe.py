@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from ..data.dataset import Dataset
@@ -152,7 +153,7 @@ def compose_config(recipe: str, *, config_file: str | None, explicit: dict[str, 
     file_sets: list[str] = []
     if config_file:
         try:
-            loaded = yaml.safe_load(open(config_file).read()) or {}  # noqa: SIM115 - read at once
+            loaded = yaml.safe_load(Path(config_file).read_text()) or {}
         except (OSError, yaml.YAMLError) as err:
             raise UsageError(f"--config {config_file}: cannot be read ({str(err).splitlines()[0]})") from None
         if not isinstance(loaded, dict):
