@@ -19,7 +19,7 @@ from typing import Any
 
 from .data.dataset import Dataset
 from .errors import StoreError
-from .store import RunDir, Store, label_key, recipe_diff, recipe_hash, run_name, split_key
+from .store import MemberMeta, RunDir, Store, label_key, recipe_diff, recipe_hash, run_name
 from .train.recipe import build_recipe
 from .train.trainer import TrainConfig
 
@@ -41,10 +41,6 @@ class LabelPlan:
     def recipe_hash(self) -> str:
         return recipe_hash(self.recipe)
 
-    @property
-    def optimizer(self) -> str:
-        return split_key(self.label)[0]
-
 
 def _diff_text(old: dict[str, Any], new: dict[str, Any]) -> str:
     if not old:
@@ -53,15 +49,18 @@ def _diff_text(old: dict[str, Any], new: dict[str, Any]) -> str:
     return "; ".join(lines[:6]) + (f"; and {len(lines) - 6} more" if len(lines) > 6 else "")
 
 
-def check_dataset_identity(store: Store, dataset: str, ds: Dataset) -> None:
-    """Two different datasets never share a store name: every member there has this fingerprint."""
-    for label in store.labels(dataset):
-        for meta in store.metas(dataset, label):
+def check_dataset_identity(store: Store, dataset: str, ds: Dataset) -> dict[str, list[MemberMeta]]:
+    """Two different datasets never share a store name: every member there has this fingerprint.
+    Returns the members' metadata by label key, read once for planning."""
+    metas = {label: store.metas(dataset, label) for label in store.labels(dataset)}
+    for label, found in metas.items():
+        for meta in found:
             if meta.fingerprint != ds.fingerprint:
                 raise StoreError(
                     f"{store.root / dataset} holds members of another dataset than {ds.spec} (fingerprint "
                     f"{meta.fingerprint} in {label}/{run_name(meta.run)}, this one {ds.fingerprint}); store this "
                     "one apart with --name NAME, or use another --members-dir")
+    return metas
 
 
 def missing_runs(existing: list[int], n: int) -> list[int]:
@@ -78,12 +77,12 @@ def plan_labels(store: Store, *, dataset: str, ds: Dataset, optimizers: list[str
                 cfg: TrainConfig, runs: list[int] | None = None) -> list[LabelPlan]:
     """For each optimizer: its recipe, its complete runs (which must share that recipe), the runs missing
     (to reach ``n``, or of the run indices ``runs``)."""
-    check_dataset_identity(store, dataset, ds)
+    stored = check_dataset_identity(store, dataset, ds)
     plans = []
     for optimizer in optimizers:
         key = label_key(optimizer, variant)
         recipe = build_recipe(cfg, optimizer, ds)
-        metas = store.metas(dataset, key)
+        metas = stored.get(key, [])
         other = [m for m in metas if m.recipe_hash != recipe_hash(recipe)]
         if other:
             way = (f"train them apart with --variant NAME (fused as {optimizer}@NAME<count>)" if variant is None

@@ -337,6 +337,10 @@ class Member:
     def model_file(self, k: int) -> Path:
         return self.path / MODEL_FILE.format(k)
 
+    def validation(self) -> Member | None:
+        """The member's predictions on the dataset's validation split, or None where it has none."""
+        return read_member(self.path, "val") if (self.path / "val-0.npz").exists() else None
+
 
 def read_meta(path: Path) -> MemberMeta:
     """``member.json`` of the run directory ``path``, schema-checked against where it lies."""

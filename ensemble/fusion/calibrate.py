@@ -17,7 +17,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from ..errors import UsageError
-from ..store import Member, read_member
+from ..store import Member
 
 CALIBRATIONS = ("none", "temperature")
 _EPS = np.finfo(np.float64).eps
@@ -68,6 +68,5 @@ def calibrate(members: list[Member], method: str = "temperature") -> list[Member
         return members
     out = []
     for m in members:
-        val = read_member(m.path, "val") if (m.path / "val-0.npz").exists() else None
-        out.append(replace(m, probs=scale(m.probs, row_temperatures(m, val)).astype(np.float32)))
+        out.append(replace(m, probs=scale(m.probs, row_temperatures(m, m.validation())).astype(np.float32)))
     return out

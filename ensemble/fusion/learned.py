@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy.optimize import minimize
 
-from ..store import Member, read_member
+from ..store import Member
 from . import aligned
 from .stats import nll
 
@@ -96,8 +96,9 @@ def learned_fusion(method: str, by_label: dict[str, list[Member]]) -> tuple[np.n
     probs, y, fold_of, _ = aligned(members)
     probs = probs.astype(np.float64)
     fit = FITTERS[method]
-    if all((m.path / "val-0.npz").exists() for m in members):
-        val_probs, val_y, _, _ = aligned([read_member(m.path, "val") for m in members])
+    vals = [m.validation() for m in members]
+    if all(v is not None for v in vals):
+        val_probs, val_y, _, _ = aligned(vals)
         return fit(val_probs.astype(np.float64), val_y, groups)(probs), y, fold_of, "fitted on validation split"
     scores = np.zeros(probs.shape[1:])
     for k in np.unique(fold_of):

@@ -225,9 +225,8 @@ def groups(store: Store, dataset: str) -> dict[str, dict[str, list[Member]]]:
 
 def val_members(by_label: dict[str, list[Member]]) -> dict[str, list[Member]] | None:
     """The members' validation predictions, when every member has them (MedMNIST's split)."""
-    if not all((m.path / "val-0.npz").exists() for ms in by_label.values() for m in ms):
-        return None
-    return {lab: [read_member(m.path, "val") for m in ms] for lab, ms in by_label.items()}
+    vals = {lab: [m.validation() for m in ms] for lab, ms in by_label.items()}
+    return vals if all(v is not None for vs in vals.values() for v in vs) else None
 
 
 def summarise(store: Store, step: int = 7) -> list[GroupSummary]:
