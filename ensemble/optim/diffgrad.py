@@ -36,6 +36,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import fused
+
 CYCLE_FLOOR = 9e-4
 """The seed replaces zeros of its cyclic terms by 9e-4; we raise anything below it."""
 
@@ -137,6 +139,20 @@ FRICTIONS: dict[str, FrictionFn] = {
 NEEDS_PREVIOUS_GRAD = frozenset({"diffgrad"})
 
 
+def _cos2_terms(step: int, period: int) -> tuple[float, float]:
+    a, c = cyclic_terms(step, period)
+    return 2.0 * c, 1.0 / (1.0 + math.exp(-4.0 * a)) - 0.5
+
+
+# (scale, offset) of xi = sig(scale * D) + offset for the fused kernels (diffGrad's scale is unused)
+FUSED_SCALES: dict[str, Callable[[int, int], tuple[float, float]]] = {
+    "diffgrad": lambda step, period: (1.0, 0.0),
+    "dgrad": lambda step, period: (4.0, 0.0),
+    "cos1": lambda step, period: (4.0 * cyclic_terms(step, period)[1], 0.0),
+    "cos2": _cos2_terms,
+}
+
+
 # --------------------------------------------------------------------------- #
 # The optimizer.
 # --------------------------------------------------------------------------- #
@@ -155,10 +171,12 @@ class DiffGradFamily(Optimizer):
         friction: one of :data:`FRICTIONS` (``adam``, ``diffgrad``, ``dgrad``,
             ``cos1``, ``cos2``).
         period: period P of the cyclic terms of Cos#1/Cos#2 (30 in the seed).
-        compile: run the step through ``torch.compile``, which fuses the element-wise
-            chain into one or two passes over memory. The first step pays the
-            compilation (about a minute on CPU); later steps cost about as much as
-            torch's Adam. Off by default.
+        fused: run the step in the hand-fused CPU kernels of :mod:`.fused` (one or two
+            passes over memory instead of a dozen) where the tensors are CPU float32 and
+            contiguous; elsewhere the eager ``_foreach`` chain. The registry turns it on
+            for diffGrad, DGrad, Cos#1 and Cos#2.
+        compile: run the eager step through ``torch.compile`` instead (GPU, or CPU
+            tensors that cannot be fused). The first step pays the compilation.
 
     See the module docstring for the SPEC's interpretation choices.
     """
@@ -174,6 +192,7 @@ class DiffGradFamily(Optimizer):
         decoupled: bool = False,
         friction: str = "dgrad",
         period: int = 30,
+        fused: bool = False,
         compile: bool = False,
     ) -> None:
         if not lr >= 0.0:
@@ -196,6 +215,7 @@ class DiffGradFamily(Optimizer):
             decoupled=decoupled,
             friction=friction,
             period=period,
+            fused=fused,
         )
         super().__init__(params, defaults)
         self._step_fn = torch.compile(_multi_tensor_step) if compile else _multi_tensor_step
@@ -253,7 +273,14 @@ class DiffGradFamily(Optimizer):
                 for step in sorted(set(counts)):
                     idx = [i for i, c in enumerate(counts) if c == step]
                     lists = [[lst[i] for i in idx] for lst in tensors]
-                    self._step_fn(*lists[:4], lists[5] if prev_grads else [], step, group)
+                    prev = lists[5] if prev_grads else []
+                    if group.get("fused") and group["friction"] in FUSED_SCALES and fused.can_fuse(
+                            [t for lst in lists[:4] + [prev] for t in lst]):
+                        scale, offset = FUSED_SCALES[group["friction"]](step, group["period"])
+                        fused.fused_step(params=lists[0], grads=lists[1], exp_avgs=lists[2], exp_avg_sqs=lists[3],
+                                         prev_grads=prev, step=step, group=group, scale=scale, offset=offset)
+                    else:
+                        self._step_fn(*lists[:4], prev, step, group)
         return loss
 
 

@@ -65,7 +65,8 @@ def _sgd(params: Iterable[Any], kw: dict[str, Any]) -> Optimizer:
 
 
 def _entry(label: str, friction: str, paper: str, description: str, **extra: Any) -> OptimInfo:
-    defaults = dict(ADAM_DEFAULTS, **extra)
+    # the friction variants run the hand-fused CPU step by default (Adam's eager chain is already Adam's cost)
+    defaults = dict(ADAM_DEFAULTS, **({"fused": True} if friction != "adam" else {}), **extra)
     return OptimInfo(label, "adam-like", paper, description, MappingProxyType(defaults), _family(friction))
 
 
