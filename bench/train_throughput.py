@@ -1,85 +1,135 @@
-"""Member-training images/s against the same model on synthetic tensors already on the device.
+"""Member training images/s against the bound of the same work on tensors that never move, like with like.
 
-    python bench/train_throughput.py [--model resnet50] [--size 224] [--images 120] [--device cuda]
+    python bench/train_throughput.py [--model resnet18] [--size 64] [--images 240] [--device cpu]
 
-The upper bound is forward + backward + optimizer step on one random batch that never moves;
-the member figure is ens's real FoldTrainer (augmentation, data feeding, checkpoint) on a
-synthetic dataset of the same size. Their ratio is what the data path costs.
+Both sides use the same model (ens's factory), the same optimizer (DGrad, fused), the same batch,
+the same device and the same torch threads; the figure is printed at 1 thread and at every core
+(CPU) and says where the member's time goes:
+
+* bound: forward + backward + optimizer step on one random batch already on the device;
+* member: ens's real FoldTrainer on a synthetic uint8 dataset of the same size (gather, the
+  batched torch augmentation, normalisation, training, the epoch's checkpoint), second epoch;
+* breakdown: data (gather + augment + normalise, timed alone), forward/backward and optimizer
+  (timed apart in the bound loop), checkpoint (one save of the model and optimizer state).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import timm
 import torch
 
 from ensemble.data.dataset import Dataset
 from ensemble.data.splits import Fold
+from ensemble.io import atomic_torch_save
 from ensemble.optim import build
+from ensemble.train.model import create_model
 from ensemble.train.trainer import FoldTrainer, TrainConfig
 
 
-def upper_bound(model_name: str, size: int, batch: int, steps: int, device: str) -> float:
-    model = timm.create_model(model_name, num_classes=4).to(device)
-    opt, _ = build("dgrad", model.parameters(), epochs=1, steps_per_epoch=steps)
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def bound(model_name: str, size: int, batch: int, steps: int, device: str) -> dict[str, float]:
+    """images/s of the bare loop, and seconds per batch of forward/backward and of the optimizer step."""
+    torch.manual_seed(0)
+    model = create_model(model_name, 4, pretrained=False).to(device)
+    opt, _ = build("dgrad", model.parameters(), epochs=1, steps_per_epoch=steps, weight_decay=1e-4)
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 4, (batch,), device=device)
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+    fwd_bwd = step = 0.0
     for i in range(steps + 2):
-        if i == 2:
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
+        _sync(device)
+        t0 = time.perf_counter()
         with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
             loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-        opt.zero_grad()
+        opt.zero_grad(set_to_none=True)
         loss.backward()
+        _sync(device)
+        t1 = time.perf_counter()
         opt.step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - t0)
+        _sync(device)
+        if i >= 2:  # warm-up excluded
+            fwd_bwd += t1 - t0
+            step += time.perf_counter() - t1
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        atomic_torch_save(Path(tmp) / "c.pt", {"model": model.state_dict(), "optimizer": opt.state_dict()})
+        checkpoint = time.perf_counter() - t0
+    return {"images_s": steps * batch / (fwd_bwd + step), "fwd_bwd": fwd_bwd / steps, "step": step / steps,
+            "checkpoint": checkpoint}
 
 
-def member(model_name: str, size: int, batch: int, n: int, device: str, workers: int) -> float:
+def synthetic(size: int, n: int, batch: int) -> tuple[Dataset, Fold]:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
-    labels = rng.integers(0, 4, n)
     fold = Fold(0, np.arange(n), np.arange(min(n, batch)))
-    ds = Dataset("bench", "bench", list("abcd"), np.array([str(i) for i in range(n)]), labels, images, [fold],
-                 "bench", "cv5")
-    cfg = TrainConfig(model=model_name, epochs=2, batch_size=batch, size=size, device=device, workers=workers,
-                      pretrained=False)
-    seen = []
+    ds = Dataset("bench", "bench", list("abcd"), np.array([str(i) for i in range(n)]), rng.integers(0, 4, n),
+                 images, [fold], "bench", "cv5")
+    return ds, fold
+
+
+def member(model_name: str, size: int, batch: int, n: int, device: str, threads: int) -> dict[str, float]:
+    """images/s of the member's second epoch, and seconds per batch of its data path alone."""
+    ds, fold = synthetic(size, n, batch)
+    cfg = TrainConfig(model=model_name, epochs=2, batch_size=batch, size=size, device=device, workers=0,
+                      threads=threads, pretrained=False, keep_weights=False)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = FoldTrainer(ds, fold, "DGrad", cfg, 0, Path(tmp), on_batch=seen.append)
+        trainer = FoldTrainer(ds, fold, "DGrad", cfg, seed=0, checkpoint=Path(tmp) / "c.pt")
         marks = []
         trainer.on_epoch = lambda e, loss, acc: marks.append(time.perf_counter())
         trainer.run()
-    return n / (marks[1] - marks[0])  # the second epoch: no warm-up
+        batches, seeds = trainer._epoch_plan(0)
+        images = torch.from_numpy(ds.images).permute(0, 3, 1, 2)
+        gen = torch.Generator().manual_seed(int(seeds[0]))
+        t0 = time.perf_counter()
+        for _ in trainer._image_batches(images, torch.from_numpy(ds.labels), batches, gen):
+            pass
+        _sync(device)
+        data = (time.perf_counter() - t0) / len(batches)
+    return {"images_s": n / (marks[1] - marks[0]), "data": data}
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="resnet50")
-    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--model", default="resnet18")
+    ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=30)
-    ap.add_argument("--images", type=int, default=120)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--images", type=int, default=240)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     steps = max(2, args.images // args.batch_size)
-    ub = upper_bound(args.model, args.size, args.batch_size, steps, args.device)
-    mb = member(args.model, args.size, args.batch_size, args.images, args.device, args.workers)
-    print(f"{args.model} {args.size}x{args.size} batch {args.batch_size} on {args.device}")
-    print(f"synthetic tensors on device (upper bound): {ub:8.1f} images/s")
-    print(f"ens member training (augment + feed):      {mb:8.1f} images/s   ratio {mb / ub:.2f}")
+    counts = sorted({1, cores()}) if args.device == "cpu" else [torch.get_num_threads()]
+    print(f"{args.model} {args.size}x{args.size}, batch {args.batch_size}, {args.images} images, on {args.device} "
+          f"(torch {torch.__version__})")
+    for threads in counts:
+        torch.set_num_threads(threads)
+        ub = bound(args.model, args.size, args.batch_size, steps, args.device)
+        mb = member(args.model, args.size, args.batch_size, args.images, args.device, threads)
+        batch_s = args.batch_size / mb["images_s"]
+        print(f"  {threads} thread(s): bound {ub['images_s']:7.1f} img/s, member {mb['images_s']:7.1f} img/s, "
+              f"ratio {mb['images_s'] / ub['images_s']:.2f}")
+        print(f"    per batch: member {batch_s * 1e3:6.1f} ms = data {mb['data'] * 1e3:5.1f} + forward/backward "
+              f"{ub['fwd_bwd'] * 1e3:6.1f} + optimizer {ub['step'] * 1e3:5.1f} + rest "
+              f"{(batch_s - mb['data'] - ub['fwd_bwd'] - ub['step']) * 1e3:5.1f} ms "
+              f"(one checkpoint save: {ub['checkpoint'] * 1e3:.0f} ms per epoch)")
 
 
 if __name__ == "__main__":

@@ -163,13 +163,17 @@ def _train_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
         DATA_DIR,
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Where decoded datasets are cached [default: the user cache dir, or $ENS_CACHE_DIR]."),
-        click.option("--recipe", default="paper", help="Named preset of every training option (`ens recipes`)."),
+        click.option("--recipe", default=None,
+                     help="Named preset of every training option (`ens recipes`) [default: paper; unet for "
+                          "segmentation datasets]."),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
                      help="YAML file of recipe keys (and a `set:` mapping); explicit flags win."),
         click.option("--set", "sets", multiple=True, metavar="[OPT.]KEY=VALUE",
                      help="An optimizer setting of the registry (`ens optimizers`), for every optimizer of the "
                           "job or, as dgrad.lr=1e-4, for one. Repeatable."),
-        click.option("--model", default=None, help=f"timm model name, with a weight tag (resnet50.tv_in1k). {RECIPE}"),
+        click.option("--model", default=None,
+                     help=f"timm model name, with a weight tag (resnet50.tv_in1k); for segmentation unet, light-unet "
+                          f"or lighter-unet@C (C in 1, 2, 4, ..., 128). {RECIPE}"),
         click.option("--epochs", type=click.IntRange(min=1), default=None, help=RECIPE),
         click.option("--batch-size", type=click.IntRange(min=2), default=None, help=RECIPE),
         click.option("--lr", type=POSITIVE, default=None,
@@ -179,7 +183,13 @@ def _train_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
         click.option("--stem", type=click.Choice(["default", "small"]), default=None,
                      help=f"small: 3x3 stride-1 first convolution, no max-pool (timm ResNets). {RECIPE}"),
         click.option("--augment", type=click.Choice(["paper", "flips", "none"]), default=None,
-                     help=f"paper: flips + independent x/y scale in [1, 2]; flips; none. {RECIPE}"),
+                     help=f"paper: flips + independent x/y scale in [1, 2] (segmentation: flips, rotation, scale, "
+                          f"translation, shear of image and mask); flips; none. {RECIPE}"),
+        click.option("--loss", type=click.Choice(["auto", "ce", "dice", "bce-dice"]), default=None,
+                     help=f"auto: cross-entropy for classification, Dice for segmentation. {RECIPE}"),
+        click.option("--plateau", type=click.IntRange(min=0), default=None, metavar="EPOCHS",
+                     help="Halve the learning rate when the validation loss has not improved for EPOCHS epochs "
+                          f"(0: off; not for CLMR/TASO, which follow their own schedule). {RECIPE}"),
         click.option("--normalise", type=click.Choice(["imagenet", "half"]), default=None,
                      help=f"ImageNet mean/std, or 0.5/0.5. {RECIPE}"),
         click.option("--select", type=click.Choice(["last", "best-val-auc", "best-val-loss"]), default=None,
@@ -204,8 +214,8 @@ def _train_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
         click.option("--device", type=Device(), default="auto", help="cpu, cuda, cuda:N, mps or auto."),
         click.option("--workers", type=click.IntRange(min=0), default=2, help="Data-loading worker processes."),
         click.option("--threads", type=click.IntRange(min=1), default=None,
-                     help="torch CPU threads per fold task [default: 1 on CPU, so every executor trains the "
-                          "same members; torch's own on GPU]."),
+                     help="torch CPU threads per fold task [default: every core for --executor local, cores / "
+                          "--jobs for a pool; recorded in each member's command, which reproduces it exactly]."),
         click.option("--keep-weights/--no-keep-weights", default=True,
                      help="Keep each fold's model (safetensors) in the run, so `ens predict` can apply the member."),
     ]
@@ -214,10 +224,14 @@ def _train_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
     return f
 
 
-def _config(labels: list[str], *, recipe: str, config_file: str | None, sets: tuple[str, ...],  # noqa: ANN202
-            weights: Path | None, device: str, workers: int, threads: int | None, keep_weights: bool, **explicit):
-    from .train.recipe import compose_config
+def _config(labels: list[str], *, recipe: str | None, config_file: str | None, sets: tuple[str, ...],  # noqa: ANN202
+            weights: Path | None, device: str, workers: int, threads: int | None, keep_weights: bool,
+            dataset: str = "", **explicit):
+    from .data.catalog import resolve
+    from .train.recipe import DEFAULT_RECIPE, compose_config
 
+    if recipe is None:  # the task is a property of the dataset, and so is the preset that suits it
+        recipe = DEFAULT_RECIPE[resolve(dataset).task] if dataset else "paper"
     if weights is not None and explicit.get("pretrained") is False:
         raise click.UsageError("--weights and --no-pretrained exclude each other")
     return compose_config(recipe, config_file=config_file, explicit=explicit, sets=list(sets), labels=labels,
@@ -257,7 +271,8 @@ def _check_store_name(ctx: click.Context, param: click.Parameter, value: str | N
 
 
 @cli.command()
-@click.option("--dataset", required=True, help="hela, bg, lar, digits, medmnist:NAME or folder:PATH.")
+@click.option("--dataset", required=True,
+              help="hela, bg, lar, digits, medmnist:NAME, folder:PATH, or seg:PATH (images/ + masks/).")
 @click.option("--opt", required=True, multiple=True, callback=_check_opts,
               help="Optimizer label (see `ens optimizers`); several (--opt sgd,dgrad or repeated) make one job.")
 @click.option("--n", "count", type=click.IntRange(min=1, max=MAX_MEMBERS), default=None,
@@ -294,7 +309,7 @@ def train(dataset: str, opt: list[str], count: int | None, runs: tuple[int, ...]
 
     if count is not None and runs:
         raise click.UsageError("--n and --run exclude each other")
-    cfg = _config(opt, **kw)
+    cfg = _config(opt, dataset=dataset, **kw)
     req = TrainRequest(dataset, opt, count or 1, cfg, members_dir, data_dir, cache_dir, executor, jobs, scheduler,
                        progress=not no_progress and sys.stderr.isatty(), variant=variant, name=name,
                        restart=restart, runs=list(dict.fromkeys(runs)) or None)

@@ -99,10 +99,11 @@ def load_fold_model(member: Member, k: int, device):  # noqa: ANN001, ANN201 - a
     from safetensors.torch import load_file
 
     from .errors import StoreError, first_line
-    from .train.model import create_model
+    from .train.model import create_model, output_channels
 
     recipe = member.meta.recipe
-    model = create_model(recipe["model"], len(member.classes), pretrained=False, stem=recipe.get("stem", "default"))
+    model = create_model(recipe["model"], output_channels(recipe["model"], len(member.classes)), pretrained=False,
+                         stem=recipe.get("stem", "default"))
     path = member.model_file(k)
     try:
         state = load_file(path)
@@ -149,6 +150,9 @@ def check_members(members: list[Member], fold: int | None) -> None:
         if not m.has_models:
             raise UsageError(f"{m.name} has no fold models (trained with --no-keep-weights); retrain it to "
                              "predict with it")
+        if m.meta.task == "segmentation":
+            raise UsageError(f"{m.name} is a segmentation member: `ens predict` applies classification ensembles; "
+                             "its stored probability maps are fused by `ens fuse`")
         if m.classes != members[0].classes:
             raise UsageError(f"{m.name} has classes {m.classes}, {members[0].name} has {members[0].classes}: "
                              "they cannot be fused")

@@ -134,14 +134,35 @@ def train_fold_task(task: FoldTask, on_start: Callable[[int], None] | None = Non
         atomic_write_bytes(rd.model_file(task.fold), save(result.weights))
         model = {"bytes": rd.model_file(task.fold).stat().st_size, "dtype": result.weights_dtype}
     summary = {"fold": task.fold, "seed": seed, "seconds": round(result.seconds, 3), "curves": result.curves,
-               "model": model,
-               "accuracy": float((result.probs.argmax(1) == result.labels).mean()) if len(result.labels) else None,
+               "model": model, "accuracy": fold_score(result.probs, result.labels),
                "train": len(ds.folds[task.fold].train), "test": len(result.labels),
                "device": str(trainer.device), "threads": trainer.intra_op_threads() or torch.get_num_threads(),
                "recipe_hash": task.recipe_hash}
     atomic_write_json(rd.summary(task.fold), summary)
     rd.checkpoint(task.fold).unlink(missing_ok=True)
     return summary
+
+
+def fold_score(probs: np.ndarray, targets: np.ndarray) -> float | None:
+    """Accuracy of a fold's predictions, or for segmentation maps their mean foreground Dice."""
+    if not len(targets):
+        return None
+    if probs.ndim == 4:
+        from .fusion.segmentation import per_image
+
+        return float(per_image(targets, probs.argmax(1), probs.shape[1])["dice"].mean())
+    return float((probs.argmax(1) == targets).mean())
+
+
+def segmentation_learnt_nothing(ds: Dataset, dice: float) -> tuple[bool, str]:
+    """A segmentation member learnt nothing when its mean Dice is no better than calling every pixel
+    foreground (the trivial answer that finds every lesion)."""
+    fg = np.asarray(ds.masks).reshape(len(ds.masks), -1) > 0
+    trivial = float(np.mean(np.where(fg.any(1), 2 * fg.sum(1) / (fg.sum(1) + fg.shape[1]), 0.0)))
+    if dice <= trivial + 1e-9:
+        return True, (f"learnt nothing: mean Dice {dice:.4f} is at or below that of marking every pixel as "
+                      f"foreground ({trivial:.4f}); try another --lr or more --epochs")
+    return False, ""
 
 
 def learnt_nothing(ds: Dataset, rd: RunDir, summaries: list[dict[str, Any]]) -> tuple[bool, str]:
@@ -182,14 +203,18 @@ def assemble_run(rd: RunDir, *, ds: Dataset, dataset: str, label: str, recipe: d
         raise StoreError(f"{rd.staging}: fold(s) {missing} have not finished")
     staged = check_staged_recipe(rd, recipe_hash(recipe))
     summaries = rd.read_summaries(folds)
+    segmentation = ds.task == "segmentation"
+    target = "masks" if segmentation else "labels"
     probs, labels = [], []
     for k in range(folds):
         with np.load(rd.fold_file(k), allow_pickle=False) as z:
             probs.append(z["probs"])
-            labels.append(z["labels"])
-    accuracy = float((np.concatenate(probs).argmax(1) == np.concatenate(labels)).mean())
+            labels.append(z[target])
+    probs, labels = np.concatenate(probs), np.concatenate(labels)
+    dice = fold_score(probs, labels) if segmentation else None
+    accuracy = float((probs.argmax(1) == labels).mean())  # of images, or of pixels
     optimizer, variant = split_key(label)
-    nothing, diagnosis = learnt_nothing(ds, rd, summaries)
+    nothing, diagnosis = segmentation_learnt_nothing(ds, dice) if segmentation else learnt_nothing(ds, rd, summaries)
     models = [s.get("model") for s in summaries]
     kept = all(m is not None and rd.model_file(k).is_file() for k, m in enumerate(models))
     fold_models = {"present": kept, "bytes": sum(m["bytes"] for m in models if m) if kept else 0,
@@ -223,5 +248,7 @@ def assemble_run(rd: RunDir, *, ds: Dataset, dataset: str, label: str, recipe: d
         command=command,
         learnt_nothing=nothing,
         diagnosis=diagnosis,
+        task=ds.task,
+        dice=dice,
     )
     return rd.publish(meta)

@@ -142,6 +142,8 @@ class MemberMeta:
     command: str = ""  # the `ens train` arguments that retrain exactly this run (add --members-dir)
     learnt_nothing: bool = False  # validation (or training) accuracy at or below the majority-class rate
     diagnosis: str = ""
+    task: str = "classification"  # or segmentation (fold files hold probability maps and masks)
+    dice: float | None = None  # segmentation: mean foreground Dice over every image
     extra: dict[str, Any] = field(default_factory=dict)  # fields of a hand-made member we keep but do not know
 
     @property
@@ -230,6 +232,8 @@ _CHECKS = {
     "command": lambda v: isinstance(v, str),
     "learnt_nothing": lambda v: isinstance(v, bool),
     "diagnosis": lambda v: isinstance(v, str),
+    "task": lambda v: v in ("classification", "segmentation"),
+    "dice": _is_num,
 }
 
 
@@ -244,7 +248,16 @@ def _bad(where: Path, name: str, value: Any) -> None:
 
 # --------------------------------------------------------------------------- fold files
 def write_fold(path: Path, probs: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> None:
-    """One fold's predictions: probs (n, C) float32 rows summing to 1, labels int64, ids str."""
+    """One fold's predictions: probs (n, C) float32 rows summing to 1, labels int64, ids str -- or, for
+    segmentation (4-D ``probs``), probs (n, C, H, W) float16 and ``masks`` (n, H, W) uint8, compressed."""
+    if np.ndim(probs) == 4:
+        probs, masks = np.asarray(probs, dtype=np.float16), np.asarray(labels, dtype=np.uint8)
+        if masks.shape != (len(probs), *probs.shape[2:]) or len(ids) != len(probs):
+            raise StoreError(f"{path}: probs {probs.shape}, masks {masks.shape} and ids {len(ids)} disagree")
+        buf = io.BytesIO()
+        np.savez_compressed(buf, probs=probs, masks=masks, ids=np.asarray(ids, dtype=str))
+        atomic_write_bytes(path, buf.getvalue())
+        return
     probs = np.asarray(probs, dtype=np.float32)
     if probs.ndim != 2 or len(probs) != len(labels) or len(labels) != len(ids):
         raise StoreError(f"{path}: probs {probs.shape}, labels {len(labels)} and ids {len(ids)} disagree")
@@ -253,20 +266,24 @@ def write_fold(path: Path, probs: np.ndarray, labels: np.ndarray, ids: np.ndarra
     atomic_write_bytes(path, buf.getvalue())
 
 
-def read_fold(path: Path, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A fold file's (probs, labels, ids), checked: no pickles, finite rows summing to 1, labels in range."""
+def read_fold(path: Path, n_classes: int, task: str = "classification") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fold file's (probs, labels, ids), checked: no pickles, finite rows summing to 1, labels in range.
+    For segmentation: (probs (n, C, H, W) float16, masks (n, H, W) uint8, ids), the maps summing to 1 over C."""
+    target = "masks" if task == "segmentation" else "labels"
     try:
         with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in ("probs", "labels", "ids") if k not in z.files]
+            missing = [k for k in ("probs", target, "ids") if k not in z.files]
             if missing:
                 raise StoreError(f"{path}: missing array(s) {', '.join(missing)}")
-            probs, labels, ids = z["probs"], z["labels"], z["ids"]
+            probs, labels, ids = z["probs"], z[target], z["ids"]
     except StoreError:
         raise
     except FileNotFoundError:
         raise StoreError(f"{path}: missing (the run is incomplete)") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as err:
         raise StoreError(f"{path}: unreadable ({type(err).__name__}: {str(err)[:120]})") from None
+    if task == "segmentation":
+        return _check_maps(path, probs, labels, ids, n_classes)
     if probs.ndim != 2 or not np.issubdtype(probs.dtype, np.floating):
         raise StoreError(f"{path}: probs must be a 2-D float array, found {probs.dtype} {probs.shape}")
     if probs.shape[1] != n_classes:
@@ -291,6 +308,28 @@ def read_fold(path: Path, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return probs.astype(np.float32), labels.astype(np.int64), ids.astype(str)
 
 
+def _check_maps(path: Path, probs: np.ndarray, masks: np.ndarray, ids: np.ndarray,
+                n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if probs.ndim != 4 or not np.issubdtype(probs.dtype, np.floating):
+        raise StoreError(f"{path}: probs must be a 4-D float array (n, C, H, W), found {probs.dtype} {probs.shape}")
+    if probs.shape[1] != n_classes:
+        raise StoreError(f"{path}: probs has {probs.shape[1]} class maps but member.json lists {n_classes} classes")
+    if masks.shape != (len(probs), *probs.shape[2:]) or ids.shape != (len(probs),):
+        raise StoreError(f"{path}: probs {probs.shape}, masks {masks.shape} and ids {ids.shape} disagree")
+    if not np.issubdtype(masks.dtype, np.integer):
+        raise StoreError(f"{path}: masks must be integers, found {masks.dtype}")
+    if ids.dtype.kind not in "USiu":
+        raise StoreError(f"{path}: ids must be strings (or indices), found {ids.dtype}")
+    if not np.isfinite(probs).all() or (probs < 0).any():
+        raise StoreError(f"{path}: probs holds NaN, inf or negative values")
+    sums = probs.sum(axis=1, dtype=np.float32)
+    if sums.size and np.abs(sums - 1).max() > 4 * ROW_SUM_TOLERANCE:  # float16 maps
+        raise StoreError(f"{path}: the class maps of an image do not sum to 1 (off by {np.abs(sums - 1).max():.4f})")
+    if masks.size and (masks.min() < 0 or masks.max() >= n_classes):
+        raise StoreError(f"{path}: masks out of range 0..{n_classes - 1} (found {masks.min()}..{masks.max()})")
+    return probs.astype(np.float16), masks.astype(np.uint8), ids.astype(str)
+
+
 # --------------------------------------------------------------------------- reading
 @dataclass
 class Member:
@@ -298,8 +337,8 @@ class Member:
 
     path: Path
     meta: MemberMeta
-    probs: np.ndarray  # (N, C) float32, folds concatenated in fold order
-    labels: np.ndarray  # (N,) int64
+    probs: np.ndarray  # (N, C) float32, folds concatenated in fold order; (N, C, H, W) float16 maps
+    labels: np.ndarray  # (N,) int64; (N, H, W) uint8 masks for segmentation
     ids: np.ndarray  # (N,) str
     fold_of: np.ndarray  # (N,) int: the fold each row came from
 
@@ -372,7 +411,7 @@ def read_member(path: Path, split: str = "fold") -> Member:
         f = path / f"{split}-{k}.npz"
         if split != "fold" and not f.exists():
             continue
-        probs, labels, ids = read_fold(f, len(meta.classes))
+        probs, labels, ids = read_fold(f, len(meta.classes), meta.task)
         parts.append((probs, labels, ids, np.full(len(labels), k)))
     if not parts:
         raise StoreError(f"{path} has no {split}-*.npz predictions")

@@ -1,9 +1,11 @@
-"""Training augmentation of SPEC §2: random reflection on both axes and an independent
-random scale in [1, 2] on x and y. Test images are never augmented.
+"""Training augmentation. Test images are never augmented.
 
-:func:`train_transform` is the albumentations pipeline applied per image on the CPU;
-:func:`augment_batch` is the same augmentation for a batch already on the GPU (data kept
-on the device needs no trip back to the CPU).
+* Classification (SPEC §2): random reflection on both axes and an independent random scale in
+  [1, 2] on x and y -- :func:`augment_batch`, batched in torch on the training device (CPU or
+  GPU), drawing its random numbers from a CPU generator, so a member is the same on either.
+* Segmentation (the lightweight U-Net paper): flips, rotation, scale, translation and shear
+  applied to image and mask together -- :func:`segmentation_transform`, albumentations per
+  image (nearest-neighbour for the mask, so no class value is invented).
 """
 
 from __future__ import annotations
@@ -16,19 +18,24 @@ import torch.nn.functional as F
 SCALE = (1.0, 2.0)
 
 
-def train_transform(kind: str = "paper") -> A.Compose:
-    """``paper``: flips and x/y scale; ``flips``: the flips alone; ``none``: the image as it is."""
+# the paper names the kinds, not their ranges: moderate ones that keep a lesion in view
+SEG_AFFINE = {"rotate": (-15, 15), "scale": (0.9, 1.1), "translate_percent": (-0.1, 0.1), "shear": (-8, 8)}
+
+
+def segmentation_transform(kind: str = "paper") -> A.Compose:
+    """``paper``: flips, then rotation/scale/translation/shear (:data:`SEG_AFFINE`); ``flips``; ``none``."""
     steps = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)] if kind in ("paper", "flips") else []
     if kind == "paper":
-        steps.append(A.Affine(scale={"x": SCALE, "y": SCALE}, keep_ratio=False, p=1.0))
+        steps.append(A.Affine(**SEG_AFFINE, interpolation=1, mask_interpolation=0, border_mode=0, p=1.0))
     return A.Compose(steps)
 
 
-def augment_image(transform: A.Compose, image: np.ndarray, seed: int) -> np.ndarray:
-    """Apply ``transform`` with a seed of its own, so the result depends on nothing else
-    (not on DataLoader workers, nor on what ran before a resume)."""
+def augment_pair(transform: A.Compose, image: np.ndarray, mask: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Apply ``transform`` to an image and its mask with a seed of their own, so the result depends on
+    nothing else (not on DataLoader workers, nor on what ran before a resume)."""
     transform.set_random_seed(seed)
-    return transform(image=image)["image"]
+    out = transform(image=image, mask=mask)
+    return out["image"], out["mask"]
 
 
 def augment_batch(images: torch.Tensor, generator: torch.Generator, kind: str = "paper") -> torch.Tensor:

@@ -1,8 +1,9 @@
 """The one dataset catalog (SPEC §4): what each named dataset is, where it lives, how to get it.
 
-A dataset argument is one of ``hela``, ``bg``, ``lar``, ``digits``, ``medmnist:NAME`` or
-``folder:PATH``; :func:`resolve` turns it into a :class:`DatasetRef` (name in the store,
-path on disk, protocol, published class counts to check against).
+A dataset argument is one of ``hela``, ``bg``, ``lar``, ``digits``, ``medmnist:NAME``,
+``folder:PATH`` (classification) or ``seg:PATH`` (segmentation: ``images/`` and ``masks/``);
+:func:`resolve` turns it into a :class:`DatasetRef` (name in the store, path on disk, protocol,
+published class counts to check against).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class DatasetInfo:
     name: str
     description: str
     protocol: str  # "cv5", "predefined" or "official"
-    layout: str  # "classes", "folds", "npz" or "builtin"
+    layout: str  # "classes", "folds", "npz", "builtin" or "seg" (images/ + masks/)
     counts: dict[str, int] = field(default_factory=dict)
     sources: tuple[Source, ...] = ()
     citation: str = ""
@@ -111,6 +112,11 @@ class DatasetRef:
     spec: str
 
     @property
+    def task(self) -> str:
+        """``segmentation`` for image/mask folders, else ``classification``: a property of the dataset."""
+        return "segmentation" if self.info.layout == "seg" else "classification"
+
+    @property
     def present(self) -> bool:
         return self.path is None or self.path.exists()
 
@@ -123,14 +129,17 @@ def store_name(spec: str) -> str:
 def resolve(spec: str, data_dir: Path | str = "datasets") -> DatasetRef:
     """Parse a ``--dataset`` argument; an unknown one lists what is valid."""
     data_dir = Path(data_dir)
-    if spec.startswith("folder:"):
-        path = Path(spec[len("folder:"):]).expanduser()
-        if not spec[len("folder:"):]:
-            raise UsageError("folder: needs a path, e.g. folder:/data/my_images")
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.resolve().name).lstrip("._").replace("..", "_") or "folder"
-        layout = "folder"
-        info = DatasetInfo(name, f"image folder {path}", "cv5-or-predefined", layout)
-        return DatasetRef(name, path, info, spec)
+    for prefix, layout in (("folder:", "folder"), ("seg:", "seg")):
+        if spec.startswith(prefix):
+            path = Path(spec[len(prefix):]).expanduser()
+            if not spec[len(prefix):]:
+                raise UsageError(f"{prefix} needs a path, e.g. {prefix}/data/my_images")
+            name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.resolve().name).lstrip("._").replace("..", "_") or "folder"
+            if layout == "seg":
+                info = DatasetInfo(name, f"segmentation folder {path} (images/ + masks/)", "cv5", layout)
+            else:
+                info = DatasetInfo(name, f"image folder {path}", "cv5-or-predefined", layout)
+            return DatasetRef(name, path, info, spec)
     if spec.lower().startswith("medmnist:"):
         sub = spec.split(":", 1)[1].lower()
         if not sub:
@@ -151,7 +160,7 @@ def resolve(spec: str, data_dir: Path | str = "datasets") -> DatasetRef:
         return DatasetRef(info.name, data_dir / "medmnist" / f"{sub}.npz", info, spec)
     info = CATALOG.get(spec.lower())
     if info is None:
-        valid = ", ".join([*CATALOG, "medmnist:NAME", "folder:PATH"])
+        valid = ", ".join([*CATALOG, "medmnist:NAME", "folder:PATH", "seg:PATH"])
         raise UsageError(f"unknown dataset {spec!r}; valid: {valid}")
     path = None if info.layout == "builtin" else data_dir / info.name
     return DatasetRef(info.name, path, info, spec)

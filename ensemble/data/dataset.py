@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
 from .catalog import DatasetRef, resolve
-from .images import prepare, read_image
+from .images import MAX_LABELS, mask_classes, prepare, read_image, read_mask
 from .scan import Listing, scan
 from .splits import Fold, make_folds
 
@@ -49,6 +50,11 @@ class Dataset:
     fingerprint: str
     protocol: str
     warnings: list[str] = field(default_factory=list)
+    masks: np.ndarray | None = None  # (N, size, size) uint8 class index per pixel: a segmentation dataset
+
+    @property
+    def task(self) -> str:
+        return "classification" if self.masks is None else "segmentation"
 
     @property
     def size(self) -> int:
@@ -68,11 +74,12 @@ def fingerprint(ids: list[str], labels: np.ndarray, classes: list[str], folds: l
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
-def _content_key(ref: DatasetRef, listing: Listing, size: int) -> str:
+def _content_key(ref: DatasetRef, listing: Listing, size: int, kind: str = "images") -> str:
     """Cache key: what the decoded arrays depend on (files' names, sizes, mtimes; arrays' bytes)."""
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{ref.name}|{size}".encode())
-    if listing.files is not None:
-        for f in listing.files:
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{ref.name}|{size}|{kind}".encode())
+    files = listing.masks if kind == "masks" else listing.files
+    if files is not None:
+        for f in files:
             st = f.stat()
             h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     else:
@@ -80,11 +87,14 @@ def _content_key(ref: DatasetRef, listing: Listing, size: int) -> str:
     return h.hexdigest()[:20]
 
 
-def _decode(listing: Listing, size: int, workers: int, progress: bool) -> np.ndarray:
-    """Decode every image of ``listing`` to (N, size, size, 3) uint8, in parallel threads."""
+def _decode(listing: Listing, size: int, workers: int, progress: bool, kind: str = "images") -> np.ndarray:
+    """Decode every image (or mask) of ``listing`` to (N, size, size, 3) (or (N, size, size)) uint8, in
+    parallel threads."""
     from joblib import Parallel, delayed
 
-    if listing.files is not None:
+    if kind == "masks":
+        jobs = [delayed(read_mask)(f, size) for f in listing.masks]
+    elif listing.files is not None:
         jobs = [delayed(read_image)(f, size) for f in listing.files]
     else:
         jobs = [delayed(prepare)(img, size) for img in listing.pixels]
@@ -96,23 +106,26 @@ def _decode(listing: Listing, size: int, workers: int, progress: bool) -> np.nda
         results = list(track(out, total=len(jobs), description="decoding images", transient=True))
     else:
         results = Parallel(n_jobs=max(workers, 1), prefer="threads")(jobs)
-    return np.stack(results) if results else np.zeros((0, size, size, 3), np.uint8)
+    shape = (0, size, size) if kind == "masks" else (0, size, size, 3)
+    return np.stack(results) if results else np.zeros(shape, np.uint8)
 
 
 def load_images(ref: DatasetRef, listing: Listing, size: int, cache_dir: Path | None,
-                workers: int = 2, progress: bool = False) -> np.ndarray:
-    """The decoded images, from the cache when there (memory-mapped), else decoded and cached."""
+                workers: int = 2, progress: bool = False, kind: str = "images") -> np.ndarray:
+    """The decoded images (or masks), from the cache when there (memory-mapped), else decoded and cached."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    entry = cache_dir / "decoded" / f"{ref.name}-{size}px-{_content_key(ref, listing, size)}"
+    suffix = "-masks" if kind == "masks" else ""
+    entry = cache_dir / "decoded" / f"{ref.name}-{size}px{suffix}-{_content_key(ref, listing, size, kind)}"
     target = entry / "images.npy"
+    shape = (len(listing.ids), size, size) + (() if kind == "masks" else (3,))
     if target.exists():
         try:
             images = np.load(target, mmap_mode="r")
-            if images.shape == (len(listing.ids), size, size, 3):
+            if images.shape == shape:
                 return images
         except (OSError, ValueError):
             pass  # a damaged cache entry is rebuilt below
-    images = _decode(listing, size, workers, progress)
+    images = _decode(listing, size, workers, progress, kind)
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
@@ -136,15 +149,36 @@ def load(spec: str, *, data_dir: Path | str = "datasets", size: int = 224, cache
     listing = scan(ref)
     folds = make_folds(ref.info.protocol, listing)
     images = load_images(ref, listing, size, cache_dir, workers, progress)
+    masks, classes = None, listing.classes
+    if listing.masks is not None:
+        masks, classes = load_masks(ref, listing, size, cache_dir, workers, progress)
     return Dataset(
         name=ref.name,
         spec=spec,
-        classes=listing.classes,
+        classes=classes,
         ids=np.array(listing.ids),
         labels=listing.labels,
         images=images,
         folds=folds,
-        fingerprint=fingerprint(listing.ids, listing.labels, listing.classes, folds),
+        fingerprint=fingerprint(listing.ids, listing.labels, classes, folds),
         protocol=folds[0].protocol if folds else ref.info.protocol,
         warnings=listing.warnings,
+        masks=masks,
     )
+
+
+def load_masks(ref: DatasetRef, listing: Listing, size: int, cache_dir: Path | None, workers: int,
+               progress: bool) -> tuple[np.ndarray, list[str]]:
+    """The masks as class indices (N, size, size) uint8, and the class names (background first)."""
+    raw = load_images(ref, listing, size, cache_dir, workers, progress, kind="masks")
+    counts = np.bincount(np.asarray(raw).reshape(-1), minlength=256)
+    try:
+        lut, classes = mask_classes(counts, str(ref.path))
+    except DataError:
+        for path, mask in zip(listing.masks, raw):  # name the first file at fault
+            extra = set(np.unique(mask).tolist()) - {0, 255}
+            if extra and max(extra) >= MAX_LABELS:
+                raise DataError(f"mask {path} holds values {sorted(extra)[:5]} besides 0/255; a mask is binary "
+                                f"(0/255) or a label map of class indices below {MAX_LABELS}") from None
+        raise
+    return lut[np.asarray(raw)], classes

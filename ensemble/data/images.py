@@ -70,3 +70,51 @@ def read_image(path: Path, size: int) -> np.ndarray:
     if array.size == 0:
         raise DataError(f"empty image {path}")
     return prepare(array, size)
+
+
+MAX_LABELS = 64  # a mask whose values are neither 0/255 nor below this is not a label map
+
+
+def read_mask(path: Path, size: int) -> np.ndarray:
+    """Decode a mask to (size, size) uint8 values as stored (nearest-neighbour resize, so no value is
+    invented); colour masks must be grey in all channels. Unreadable is a DataError naming the file."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode == "1":
+                img = img.convert("L")
+            array = np.asarray(img)
+    except Exception as err:
+        raise DataError(f"cannot read mask {path}: {err}") from None
+    if array.ndim == 3:
+        if array.shape[2] in (2, 4):
+            array = array[:, :, :-1]
+        if not (array == array[:, :, :1]).all():
+            raise DataError(f"mask {path} has colours; a mask is grey (0/255) or a label map of class indices")
+        array = array[:, :, 0]
+    if array.dtype != np.uint8:
+        if array.min() < 0 or array.max() > 255:
+            raise DataError(f"mask {path} has values outside 0..255")
+        array = array.astype(np.uint8)
+    if array.shape != (size, size):
+        array = np.asarray(Image.fromarray(array).resize((size, size), Image.Resampling.NEAREST))
+    return array
+
+
+def mask_classes(values: np.ndarray, where: str) -> tuple[np.ndarray, list[str]]:
+    """The masks' stored values -> (lookup table value -> class index, class names), background class 0.
+
+    Values in {0, 255} (or {0, 1}) are binary masks; otherwise values below :data:`MAX_LABELS` are class
+    indices of a label map. ``where`` names the dataset in the error.
+    """
+    present = set(np.flatnonzero(values).tolist())
+    lut = np.zeros(256, dtype=np.uint8)
+    if present <= {0, 255} or present <= {0, 1}:
+        lut[255] = lut[1] = 1
+        return lut, ["background", "foreground"]
+    top = max(present)
+    if top >= MAX_LABELS:
+        raise DataError(f"{where}: masks hold values up to {top} besides 0/255; a mask must be binary (0/255) "
+                        f"or a label map of class indices below {MAX_LABELS}")
+    lut[: top + 1] = np.arange(top + 1)
+    return lut, ["background", *(f"class {k}" for k in range(1, top + 1))]

@@ -1,10 +1,11 @@
 """Listing what a dataset holds, without decoding it: ids, labels, folds.
 
-Three layouts on disk (SPEC §4):
+Four layouts on disk (SPEC §4, §7):
 
 * classes -- ``ROOT/<class>/<image>``;
 * folds   -- ``ROOT/<fold>/<class>/<image>`` (predefined folds, e.g. LAR);
-* npz     -- MedMNIST's ``NAME.npz`` with ``{train,val,test}_{images,labels}``.
+* npz     -- MedMNIST's ``NAME.npz`` with ``{train,val,test}_{images,labels}``;
+* seg     -- ``ROOT/images/<name>`` and ``ROOT/masks/<name>`` (same names; ``seg:PATH``).
 
 Sample ids are paths relative to ROOT (POSIX form) or ``split/index`` for arrays.
 """
@@ -32,6 +33,7 @@ class Listing:
     groups: list[str] | None = None
     files: list[Path] | None = None  # for image folders: the file behind each id
     pixels: np.ndarray | None = None  # for array datasets: every image, in id order
+    masks: list[Path] | None = None  # for segmentation folders: the mask behind each id
     warnings: list[str] = field(default_factory=list)
 
 
@@ -43,15 +45,65 @@ def _images(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_file() and is_image(p))
 
 
-def scan_folder(root: Path) -> Listing:
-    """List an image-folder dataset, detecting the classes or folds layout."""
+def _check_folder(root: Path) -> None:
     if not root.exists():
         raise DataError(f"dataset folder {root} does not exist")
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """Width and height from the file's header (nothing decoded); unreadable is an error naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception as err:  # PIL raises many kinds for bad files
+        raise DataError(f"cannot read image {path}: {err}") from None
+
+
+def scan_seg(root: Path) -> Listing:
+    """List a segmentation folder: every image of ``images/`` needs a mask of the same name and size in
+    ``masks/`` (any image suffix: ``a.jpg`` may have ``a.png``). Checked here, before any work starts."""
+    _check_folder(root)
+    folders = {name: root / name for name in ("images", "masks")}
+    for name, folder in folders.items():
+        if not folder.is_dir():
+            raise DataError(f"{root} is not a segmentation folder: it has no {name}/ folder "
+                            "(expected images/<name> and masks/<name>)")
+    images = _images(folders["images"])
+    if not images:
+        raise DataError(f"{folders['images']} holds no images")
+    masks_by_stem: dict[str, Path] = {}
+    for m in _images(folders["masks"]):
+        masks_by_stem.setdefault(m.stem, m)
+    masks, warnings = [], []
+    for img in images:
+        mask = masks_by_stem.pop(img.stem, None)
+        if mask is None:
+            raise DataError(f"image {img} has no mask in {folders['masks']} (expected {folders['masks'] / img.name})")
+        if _image_size(mask) != _image_size(img):
+            (w, h), (mw, mh) = _image_size(img), _image_size(mask)
+            raise DataError(f"mask {mask} is {mw}x{mh} but its image {img} is {w}x{h}")
+        masks.append(mask)
+    if masks_by_stem:
+        warnings.append(f"{len(masks_by_stem)} mask(s) in {folders['masks']} have no image and are ignored "
+                        f"(e.g. {sorted(masks_by_stem.values())[0].name})")
+    ids = [p.name for p in images]
+    # classes come from the masks' values when they are decoded (see dataset.load_masks)
+    return Listing(ids, np.zeros(len(ids), dtype=np.int64), [], None, files=images, masks=masks,
+                   warnings=warnings)
+
+
+def scan_folder(root: Path) -> Listing:
+    """List an image-folder dataset, detecting the classes or folds layout."""
+    _check_folder(root)
     top = _subdirs(root)
     if not top:
         raise DataError(f"{root} has no class folders (expected {root}/<class>/<image files>)")
+    if {d.name for d in top} == {"images", "masks"}:
+        raise DataError(f"{root} holds images/ and masks/: it is a segmentation dataset; use seg:{root}")
     # folds layout: the top folders hold folders, not images
     is_folds = all(_subdirs(d) and not _images(d) for d in top)
     if is_folds:
@@ -138,7 +190,7 @@ def scan(ref: DatasetRef) -> Listing:
     else:
         if not ref.path.exists():
             raise DataError(missing_message(ref))
-        listing = scan_folder(ref.path)
+        listing = scan_seg(ref.path) if layout == "seg" else scan_folder(ref.path)
     listing.warnings += check_counts(ref, listing)
     return listing
 

@@ -23,7 +23,7 @@ from ..train.recipe import train_command
 from ..train.trainer import TrainConfig, resolve_device
 from .job import Job, run_local, run_pool
 from .lease import Lease, take_over
-from .pools import make_pool
+from .pools import cpu_threads, make_pool
 from .progress import JobProgress
 
 EXECUTORS = ("local", "processes", "dask")
@@ -89,6 +89,9 @@ def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> lis
         spec = _absolute_spec(req.spec)
         root, data_dir = str(Path(req.store_root).resolve()), str(Path(req.data_dir).resolve())
         cfg = req.config
+        device = resolve_device(cfg.device).type if not req.scheduler else cfg.device
+        if cfg.threads is None and device == "cpu":  # fixed here, so every task of the job uses the same count
+            cfg = replace(cfg, threads=cpu_threads(req.executor, req.jobs, remote=bool(req.scheduler)))
         if cfg.weights:
             cfg = replace(cfg, weights=str(Path(cfg.weights).resolve()))
         tasks, runs = [], []
@@ -120,10 +123,8 @@ def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> lis
             lease = stack.enter_context(contextlib.closing(
                 take_over(Lease([store.label_dir(dataset, label) for label in labels]), echo)))
         bar = JobProgress(len(tasks), req.progress)
-        device = resolve_device(cfg.device).type if not req.scheduler else cfg.device
-        threads = cfg.threads or (1 if device == "cpu" else None)
         commands = {(p.label, r): train_command(spec=req.spec, data_dir=str(req.data_dir), label=p.label, run=r,
-                                                cfg=req.config, name=req.name, device=device, threads=threads)
+                                                cfg=req.config, name=req.name, device=device, threads=cfg.threads)
                     for p, r in runs}
         job = Job(ds, dataset, cfg, store, tasks, {(p.label, r): p.recipe for p, r in runs}, bar, commands)
         with bar:

@@ -153,7 +153,8 @@ class Job:
         self.published.append(path)
         meta = read_meta(path)
         warning = f"  WARNING: {meta.diagnosis}" if meta.learnt_nothing else ""
-        self.bar.print(f"{meta.dataset}/{meta.key}/{run_name(run)}: accuracy {meta.accuracy:.4f} over "
+        score = f"Dice {meta.dice:.4f}" if meta.dice is not None else f"accuracy {meta.accuracy:.4f}"
+        self.bar.print(f"{meta.dataset}/{meta.key}/{run_name(run)}: {score} over "
                        f"{meta.folds} fold(s) in {sum(meta.fold_seconds):.0f} s -> {path}{warning}")
 
 

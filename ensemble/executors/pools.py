@@ -59,9 +59,27 @@ def default_jobs(gpus: tuple[str, ...]) -> int:
     return len(gpus) or 2
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, e.g. a batch job's share), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def cpu_threads(executor: str, jobs: int | None, *, remote: bool = False) -> int:
+    """torch threads of each CPU fold task: every core when tasks run one after another here, an even share
+    of them in a local pool, and 1 on a remote cluster (whose cores this process cannot see)."""
+    if remote:
+        return 1
+    if executor == "local":
+        return usable_cores()
+    return max(1, usable_cores() // (jobs or default_jobs(())))
+
+
 def local_setup(jobs: int, device: str, gpus: tuple[str, ...]) -> WorkerSetup:
     """Share this machine out: a GPU per worker (when --device lets us choose), CPU threads evenly."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, usable_cores() // jobs)
     if device not in ("auto", "cuda") or not gpus:
         return WorkerSetup(threads=threads, coordinator=os.getpid())
     return WorkerSetup(threads=threads, gpus=gpus, claim_dir=tempfile.mkdtemp(prefix="ens-gpu-claims-"),

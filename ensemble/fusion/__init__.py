@@ -15,6 +15,7 @@ from ..store import Member, Store, split_key
 from .expr import ExpressionError, Term, format_terms, parse, term_text
 from .metrics import per_class, scores_table
 from .rules import RULES
+from .segmentation import segmentation_scores
 
 __all__ = ["RULES", "ExpressionError", "FusionResult", "Term", "fuse", "fuse_members", "parse", "select"]
 
@@ -38,10 +39,17 @@ class FusionResult:
         rule = self.rule if self.calibration == "none" else f"{self.rule} ({self.calibration})"
         return {"expression": self.expression, "rule": rule, "members": len(self.members), **self.metrics}
 
+    @property
+    def task(self) -> str:
+        return "segmentation" if self.scores.ndim == 4 else "classification"
+
     def add_ci(self, resamples: int) -> None:
         """95% stratified bootstrap intervals of accuracy, macro-F1 and AUC (see :mod:`.stats`)."""
         from .stats import bootstrap_ci
 
+        if self.task == "segmentation":
+            raise UsageError("--ci: bootstrap intervals are for classification members; segmentation tables give "
+                             "the std over images (dice_std, hd95_std) and over folds")
         self.metrics.update(bootstrap_ci(self.labels, self.scores, resamples=resamples))
 
 
@@ -73,6 +81,9 @@ def aligned(members: list[Member]) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
                                       f"(fingerprint {m.fingerprint} vs {ref.fingerprint}); they cannot be fused")
         if m.classes != ref.classes:
             raise IncompatibleMembers(f"{m.name} and {ref.name} have different classes")
+        if m.probs.shape[1:] != ref.probs.shape[1:]:
+            raise IncompatibleMembers(f"{m.name} predicted maps of shape {m.probs.shape[2:]} and {ref.name} of "
+                                      f"{ref.probs.shape[2:]} (another --size); they cannot be fused")
     order0 = np.argsort(ref.ids, kind="stable")
     ids = ref.ids[order0]
     stack = [ref.probs[order0]]
@@ -95,6 +106,14 @@ def fuse_members(members: list[Member], rule: str = "sum", expression: str = "",
 
     if rule not in RULES:
         raise UsageError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
+    if members[0].meta.task == "segmentation":
+        if calibration != "none":
+            raise UsageError(f"--calibrate {calibration}: temperature scaling is for classification members")
+        probs, labels, fold_of, _ = aligned(members)
+        scores = RULES[rule](probs.astype(np.float32))  # the sum rule: the mean of the probability maps
+        result = FusionResult(expression, rule, members, labels, scores, fold_of)
+        result.metrics = segmentation_scores(labels, scores, fold_of)
+        return result
     probs, labels, fold_of, _ = aligned(calibrate(members, calibration))
     scores = RULES[rule](probs)
     result = FusionResult(expression, rule, members, labels, scores, fold_of, calibration=calibration)

@@ -1,7 +1,8 @@
-"""Fusion rules: how stacked member probabilities (M, N, C) become one score per class.
+"""Fusion rules: how stacked member probabilities (M, N, C) -- or probability maps (M, N, C, H, W) --
+become one score per class (and pixel).
 
-Every rule returns scores whose rows sum to 1 (so AUC can read them) and whose argmax is
-the fused prediction.
+Every rule returns scores that sum to 1 over the classes (axis 1; so AUC can read them) and
+whose argmax is the fused prediction.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def sum_rule(p: np.ndarray) -> np.ndarray:
 def product_rule(p: np.ndarray) -> np.ndarray:
     """Product of probabilities (as a sum of logs, floored at 1e-12), renormalised."""
     log = np.log(np.clip(p, 1e-12, None)).sum(axis=0)
-    log -= log.max(axis=1, keepdims=True)
+    log = log - log.max(axis=1, keepdims=True)
     e = np.exp(log)
     return e / e.sum(axis=1, keepdims=True)
 
@@ -32,9 +33,9 @@ def max_rule(p: np.ndarray) -> np.ndarray:
 
 def vote_rule(p: np.ndarray) -> np.ndarray:
     """Majority vote; ties broken by the summed probabilities (which add less than one vote)."""
-    n_members, _, n_classes = p.shape
-    votes = np.zeros(p.shape[1:], dtype=np.float64)
-    np.add.at(votes, (np.arange(p.shape[1])[None, :].repeat(n_members, 0), p.argmax(axis=2)), 1.0)
+    n_members, n_classes = p.shape[0], p.shape[2]
+    winners = p.argmax(axis=2)  # (M, N, ...)
+    votes = np.stack([(winners == c).sum(axis=0) for c in range(n_classes)], axis=1).astype(np.float64)
     score = votes + p.sum(axis=0) / (n_members + 1)
     return score / score.sum(axis=1, keepdims=True)
 

@@ -33,6 +33,7 @@ from .learned import LEARNED, NAMES, learned_fusion
 from .metrics import per_class, scores_table
 from .rules import sum_rule
 from .search import search
+from .seg_summary import SegSummary, is_segmentation, summarise_segmentation
 from .stats import bootstrap_ci, pair_diversity
 
 SEED_ENSEMBLES = [
@@ -229,13 +230,16 @@ def val_members(by_label: dict[str, list[Member]]) -> dict[str, list[Member]] | 
     return vals if all(v is not None for vs in vals.values() for v in vs) else None
 
 
-def summarise(store: Store, step: int = 7) -> list[GroupSummary]:
+def summarise(store: Store, step: int = 7) -> list[GroupSummary | SegSummary]:
     """Read and check the whole store, then compute every table: a bad file fails before anything is written."""
     loaded = [(dataset, groups(store, dataset)) for dataset in store.datasets()]
     out = []
     for dataset, by_fp in loaded:
         for fp, by_label in sorted(by_fp.items()):
             name = dataset if len(by_fp) == 1 else f"{dataset}-{fp}"
+            if is_segmentation(by_label):
+                out.append(summarise_segmentation(name, fp, by_label))
+                continue
             out.append(GroupSummary(name, fp, by_label, table1(by_label),
                                     table2(by_label, step, val_by_label=val_members(by_label)),
                                     mixed_vs_single(by_label), diversity(by_label)))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..fusion.seg_summary import SegSummary
 from ..fusion.summary import GroupSummary, summarise
 from ..store import Store
 from .tables import render, to_markdown
@@ -32,6 +33,9 @@ def report(store: Store, out: Path, step: int = 7) -> list[Path]:
     pages = []
     for group in summaries:
         target = out / group.name
+        if isinstance(group, SegSummary):
+            pages.append(_segmentation_page(target, group))
+            continue
         write_tables(target, "table1", group.table1)
         write_tables(target, "table2", group.table2)
         per_class = group.per_class()
@@ -45,7 +49,46 @@ def report(store: Store, out: Path, step: int = 7) -> list[Path]:
     return pages
 
 
-def _learnt_nothing_note(group: GroupSummary) -> str:
+def _segmentation_page(target: Path, group: SegSummary) -> Path:
+    from .figures import segmentation_figures
+
+    write_tables(target, "table1", group.table1)
+    write_tables(target, "table2", group.table2)
+    write_tables(target, "mixed_vs_single", group.comparison)
+    figs = segmentation_figures(target, group)
+    body = f"""<h2>Table 1: stand-alone members</h2>{_table(group.table1)}
+{_learnt_nothing_note(group)}
+<h2>Table 2: ensembles (mean of the probability maps, then argmax)</h2>{_table(group.table2)}
+<p>Per image, then averaged over every image of the 5 folds: Dice and IoU of the foreground, HD95 (95th
+percentile of the pooled surface distances, pixels of the stored size). Both masks empty: Dice 1, HD95 0;
+one empty: Dice 0, HD95 the image diagonal. _std: over images (Table 2) or members (Table 1).</p>
+<h2>Mixed against single-optimizer ensembles of the same size</h2>
+{_table(group.comparison) if group.comparison else "<p>Not enough members of two labels with one network.</p>"}
+<p>Paired Wilcoxon signed-rank test on the per-image Dice; a difference is called one only at p &lt; 0.05.</p>"""
+    return _page(target, group.name, group.fingerprint, body, figs)
+
+
+def _table(rows: list[dict]) -> str:
+    return pd.DataFrame(rows).to_html(index=False, float_format="%.4f", na_rep="", escape=True)
+
+
+def _page(target: Path, name: str, fingerprint: str, body: str, figs: list[Path]) -> Path:
+    imgs = "\n".join(f'<figure><img src="{html.escape(f.name)}" alt="{html.escape(f.stem)}">'
+                     f"<figcaption>{html.escape(f.stem)}</figcaption></figure>" for f in figs)
+    name = html.escape(name)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>ens report: {name}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px}} img{{max-width:520px}} figure{{display:inline-block}}</style>
+</head><body><h1>{name}</h1><p>dataset fingerprint {html.escape(fingerprint)}</p>
+{body.rstrip()}
+<h2>Figures</h2>{imgs}</body></html>
+"""
+    path = target / "index.html"
+    path.write_text(page)
+    return path
+
+
+def _learnt_nothing_note(group: GroupSummary | SegSummary) -> str:
     """Members that did no better than the majority class, named (they are still fused as stored)."""
     bad = [m for ms in group.by_label.values() for m in ms if m.meta.learnt_nothing]
     if not bad:
@@ -55,32 +98,19 @@ def _learnt_nothing_note(group: GroupSummary) -> str:
 
 
 def _html(target: Path, group: GroupSummary, per_class: list[dict], figs: list[Path]) -> Path:
-    def table(rows: list[dict]) -> str:
-        return pd.DataFrame(rows).to_html(index=False, float_format="%.4f", na_rep="", escape=True)
-
-    imgs = "\n".join(f'<figure><img src="{html.escape(f.name)}" alt="{html.escape(f.stem)}">'
-                     f"<figcaption>{html.escape(f.stem)}</figcaption></figure>" for f in figs)
-    name = html.escape(group.name)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>ens report: {name}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:3px 8px}} img{{max-width:520px}} figure{{display:inline-block}}</style>
-</head><body><h1>{name}</h1><p>dataset fingerprint {html.escape(group.fingerprint)}</p>
-<h2>Table 1: stand-alone members</h2>{table(group.table1)}
+    body = f"""<h2>Table 1: stand-alone members</h2>{_table(group.table1)}
 {_learnt_nothing_note(group)}
 <h2>Table 2: sum-rule ensembles</h2>
 <p>Rows marked "optimistic" are chosen on the very test folds they are scored on; the "honest" row is chosen
 without them (validation split, or cross-validated over folds).</p>
-{table(group.table2)}
+{_table(group.table2)}
 <p>accuracy_lo/hi: 95% interval, bootstrap over samples stratified by class (1000 resamples, seed 0).
 NLL, Brier and ECE (15 equal-width bins of the top-class confidence) measure calibration.</p>
 <h2>Mixed against single-optimizer ensembles of the same size</h2>
-{table(group.comparison) if group.comparison else "<p>Not enough members of two labels.</p>"}
+{_table(group.comparison) if group.comparison else "<p>Not enough members of two labels.</p>"}
 <p>Paired tests on the same samples: McNemar's exact test for accuracy, DeLong's test for a binary AUC
 (paired bootstrap otherwise). A difference is called one only at p &lt; 0.05.</p>
-<h2>Diversity between labels</h2>{table(group.diversity)}
-<h2>Per class: {html.escape(group.best)}</h2>{table(per_class)}
-<h2>Figures</h2>{imgs}</body></html>
+<h2>Diversity between labels</h2>{_table(group.diversity)}
+<h2>Per class: {html.escape(group.best)}</h2>{_table(per_class)}
 """
-    path = target / "index.html"
-    path.write_text(page)
-    return path
+    return _page(target, group.name, group.fingerprint, body, figs)

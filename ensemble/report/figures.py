@@ -133,3 +133,44 @@ def write_figures(out: Path, by_label: dict[str, list[Member]], best: str) -> li
     fig.colorbar(im)
     paths.append(_save(fig, out / "disagreement.png"))
     return paths
+
+
+def segmentation_figures(out: Path, summary) -> list[Path]:  # noqa: ANN001 - a fusion.seg_summary.SegSummary
+    """Dice by label, Dice against ensemble size, and overlays of the best ensemble (the lightweight U-Net
+    paper's Fig. 2 colours: truth red, prediction green) drawn on its fused foreground probability -- the
+    store holds no images, so the figure is made from the store alone."""
+    from ..fusion.seg_summary import dice_by_size, fused_images
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summary.table1
+    paths = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar([plain(r["label"]) for r in rows], [r["dice_mean"] for r in rows],
+           yerr=[r["dice_std"] for r in rows], capsize=4, color="C0")
+    ax.set(ylabel="Dice", title="Stand-alone members (mean ± std)")
+    ax.set_ylim(max(0, min(r["dice_mean"] for r in rows) - 0.1), 1)
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+    paths.append(_save(fig, out / "dice_by_label.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, ys in dice_by_size(summary.by_label).items():
+        ax.plot(range(1, len(ys) + 1), ys, marker="o", label=plain(label))
+    ax.set(xlabel="members fused (mean of the maps)", ylabel="Dice", title="Dice against ensemble size")
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, out / "dice_vs_size.png"))
+
+    values, masks, fused, _ = fused_images(summary.best_members())
+    order = np.argsort(values["dice"], kind="stable")
+    picks = order[np.linspace(0, len(order) - 1, 6).round().astype(int)]  # worst ... best, evenly
+    ids = aligned(summary.best_members())[3]
+    fig, axes = plt.subplots(1, len(picks), figsize=(2.2 * len(picks), 2.6))
+    for ax, i in zip(np.atleast_1d(axes), picks):
+        ax.imshow(1 - fused[i, 0], cmap="gray", vmin=0, vmax=1)
+        ax.contour(masks[i] > 0, levels=[0.5], colors="red", linewidths=1.2)
+        ax.contour(fused[i].argmax(0) > 0, levels=[0.5], colors="lime", linewidths=1.2)
+        ax.set_title(plain(f"{ids[i]}\nDice {values['dice'][i]:.2f}"), fontsize=7)
+        ax.axis("off")
+    fig.suptitle(plain(f"{summary.best}: truth (red), fused (green) on the fused foreground probability"),
+                 fontsize=8)
+    paths.append(_save(fig, out / "overlays.png"))
+    return paths

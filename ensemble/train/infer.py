@@ -36,11 +36,20 @@ def nchw(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
 
 
+def to_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the classes: (N, C) vectors, or (N, C, H, W) maps (one sigmoid channel -> 2 classes)."""
+    if logits.ndim == 4:
+        from .losses import class_probabilities
+
+        return class_probabilities(logits.float())
+    return torch.softmax(logits.float(), dim=1)
+
+
 @torch.no_grad()
 def probabilities(model: nn.Module, batches: Iterable[torch.Tensor], normalise: Normaliser, *, n_classes: int,
                   tta: bool = False, autocast: bool = False) -> np.ndarray:
-    """Softmax probabilities (float32) of every image of ``batches`` (uint8 NCHW); with ``tta`` the mean
-    of the softmax over :data:`TTA_FLIPS`."""
+    """Softmax probabilities (float32) of every image of ``batches`` (uint8 NCHW): (N, C), or (N, C, H, W)
+    for a segmentation network; with ``tta`` the mean over :data:`TTA_FLIPS` (maps flipped back)."""
     model.eval()
     out = []
     device = normalise.device
@@ -51,6 +60,7 @@ def probabilities(model: nn.Module, batches: Iterable[torch.Tensor], normalise: 
         for dims in views:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 logits = model(torch.flip(x, dims) if dims else x)
-            p = p + torch.softmax(logits.float(), dim=1)
+            view = to_probabilities(logits)
+            p = p + (torch.flip(view, dims) if dims and view.ndim == 4 else view)
         out.append((p / len(views)).cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, n_classes), np.float32)

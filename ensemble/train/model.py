@@ -1,4 +1,5 @@
-"""The member network: a timm model with a new C-class head, and its parameter groups."""
+"""The member network -- a timm model with a new C-class head, or one of the seed's U-Nets
+(:mod:`.unet`) -- and its parameter groups. One factory for both tasks."""
 
 from __future__ import annotations
 
@@ -10,11 +11,52 @@ from torch import nn
 from ..errors import EnsError, UsageError, first_line
 
 
+def is_segmentation_model(name: str) -> bool:
+    from .unet import is_unet
+
+    return is_unet(name)
+
+
 def create_model(name: str, num_classes: int, *, pretrained: bool = True, weights: Path | None = None,
                  stem: str = "default") -> nn.Module:
-    """:func:`build_model`, with the small-input stem when ``stem`` is ``small``."""
+    """:func:`build_model`, with the small-input stem when ``stem`` is ``small``.
+
+    For a segmentation network (``unet``, ``light-unet``, ``lighter-unet@C``) ``num_classes`` is its number
+    of output channels (1 for a binary mask, read through a sigmoid); it has no ImageNet weights, so
+    ``pretrained`` does not apply, and ``weights`` loads a state dict of the same network.
+    """
+    if is_segmentation_model(name):
+        return _segmentation_model(name, num_classes, weights=weights, stem=stem)
     model = build_model(name, num_classes, pretrained=pretrained, weights=weights)
     return small_stem(model, name) if stem == "small" else model
+
+
+def output_channels(name: str, n_classes: int) -> int:
+    """Outputs of the network for ``n_classes`` classes: a binary segmentation is one sigmoid channel."""
+    return 1 if is_segmentation_model(name) and n_classes == 2 else n_classes
+
+
+def _segmentation_model(name: str, out_channels: int, *, weights: Path | None, stem: str) -> nn.Module:
+    from .unet import unet
+
+    if stem != "default":
+        raise UsageError(f"--stem {stem} is for timm ResNets; {name} keeps its own first layer")
+    try:
+        model = unet(name, 3, out_channels)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if weights is not None:
+        try:
+            if Path(weights).suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state = load_file(weights)
+            else:
+                state = torch.load(weights, map_location="cpu", weights_only=True)
+            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        except Exception as err:  # wrong keys or shapes, not a state dict
+            raise EnsError(f"cannot load weights {weights} into {name}: {first_line(err)}") from None
+    return model
 
 
 def small_stem(model: nn.Module, name: str) -> nn.Module:

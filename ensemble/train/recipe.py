@@ -26,21 +26,31 @@ RECIPES: dict[str, dict[str, Any]] = {
         "model": "resnet50.tv_in1k", "pretrained": True, "size": 224, "epochs": 20, "batch_size": 30,
         "lr": None, "head_lr_factor": 20.0, "weight_decay": 1e-4, "augment": "paper", "normalise": "imagenet",
         "stem": "default", "select": "last", "val_fraction": 0.1, "milestones": [], "gamma": 0.1,
-        "class_weights": "none", "precision": "auto",
+        "class_weights": "none", "precision": "auto", "loss": "auto", "plateau": 0,
     },
     "medmnist": {  # MedMNIST v2's baseline protocol (Yang et al. 2023): ResNet-18 (28) from scratch
         "model": "resnet18", "pretrained": False, "size": 28, "epochs": 100, "batch_size": 128,
         "lr": 1e-3, "head_lr_factor": 1.0, "weight_decay": 0.0, "augment": "none", "normalise": "half",
         "stem": "small", "select": "best-val-auc", "val_fraction": 0.1, "milestones": [50, 75], "gamma": 0.1,
-        "class_weights": "none", "precision": "auto",
+        "class_weights": "none", "precision": "auto", "loss": "auto", "plateau": 0,
+    },
+    "unet": {  # the lightweight U-Net paper's tuned U-Net recipe (its section 4.2); segmentation datasets
+        "model": "lighter-unet@128", "pretrained": False, "size": 256, "epochs": 100, "batch_size": 8,
+        "lr": 1e-4, "head_lr_factor": 1.0, "weight_decay": 1e-4, "augment": "paper", "normalise": "half",
+        "stem": "default", "select": "last", "val_fraction": 0.1, "milestones": [], "gamma": 0.1,
+        "class_weights": "none", "precision": "auto", "loss": "dice", "plateau": 5,
     },
 }
+DEFAULT_RECIPE = {"classification": "paper", "segmentation": "unet"}
 RECIPE_HELP = {
     "paper": "SPEC §2 (Nanni et al. 2021): torchvision's ImageNet ResNet50 fine-tuned, head x20, L2 1e-4, "
              "flips + x/y scale, 20 epochs, batch 30, constant lr",
     "medmnist": "MedMNIST v2 baseline: ResNet-18 with a 3x3 stride-1 stem at 28 px from scratch, Adam 1e-3, "
                 "batch 128, 100 epochs, lr x0.1 at 50 and 75, no augmentation, 0.5/0.5 normalisation, "
                 "model chosen on validation AUC",
+    "unet": "lightweight U-Net paper (segmentation; the default for seg:PATH): Lighter U-net@128 from scratch at "
+            "256 px, Dice loss, Adam 1e-4, lr halved after 5 epochs without a better validation loss (10% inner "
+            "split), batch 8, L2 1e-4, flips/rotation/scale/translation/shear on image and mask, 100 epochs",
 }
 
 
@@ -55,7 +65,9 @@ def weight_source(cfg: TrainConfig) -> str:
         except OSError as err:
             raise UsageError(f"--weights {cfg.weights}: cannot be read ({err.strerror})") from None
         return f"file:sha256:{h.hexdigest()[:16]}"
-    if not cfg.pretrained:
+    from .model import is_segmentation_model
+
+    if not cfg.pretrained or is_segmentation_model(cfg.model):
         return "none"
     from timm.models import get_pretrained_cfg, split_model_name_tag
 
@@ -75,6 +87,18 @@ def build_recipe(cfg: TrainConfig, label: str, ds: Dataset) -> dict[str, Any]:
         optimizer = {"name": label, **resolve(label, **cfg.optimizer_overrides(label))}
     except ValueError as err:  # e.g. --lr with CLMR, whose schedule sets the learning rate
         raise UsageError(f"{err} (check --lr and the optimizer's own settings in `ens optimizers`)") from None
+    if optimizer.get("fused") is False:  # the eager step: recorded as members before the fused kernels were
+        del optimizer["fused"]
+    segmentation = ds.task == "segmentation"
+    loss = cfg.loss_for(ds.task)
+    if segmentation and loss == "ce":
+        raise UsageError("--loss ce is for classification; segmentation trains on dice or bce-dice")
+    if not segmentation and loss != "ce":
+        raise UsageError(f"--loss {loss} is for segmentation datasets (seg:PATH); classification uses ce")
+    if cfg.plateau and cfg.milestones:
+        raise UsageError("--plateau and --milestones both set the learning rate; give one of them")
+    if segmentation and cfg.select == "best-val-auc":
+        raise UsageError("--select best-val-auc is for classification; segmentation selects on best-val-loss")
     recipe = {
         "model": cfg.model,
         "weights": weight_source(cfg),
@@ -96,6 +120,14 @@ def build_recipe(cfg: TrainConfig, label: str, ds: Dataset) -> dict[str, Any]:
         "dataset": {"fingerprint": ds.fingerprint, "protocol": ds.protocol, "folds": len(ds.folds),
                     "classes": list(ds.classes)},
     }
+    # keys only where they differ from what every earlier member was, so earlier recipes keep their hash
+    if segmentation or loss != "ce":
+        recipe["loss"] = loss
+    if cfg.uses_plateau(label):
+        recipe["plateau"] = {"patience": cfg.plateau, "factor": 0.5, "on": "validation loss"}
+        recipe["val_fraction"] = cfg.val_fraction
+    if segmentation:
+        recipe["dataset"]["task"] = "segmentation"
     return json.loads(json.dumps(recipe))  # tuples become lists: the form it has when read back
 
 
@@ -195,6 +227,10 @@ def train_command(*, spec: str, data_dir: str, label: str, run: int, cfg: TrainC
             "--pretrained" if cfg.pretrained else "--no-pretrained", "--device", device]
     if cfg.lr is not None:
         args += ["--lr", repr(cfg.lr)]
+    if cfg.loss != "auto":
+        args += ["--loss", cfg.loss]
+    if cfg.plateau:
+        args += ["--plateau", str(cfg.plateau)]
     if cfg.weights:
         args += ["--weights", cfg.weights]
     if threads:

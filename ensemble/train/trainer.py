@@ -20,14 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.augment import augment_batch, augment_image, train_transform
+from ..data.augment import augment_batch, augment_pair, segmentation_transform
 from ..data.dataset import Dataset
 from ..data.splits import Fold
 from ..errors import EnsError, first_line
 from ..io import atomic_torch_save
 from ..optim import build, get
 from .infer import IMAGENET_MEAN, IMAGENET_STD, Normaliser, nchw, probabilities
-from .model import apply_lr_scale, create_model, param_groups
+from .losses import segmentation_loss
+from .model import apply_lr_scale, create_model, output_channels, param_groups
 
 HALF_TOLERANCE = 2e-4  # fold models are kept in float16 when that moves no test probability by more
 
@@ -55,7 +56,7 @@ class TrainConfig:
     size: int = 224
     device: str = "auto"
     workers: int = 2
-    threads: int | None = None  # None: 1 on CPU (results independent of executor and core count)
+    threads: int | None = None  # None: `ens train` picks the cores it can give a task (and records it)
     pretrained: bool = True
     weights: str | None = None
     head_lr_factor: float = 20.0
@@ -71,6 +72,8 @@ class TrainConfig:
     gamma: float = 0.1
     class_weights: str = "none"  # balanced: cross-entropy weighted by n / (C * n_c) of the training fold
     precision: str = "auto"  # training autocast: auto (bf16 on CUDA, none on CPU), bf16, fp16, fp32
+    loss: str = "auto"  # auto: cross-entropy (classification), Dice (segmentation); ce, dice, bce-dice
+    plateau: int = 0  # >0: halve the lr when the validation loss has not improved for this many epochs
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +91,13 @@ class TrainConfig:
         """The head's learning-rate factor under ``label``: CLMR and TASO are schedules whose range is the
         learning rate the papers intended for every layer, so their head gets factor 1."""
         return 1.0 if get(label).kind == "schedule" else self.head_lr_factor
+
+    def uses_plateau(self, label: str) -> bool:
+        """Plateau halving applies to the constant-rate optimizers; CLMR and TASO keep their own schedule."""
+        return self.plateau > 0 and get(label).kind != "schedule"
+
+    def loss_for(self, task: str) -> str:
+        return ("dice" if task == "segmentation" else "ce") if self.loss == "auto" else self.loss
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
         if self.precision == "bf16" or (self.precision == "auto" and device.type == "cuda"):
@@ -140,20 +150,23 @@ def _loader_context() -> str | None:
     return "fork" if "fork" in multiprocessing.get_all_start_methods() else None
 
 
-class _AugmentedImages(torch.utils.data.Dataset):
-    """(index, seed) -> augmented uint8 CHW tensor; used by DataLoader workers on the CPU path."""
+class _AugmentedPairs(torch.utils.data.Dataset):
+    """(index, seed) -> augmented uint8 CHW image and HW mask; per-image albumentations for segmentation,
+    in DataLoader workers when ``--workers`` asks for them."""
 
-    def __init__(self, images: np.ndarray, kind: str) -> None:
-        self.images = images
-        self.transform = train_transform(kind)
+    def __init__(self, images: np.ndarray, masks: np.ndarray, kind: str) -> None:
+        self.images, self.masks = images, masks
+        self.transform = segmentation_transform(kind)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, item: tuple[int, int]) -> torch.Tensor:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = item
-        image = augment_image(self.transform, np.asarray(self.images[index]), seed)
-        return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)  # writable: memory-mapped input
+        image, mask = augment_pair(self.transform, np.asarray(self.images[index]), np.asarray(self.masks[index]),
+                                   seed)
+        # copies: the inputs may be memory-mapped (read-only)
+        return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1), torch.from_numpy(np.array(mask))
 
 
 class FoldTrainer:
@@ -176,12 +189,16 @@ class FoldTrainer:
         self.on_epoch = on_epoch or (lambda e, loss, acc: None)
         self.device = resolve_device(cfg.device)
         self._normalise = Normaliser(self.device, *NORMALISATIONS[cfg.normalise])
+        self.segmentation = ds.masks is not None
+        self.loss_name = cfg.loss_for(ds.task)
+        self.plateau = cfg.uses_plateau(self.label)
         self.train_idx, self.select_idx = self._selection_split()
 
     def _selection_split(self) -> tuple[np.ndarray, np.ndarray | None]:
         """Training indices, and the validation indices the kept epoch is chosen on (``select`` other than
-        last): the dataset's own validation split, or a stratified inner split of the training fold."""
-        if self.cfg.select == "last":
+        last) or the plateau watches: the dataset's own validation split, or a stratified inner split of the
+        training fold."""
+        if self.cfg.select == "last" and not self.plateau:
             return self.fold.train, None
         if self.fold.val is not None and len(self.fold.val):
             return self.fold.train, self.fold.val
@@ -204,8 +221,8 @@ class FoldTrainer:
     def _make(self) -> tuple[nn.Module, torch.optim.Optimizer, Any, int]:
         torch.manual_seed(self.seed)
         weights = Path(self.cfg.weights) if self.cfg.weights else None
-        model = create_model(self.cfg.model, len(self.ds.classes), pretrained=self.cfg.pretrained, weights=weights,
-                             stem=self.cfg.stem)
+        model = create_model(self.cfg.model, output_channels(self.cfg.model, len(self.ds.classes)),
+                             pretrained=self.cfg.pretrained, weights=weights, stem=self.cfg.stem)
         model.to(self.device)
         if self.device.type == "cuda":
             model.to(memory_format=torch.channels_last)
@@ -236,17 +253,24 @@ class FoldTrainer:
         weights = np.where(counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)), 0.0)
         return torch.tensor(weights, dtype=torch.float32, device=self.device)
 
-    def _selection_score(self, model: nn.Module, gpu_images: torch.Tensor | None) -> float:
-        """Higher is better: validation AUC, or minus the validation loss."""
+    def _validation(self, model: nn.Module, gpu_images: torch.Tensor | None) -> tuple[float, float]:
+        """(score, loss) on the validation split: the score is higher-is-better (AUC, or minus the loss);
+        the loss is the negative log-likelihood (classification) or the training loss on the probability
+        maps (segmentation)."""
         from ..auc import auc
 
         probs = self.predict(model, self.select_idx, gpu_images)
+        if self.segmentation:
+            loss = segmentation_loss(torch.from_numpy(probs), torch.from_numpy(self.ds.masks[self.select_idx]).long(),
+                                     self.loss_name, probabilities=True)
+            return -float(loss), float(loss)
         labels = self.ds.labels[self.select_idx]
+        p = np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)
+        nll = -float(np.mean(np.log(p)))
         if self.cfg.select == "best-val-auc":
             value = auc(labels, probs)
-            return value if math.isfinite(value) else float((probs.argmax(1) == labels).mean())
-        p = np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)
-        return float(np.mean(np.log(p)))
+            return (value if math.isfinite(value) else float((probs.argmax(1) == labels).mean())), nll
+        return -nll, nll
 
     def _epoch_plan(self, epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
         """Sample order (as batches of dataset indices) and per-position augmentation seeds."""
@@ -256,9 +280,10 @@ class FoldTrainer:
 
     # -------------------------------------------------------------- run
     def intra_op_threads(self) -> int | None:
-        """CPU results depend on how many threads split each reduction; one fixed count per fold
-        makes a member the same whether it trained here, in a worker process or on a cluster."""
-        return self.cfg.threads or (1 if self.device.type == "cpu" else None)
+        """CPU results depend on how many threads split each reduction: ``ens train`` fixes the count per
+        task (all cores for one task at a time) and records it in the run's command, so the command
+        reproduces the member exactly; None leaves torch's own count."""
+        return self.cfg.threads
 
     def run(self) -> FoldResult:
         threads, before = self.intra_op_threads(), torch.get_num_threads()
@@ -273,17 +298,20 @@ class FoldTrainer:
         model, opt, sched, _ = self._make()
         start_epoch, curves, elapsed = 0, {"loss": [], "accuracy": []}, 0.0
         best: dict[str, Any] = {}
+        checkpoint_state: dict[str, Any] | None = None
         if self.checkpoint_path.exists():
-            start_epoch, curves, elapsed, best = self._resume(model, opt, sched)
+            start_epoch, curves, elapsed, best, checkpoint_state = self._resume(model, opt, sched)
         self.on_start(start_epoch)
 
         on_gpu = self.device.type == "cuda"
         gpu_images = self._images_on_device() if on_gpu else None
-        loader_ds = None if gpu_images is not None else _AugmentedImages(self.ds.images, self.cfg.augment)
+        images = gpu_images if gpu_images is not None else nchw(np.array(self.ds.images))  # in memory, writable
+        pairs = _AugmentedPairs(self.ds.images, self.ds.masks, self.cfg.augment) if self.segmentation else None
         labels = torch.from_numpy(self.ds.labels)
         dtype = self.cfg.autocast_dtype(self.device)
         scaler = torch.amp.GradScaler(enabled=dtype == torch.float16 and on_gpu)
         weights = self._loss_weights()
+        plateau = self._plateau(opt, checkpoint_state)
         t0 = time.perf_counter()
         for epoch in range(start_epoch, self.cfg.epochs):
             model.train()
@@ -291,15 +319,15 @@ class FoldTrainer:
             batches, aug_seeds = self._epoch_plan(epoch)
             loss_sum = torch.zeros((), device=self.device)
             correct = torch.zeros((), device=self.device, dtype=torch.long)
-            seen = 0
+            seen = units = 0
             gen = torch.Generator().manual_seed(int(aug_seeds[0]) if len(aug_seeds) else 0)
-            source = (self._gpu_batches(gpu_images, batches, gen) if gpu_images is not None
-                      else self._cpu_batches(loader_ds, batches, aug_seeds))
-            for idx, x in zip(batches, source):
-                y = labels[idx].to(self.device, non_blocking=True)
+            source = (self._pair_batches(pairs, batches, aug_seeds) if pairs is not None
+                      else self._image_batches(images, labels, batches, gen))
+            for idx, (x, y) in zip(batches, source):
                 with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                     logits = model(x)
-                    loss = nn.functional.cross_entropy(logits.float(), y, weight=weights)
+                    loss = (segmentation_loss(logits.float(), y, self.loss_name) if self.segmentation
+                            else nn.functional.cross_entropy(logits.float(), y, weight=weights))
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
@@ -307,8 +335,11 @@ class FoldTrainer:
                 if sched is not None:
                     sched.step()
                 loss_sum += loss.detach() * len(idx)
-                correct += (logits.argmax(1) == y).sum()
+                # accuracy: of the images (classification) or of the pixels (segmentation)
+                pred = (logits[:, 0] > 0).long() if self.segmentation and logits.shape[1] == 1 else logits.argmax(1)
+                correct += (pred == y).sum()
                 seen += len(idx)
+                units += y.numel()
                 self.on_batch(len(idx))
             mean_loss = float(loss_sum) / max(seen, 1)  # one host sync per epoch
             if not math.isfinite(mean_loss):
@@ -317,16 +348,21 @@ class FoldTrainer:
                     f"{self.fold.index}; the run is stopped and not stored (try a smaller --lr)"
                 )
             curves["loss"].append(mean_loss)
-            curves["accuracy"].append(float(correct) / max(seen, 1))
+            curves["accuracy"].append(float(correct) / max(units, 1))
             if self.select_idx is not None:
-                score = self._selection_score(model, gpu_images)
+                score, val_loss = self._validation(model, gpu_images)
                 curves.setdefault("val_score", []).append(score)
-                if not best or score > best["score"]:
+                curves.setdefault("val_loss", []).append(val_loss)
+                if plateau is not None:
+                    plateau.step(val_loss)
+                    curves.setdefault("lr", []).append(float(opt.param_groups[0]["lr"]))
+                if self.cfg.select != "last" and (not best or score > best["score"]):
                     best = {"score": score, "epoch": epoch,
                             "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
             seconds = elapsed + time.perf_counter() - t0
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                      "scheduler": sched.state_dict() if sched is not None else None,
+                     "plateau": plateau.state_dict() if plateau is not None else None,
                      "curves": curves, "seconds": seconds, "recipe_hash": self.recipe_hash, "best": best}
             atomic_torch_save(self.checkpoint_path, state)
             self.on_epoch(epoch, curves["loss"][-1], curves["accuracy"][-1])
@@ -343,11 +379,25 @@ class FoldTrainer:
         weights_kept, dtype_kept = (self.storable_weights(model, probs, gpu_images) if self.cfg.keep_weights
                                     else (None, None))
         seconds = elapsed + time.perf_counter() - t0
-        return FoldResult(probs, self.ds.labels[self.fold.test], self.ds.ids[self.fold.test], val, curves, seconds,
+        return FoldResult(probs, self.targets(self.fold.test), self.ds.ids[self.fold.test], val, curves, seconds,
                           weights_kept, dtype_kept)
 
+    def targets(self, indices: np.ndarray) -> np.ndarray:
+        """What the predictions of ``indices`` are scored against: labels, or masks (class per pixel)."""
+        return np.asarray(self.ds.masks[indices]) if self.segmentation else self.ds.labels[indices]
+
+    def _plateau(self, opt: torch.optim.Optimizer, state: dict[str, Any] | None):  # noqa: ANN202
+        """torch's ReduceLROnPlateau on the validation loss (the lightweight U-Net paper's: halve after
+        ``plateau`` epochs without improvement), restored from the checkpoint on resume."""
+        if not self.plateau:
+            return None
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=self.cfg.plateau)
+        if state and state.get("plateau"):
+            plateau.load_state_dict(state["plateau"])
+        return plateau
+
     def _resume(self, model: nn.Module, opt: torch.optim.Optimizer,
-                sched: Any) -> tuple[int, dict, float, dict[str, Any]]:
+                sched: Any) -> tuple[int, dict, float, dict[str, Any], dict[str, Any]]:
         """Load the last epoch's checkpoint (tensors and plain values only; never code)."""
         try:
             ckpt = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
@@ -362,7 +412,7 @@ class FoldTrainer:
             opt.load_state_dict(ckpt["optimizer"])
             if sched is not None:
                 sched.load_state_dict(ckpt["scheduler"])
-            return int(ckpt["epoch"]) + 1, ckpt["curves"], float(ckpt["seconds"]), ckpt.get("best") or {}
+            return int(ckpt["epoch"]) + 1, ckpt["curves"], float(ckpt["seconds"]), ckpt.get("best") or {}, ckpt
         except Exception as err:  # from another model/optimizer: never guess
             raise EnsError(f"cannot resume from checkpoint {self.checkpoint_path} ({first_line(err, 200)}); "
                            "delete it to train this fold from the start") from None
@@ -375,28 +425,33 @@ class FoldTrainer:
             return None
         return torch.from_numpy(np.ascontiguousarray(self.ds.images)).to(self.device).permute(0, 3, 1, 2)
 
-    def _gpu_batches(self, images: torch.Tensor, batches: list[np.ndarray], gen: torch.Generator):
+    def _image_batches(self, images: torch.Tensor, labels: torch.Tensor, batches: list[np.ndarray],
+                       gen: torch.Generator):
+        """Classification: the batch is gathered, moved and augmented in torch on the training device, with
+        random numbers from the CPU generator ``gen`` -- the same draws on CPU and GPU, no worker processes."""
         for idx in batches:
-            x = images[torch.from_numpy(idx).to(images.device)].float()
+            x = images[torch.from_numpy(idx).to(images.device)].to(self.device, non_blocking=True).float()
             x = augment_batch(x, gen, self.cfg.augment)
-            yield self._normalise(x)
+            yield self._normalise(x), labels[idx].to(self.device, non_blocking=True)
 
-    def _cpu_batches(self, loader_ds: _AugmentedImages, batches: list[np.ndarray], aug_seeds: np.ndarray):
+    def _pair_batches(self, pairs: _AugmentedPairs, batches: list[np.ndarray], aug_seeds: np.ndarray):
+        """Segmentation: image and mask augmented together per image (albumentations), each with its own seed."""
         pos = 0
         sampler = []
         for idx in batches:
             sampler.append([(int(i), int(aug_seeds[pos + j])) for j, i in enumerate(idx)])
             pos += len(idx)
         loader = torch.utils.data.DataLoader(
-            loader_ds, batch_sampler=sampler, num_workers=self.cfg.workers,
+            pairs, batch_sampler=sampler, num_workers=self.cfg.workers,
             persistent_workers=False, pin_memory=self.device.type == "cuda",
             multiprocessing_context=_loader_context() if self.cfg.workers else None,
         )
-        for batch in loader:
-            yield self._normalise(batch)
+        for x, y in loader:
+            yield self._normalise(x), y.to(self.device, non_blocking=True).long()
 
     def predict(self, model: nn.Module, indices: np.ndarray, gpu_images: torch.Tensor | None) -> np.ndarray:
-        """Softmax probabilities (float32) for ``indices``, without augmentation (see :mod:`.infer`)."""
+        """Softmax probabilities (float32) for ``indices`` -- (n, C), or (n, C, H, W) maps for segmentation --
+        without augmentation (see :mod:`.infer`)."""
         step = max(self.cfg.batch_size * 2, 2)
         chunks = [indices[s:s + step] for s in range(0, len(indices), step)]
         if gpu_images is not None:

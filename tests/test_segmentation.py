@@ -1,0 +1,211 @@
+"""Segmentation (SPEC §7): the seed's U-Nets, image/mask folders, training, the store's maps, fusion
+metrics computed by hand, and the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import SHARED, run_cli
+
+# the lightweight U-Net paper's Table 2 (3 input channels, 1 output channel)
+TABLE_2 = {
+    "unet": 17_267_393, "light-unet": 11_000_257, "lighter-unet@128": 7_944_661, "lighter-unet@64": 4_995_541,
+    "lighter-unet@32": 3_465_685, "lighter-unet@16": 2_700_757, "lighter-unet@8": 2_318_293,
+    "lighter-unet@4": 2_127_061, "lighter-unet@2": 2_031_445, "lighter-unet@1": 1_983_583,
+}
+
+
+@pytest.mark.parametrize("name", list(TABLE_2))
+def test_parameter_counts_equal_the_papers_table_2(name):
+    from ensemble.train.model import create_model
+
+    model = create_model(name, 1)  # no --no-pretrained needed: they have no ImageNet weights
+    assert sum(p.numel() for p in model.parameters()) == TABLE_2[name]
+    out = model.eval()(torch.zeros(2, 3, 37, 45))  # odd sizes are padded back to the input's
+    assert out.shape == (2, 1, 37, 45)
+
+
+def test_unknown_group_size_lists_the_valid_ones():
+    from ensemble.errors import UsageError
+    from ensemble.train.model import create_model
+
+    with pytest.raises(UsageError, match="1, 2, 4, 8, 16, 32, 64, 128"):
+        create_model("lighter-unet@3", 1)
+
+
+def make_seg_folder(root: Path, n: int = 15, seed: int = 0, size: tuple[int, int] = (40, 48)) -> Path:
+    """Bright discs (the lesion, mask 255) on dark noise; one mask per image, same name and size."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    for i in range(n):
+        img = rng.integers(0, 80, (h, w), dtype=np.uint8)
+        disk = (yy - rng.integers(8, h - 8)) ** 2 + (xx - rng.integers(8, w - 8)) ** 2 < rng.integers(4, 8) ** 2
+        img[disk] += 120
+        Image.fromarray(img).save(root / "images" / f"case{i:02d}.png")
+        Image.fromarray((disk * 255).astype(np.uint8)).save(root / "masks" / f"case{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two DGrad members of lighter-unet@16 on a tiny folder, as a user would train them."""
+    from tests.conftest import invoke_main
+
+    root = tmp_path_factory.mktemp("seg")
+    data = make_seg_folder(root / "lesions")
+    members = root / "M"
+    code = invoke_main("train", "--dataset", f"seg:{data}", "--model", "lighter-unet@16", "--opt", "dgrad",
+                       "--n", "2", "--epochs", "1", "--size", "32", "--device", "cpu", "--members-dir",
+                       str(members), "--no-progress", "--workers", "0")
+    assert code == 0
+    return data, members
+
+
+def test_train_leaves_two_complete_members_with_one_map_per_image(trained):
+    data, members = trained
+    runs = sorted((members / "lesions" / "DGrad").iterdir())
+    assert [r.name for r in runs if not r.name.startswith(".")] == ["000", "001"]
+    for run in ("000", "001"):
+        meta = json.loads((members / "lesions" / "DGrad" / run / "member.json").read_text())
+        assert meta["task"] == "segmentation" and meta["classes"] == ["background", "foreground"]
+        assert meta["recipe"]["model"] == "lighter-unet@16" and meta["recipe"]["weights"] == "none"
+        ids = []
+        for k in range(5):
+            with np.load(members / "lesions" / "DGrad" / run / f"fold-{k}.npz") as z:
+                assert z["probs"].dtype == np.float16 and z["probs"].shape[1:] == (2, 32, 32)
+                assert z["masks"].dtype == np.uint8 and z["masks"].shape == (len(z["ids"]), 32, 32)
+                np.testing.assert_allclose(z["probs"].astype(np.float32).sum(1), 1, atol=2e-3)
+                ids += list(z["ids"])
+        assert sorted(ids) == sorted(p.name for p in (data / "images").iterdir())  # every image once
+
+
+def _dice_by_hand(members_dir: Path, runs: list[str]) -> float:
+    maps, masks = {}, {}
+    for run in runs:
+        for k in range(5):
+            with np.load(members_dir / "lesions" / "DGrad" / run / f"fold-{k}.npz") as z:
+                for i, name in enumerate(z["ids"]):
+                    maps.setdefault(name, []).append(z["probs"][i].astype(np.float64))
+                    masks[name] = z["masks"][i]
+    dices = []
+    for name, ps in maps.items():
+        pred, truth = np.mean(ps, axis=0).argmax(0) == 1, masks[name] == 1
+        total = pred.sum() + truth.sum()
+        dices.append(1.0 if total == 0 else 2 * (pred & truth).sum() / total)
+    return float(np.mean(dices))
+
+
+def test_fuse_json_dice_equals_the_dice_computed_by_hand(trained, capsys):
+    _, members = trained
+    code, out, _ = run_cli(capsys, "fuse", "--members-dir", str(members), "--dataset", "lesions", "DGrad2",
+                           "--format", "json")
+    assert code == 0
+    row = json.loads(out)[0]
+    assert {"dice", "iou", "hd95"} <= set(row)
+    assert row["dice"] == pytest.approx(_dice_by_hand(members, ["000", "001"]), abs=1e-9)
+
+
+def test_report_of_segmentation_members_regenerates_identically(trained, tmp_path, capsys):
+    _, members = trained
+    for out in (tmp_path / "a", tmp_path / "b"):
+        assert run_cli(capsys, "report", "--members-dir", str(members), "--out", str(out))[0] == 0
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert {"lesions/table1.md", "lesions/table2.md", "lesions/overlays.png", "lesions/dice_vs_size.png"} <= \
+        {str(f) for f in files}
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    table1 = (tmp_path / "a" / "lesions" / "table1.md").read_text()
+    assert "2700757" in table1  # the parameter count of lighter-unet@16
+
+
+def _train_args(data: Path, members: Path) -> list[str]:
+    return ["train", "--dataset", f"seg:{data}", "--model", "lighter-unet@1", "--opt", "adam", "--epochs", "1",
+            "--size", "16", "--device", "cpu", "--members-dir", str(members), "--no-progress"]
+
+
+def test_a_mask_of_another_size_is_one_line_naming_the_file(tmp_path, capsys):
+    data = make_seg_folder(tmp_path / "d", n=6)
+    bad = data / "masks" / "case03.png"
+    Image.fromarray(np.zeros((41, 48), np.uint8)).save(bad)
+    code, out, err = run_cli(capsys, *_train_args(data, tmp_path / "M"))
+    assert code != 0 and "Traceback" not in err
+    assert str(bad) in err and "41" in err
+    assert not (tmp_path / "M").exists()
+
+
+@pytest.mark.parametrize("fault", ["missing", "unreadable", "colour"])
+def test_a_missing_or_unreadable_mask_names_the_file(tmp_path, capsys, fault):
+    data = make_seg_folder(tmp_path / "d", n=6)
+    bad = data / "masks" / "case02.png"
+    if fault == "missing":
+        bad.unlink()
+        named = data / "images" / "case02.png"
+    elif fault == "unreadable":
+        bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+        named = bad
+    else:
+        rgb = np.zeros((40, 48, 3), np.uint8)
+        rgb[..., 0] = 255
+        Image.fromarray(rgb).save(bad)
+        named = bad
+    code, _, err = run_cli(capsys, *_train_args(data, tmp_path / "M"))
+    assert code != 0 and "Traceback" not in err and str(named) in err
+
+
+def test_an_image_mask_folder_given_as_folder_points_to_seg(tmp_path, capsys):
+    data = make_seg_folder(tmp_path / "d", n=6)
+    code, _, err = run_cli(capsys, "train", "--dataset", f"folder:{data}", "--opt", "adam", "--no-pretrained",
+                           "--members-dir", str(tmp_path / "M"))
+    assert code != 0 and f"seg:{data}" in err
+
+
+def test_label_map_masks_give_one_class_per_value(tmp_path):
+    from ensemble.data.dataset import load
+
+    data = make_seg_folder(tmp_path / "d", n=6)
+    for i, path in enumerate(sorted((data / "masks").iterdir())):
+        mask = (np.asarray(Image.open(path)) > 0).astype(np.uint8) * (1 + i % 3)
+        Image.fromarray(mask).save(path)
+    ds = load(f"seg:{data}", size=16, cache_dir=tmp_path / "cache")
+    assert ds.classes == ["background", "class 1", "class 2", "class 3"]
+    assert set(np.unique(ds.masks)) == {0, 1, 2, 3} and ds.masks.shape == (6, 16, 16)
+
+
+def test_dice_iou_and_hd95_against_hand_computed_cases():
+    from ensemble.fusion.segmentation import hd95, overlap
+
+    a = np.zeros((20, 20), bool)
+    a[5:10, 5:10] = True
+    b = np.zeros((20, 20), bool)
+    b[5:10, 7:12] = True  # the same square moved 2 pixels right
+    assert overlap(a, b) == pytest.approx((2 * 15 / 50, 15 / 35))
+    assert hd95(a, b) == pytest.approx(2.0)
+    empty = np.zeros((20, 20), bool)
+    assert overlap(empty, empty) == (1.0, 1.0) and hd95(empty, empty) == 0.0
+    assert overlap(a, empty) == (0.0, 0.0) and hd95(a, empty) == pytest.approx(np.hypot(20, 20))
+
+
+def test_soft_dice_loss_by_hand():
+    from ensemble.train.losses import segmentation_loss
+
+    logits = torch.tensor([[[[0.0, 100.0], [-100.0, 0.0]]]])  # foreground p = 0.5, 1, 0, 0.5
+    masks = torch.tensor([[[0, 1], [0, 1]]])
+    inter, total = 0.0 + 1.0 + 0.0 + 0.5, (0.5 + 1 + 0 + 0.5) + 2
+    assert float(segmentation_loss(logits, masks, "dice")) == pytest.approx(1 - (2 * inter + 1) / (total + 1))
+
+
+@pytest.mark.skipif(not (SHARED / "busi").is_dir(), reason="../shared/data/busi not present")
+def test_busi_loads_with_its_masks(tmp_path):
+    from ensemble.data.dataset import load
+
+    ds = load(f"seg:{SHARED / 'busi'}", size=16, cache_dir=tmp_path)
+    assert len(ds) == 647 and ds.classes == ["background", "foreground"] and 0.02 < ds.masks.mean() < 0.3
