@@ -543,6 +543,8 @@ def members(dataset: str | None, fmt: str, members_dir: Path) -> None:
     summary = [{"dataset": ds, "label": label, "members": len(rs), "recipe": rs[0]["recipe"],
                 "recipe_hash": (rs[0]["recipe_hash"] or "--")[:8],
                 "accuracy_mean": float(sum(r["accuracy"] or 0 for r in rs) / len(rs)),
+                **({"dice_mean": float(sum(r["dice"] for r in rs) / len(rs))}
+                   if all(r.get("dice") is not None for r in rs) else {}),
                 "fold_models": "all" if all(r["weights"] for r in rs) else
                 "none" if not any(r["weights"] for r in rs) else "some",
                 "disk_MB": round(sum(r["bytes"] for r in rs) / 2**20, 2)} for (ds, label), rs in groups.items()]

@@ -633,6 +633,7 @@ class Store:
                     rows.append({"dataset": ds, "label": m.label, "optimizer": m.meta.label, "variant": m.meta.variant,
                                  "run": m.run, "recipe_hash": m.recipe_hash or None,
                                  "recipe": recipe_summary(m.meta.recipe), "accuracy": m.meta.accuracy,
+                                 "dice": m.meta.dice,
                                  "weights": m.has_models, "weights_bytes": int(m.meta.fold_models.get("bytes", 0)),
                                  "bytes": sum(f.stat().st_size for f in path.rglob("*") if f.is_file()),
                                  "path": str(path)})

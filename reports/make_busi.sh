@@ -14,12 +14,12 @@ COMMON=(--dataset "seg:$DATA/busi" --data-dir "$DATA" --recipe unet --size 32 --
         --device cpu --threads 1 --workers 0 --no-progress --no-keep-weights)
 
 a() {  # Lighter U-net@16 under Adam, then the group-size comparison at @4
-  ens train "${COMMON[@]}" --model lighter-unet@16 --opt adam --n 3
+  ens train "${COMMON[@]}" --model lighter-unet@16 --opt adam --n 2
   ens train "${COMMON[@]}" --model lighter-unet@4 --opt adam --variant c4 --n 1
 }
 
 b() {  # Lighter U-net@16 under DGrad, then @64
-  ens train "${COMMON[@]}" --model lighter-unet@16 --opt dgrad --n 3
+  ens train "${COMMON[@]}" --model lighter-unet@16 --opt dgrad --n 2
   ens train "${COMMON[@]}" --model lighter-unet@64 --opt adam --variant c64 --n 1
 }
 

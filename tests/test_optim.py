@@ -267,3 +267,45 @@ def test_all_zero_gradient_gives_zero_distance_not_nan(name):
         opt.step()
     assert torch.isfinite(w).all() and torch.isfinite(z).all()
     torch.testing.assert_close(z.detach(), torch.ones(3))
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("name", ["diffgrad", "dgrad", "cos1", "cos2"])
+def test_fused_step_equals_the_eager_step_to_rounding_and_ignores_threads(name, decoupled):
+    """The hand-fused kernels against the eager _foreach chain (fused=false), 40 steps, tensors large enough
+    for the parallel kernels; at 1 and 2 threads the fused result is bit for bit the same."""
+    from ensemble.optim import DiffGradFamily, fused
+
+    assert fused.available()
+    shapes = [(3, 70, 20, 20), (fused.PARALLEL_MIN_SIZE + 3,), (5,)]
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [[torch.randn(s, generator=gen) * 0.1 for s in shapes] for _ in range(40)]
+
+    def run(fused_step: bool, threads: int) -> list[torch.Tensor]:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            params = [torch.nn.Parameter(t.clone()) for t in start]
+            opt = DiffGradFamily(params, lr=1e-2, weight_decay=1e-3, decoupled=decoupled, friction=name,
+                                 fused=fused_step)
+            for step in grads:
+                for p, g in zip(params, step):
+                    p.grad = g.clone()
+                opt.step()
+            return [p.detach().clone() for p in params]
+        finally:
+            torch.set_num_threads(before)
+
+    eager, one, two = run(False, 1), run(True, 1), run(True, 2)
+    for e, a, b in zip(eager, one, two):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
+        assert torch.equal(a, b)
+
+
+def test_recipe_of_the_eager_step_has_no_fused_key():
+    """Members trained before the fused kernels keep their recipe: fused=false is recorded as its absence."""
+    from ensemble.optim import resolve
+
+    assert resolve("dgrad")["fused"] is True
+    assert "fused" not in resolve("adam")

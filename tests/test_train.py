@@ -54,6 +54,11 @@ def test_train_folder_two_members(image_folder, tmp_path):
     assert res.returncode == 0, res.stderr
     check_members(members, image_folder, 2)
     assert "accuracy" in res.stdout
+    # no --threads: a local job gives each fold every core it may use, and the run's command says how many
+    from ensemble.executors.pools import usable_cores
+
+    meta = json.loads((members / image_folder.name / "DGrad" / "000" / "member.json").read_text())
+    assert meta["command"].endswith(f"--threads {usable_cores()}") and meta["fold_threads"][0] == usable_cores()
     same = ["--model", "resnet18", "--epochs", "1", "--size", "32", "--no-pretrained", "--device", "cpu",
             "--workers", "0", "--no-progress"]
     again = ens("train", "--dataset", f"folder:{image_folder}", "--opt", "DGrad", "--n", "2", *same,
@@ -244,3 +249,32 @@ def test_fetch_offline_is_one_clear_line(tmp_path):
     res = ens("data", "fetch", "lar", "--data-dir", str(tmp_path), "--url", "http://127.0.0.1:9/lar.zip")
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert str(tmp_path / "lar") in res.stderr and "by hand" in res.stderr
+
+
+@pytest.mark.parametrize("kind", ["none", "flips", "paper"])
+def test_batched_augmentation_does_what_the_spec_says(image_folder, tmp_path, kind):
+    """The one classification path: each training image is its normalised self (none), one of its four
+    flips (flips), or a flip zoomed in by x/y factors in [1, 2] (paper: the centre pixel is kept)."""
+    import torch
+
+    from ensemble.data.dataset import load
+    from ensemble.train.infer import nchw
+    from ensemble.train.trainer import FoldTrainer, TrainConfig
+
+    ds = load(f"folder:{image_folder}", size=17, cache_dir=tmp_path)
+    cfg = TrainConfig(model="test_resnet", size=17, device="cpu", augment=kind, pretrained=False, batch_size=6)
+    trainer = FoldTrainer(ds, ds.folds[0], "SGD", cfg, seed=0, checkpoint=tmp_path / "c.pt")
+    batches, seeds = trainer._epoch_plan(0)
+    images = nchw(np.array(ds.images))
+    gen = torch.Generator().manual_seed(int(seeds[0]))
+    for idx, (x, y) in zip(batches, trainer._image_batches(images, torch.from_numpy(ds.labels), batches, gen)):
+        source = trainer._normalise(images[torch.from_numpy(idx)])
+        assert torch.equal(y, torch.from_numpy(ds.labels[idx]))
+        for out, src in zip(x, source):
+            views = [src, src.flip(-1), src.flip(-2), src.flip(-1).flip(-2)]
+            if kind == "paper":  # a zoom about the centre keeps the centre pixel (odd size)
+                assert min(float((out[:, 8, 8] - v[:, 8, 8]).abs().max()) for v in views) < 1e-4
+            elif kind == "flips":
+                assert min(float((out - v).abs().max()) for v in views) < 1e-4
+            else:
+                assert torch.equal(out, src)

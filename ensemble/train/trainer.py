@@ -430,8 +430,10 @@ class FoldTrainer:
         """Classification: the batch is gathered, moved and augmented in torch on the training device, with
         random numbers from the CPU generator ``gen`` -- the same draws on CPU and GPU, no worker processes."""
         for idx in batches:
-            x = images[torch.from_numpy(idx).to(images.device)].to(self.device, non_blocking=True).float()
-            x = augment_batch(x, gen, self.cfg.augment)
+            x = images[torch.from_numpy(idx).to(images.device)].to(self.device, non_blocking=True)
+            # contiguous NCHW as a collated batch is: on a CPU the memory format picks the convolution
+            # kernels, and so the last bits of every result (the normaliser makes CUDA batches channels-last)
+            x = augment_batch(x.float().contiguous(), gen, self.cfg.augment)
             yield self._normalise(x), labels[idx].to(self.device, non_blocking=True)
 
     def _pair_batches(self, pairs: _AugmentedPairs, batches: list[np.ndarray], aug_seeds: np.ndarray):
