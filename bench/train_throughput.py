@@ -16,7 +16,6 @@ the same device and the same torch threads; the figure is printed at 1 thread an
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from ensemble.data.dataset import Dataset
 from ensemble.data.splits import Fold
+from ensemble.executors.pools import usable_cores
 from ensemble.io import atomic_torch_save
 from ensemble.optim import build
 from ensemble.train.model import create_model
@@ -100,13 +100,6 @@ def member(model_name: str, size: int, batch: int, n: int, device: str, threads:
     return {"images_s": n / (marks[1] - marks[0]), "data": data}
 
 
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resnet18")
@@ -116,7 +109,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     steps = max(2, args.images // args.batch_size)
-    counts = sorted({1, cores()}) if args.device == "cpu" else [torch.get_num_threads()]
+    counts = sorted({1, usable_cores()}) if args.device == "cpu" else [torch.get_num_threads()]
     print(f"{args.model} {args.size}x{args.size}, batch {args.batch_size}, {args.images} images, on {args.device} "
           f"(torch {torch.__version__})")
     for threads in counts:

@@ -12,7 +12,7 @@ from functools import cache
 
 import numpy as np
 
-from ..store import Member, recipe_summary, split_key
+from ..store import Member, recipe_summary
 from . import aligned
 from .expr import term_text
 from .rules import sum_rule
@@ -151,4 +151,4 @@ def is_segmentation(by_label: dict[str, list[Member]]) -> bool:
     return next(iter(by_label.values()))[0].meta.task == "segmentation"
 
 
-__all__ = ["SegSummary", "dice_by_size", "fused_images", "is_segmentation", "split_key", "summarise_segmentation"]
+__all__ = ["SegSummary", "dice_by_size", "fused_images", "is_segmentation", "summarise_segmentation"]
