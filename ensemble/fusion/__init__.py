@@ -60,7 +60,11 @@ def select(store: Store, dataset: str, expr: str, split: str = "fold") -> tuple[
     for t in terms:
         runs = store.runs(dataset, t.label)
         if len(runs) < t.count:
-            spec = dataset.replace("medmnist-", "medmnist:", 1) if dataset.startswith("medmnist-") else dataset
+            # the spec the members were trained from (seg:PATH, folder:PATH), else the catalog's spelling
+            recorded = [m.dataset_spec for label in store.labels(dataset) for m in store.metas(dataset, label)
+                        if m.dataset_spec]
+            spec = recorded[0] if recorded else (
+                dataset.replace("medmnist-", "medmnist:", 1) if dataset.startswith("medmnist-") else dataset)
             optimizer, variant = split_key(t.label)
             raise UsageError(
                 f"{term_text(t.label, t.count)} (column {t.column}) asks for {t.count} "
