@@ -1,6 +1,6 @@
 """Median ``step()`` time of every optimizer on timm's ResNet50 parameters, as a ratio to Adam.
 
-    python bench/optim_step.py [--device cuda] [--repeats 30]
+    python bench/optim_step.py [--device cuda] [--repeats 30] [--threads 1]
 
 Target: <= 1.2x torch.optim.Adam(foreach=True) for diffgrad, dgrad, cos1, cos2.
 """
@@ -44,7 +44,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--compile", action="store_true", help="also time the torch.compile'd step of the Adam family")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads [default: torch's own count]")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model = timm.create_model(args.model, pretrained=False).to(args.device)
     params = [p for p in model.parameters() if p.requires_grad]

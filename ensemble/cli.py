@@ -218,6 +218,9 @@ def _train_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
                           "--jobs for a pool; recorded in each member's command, which reproduces it exactly]."),
         click.option("--keep-weights/--no-keep-weights", default=True,
                      help="Keep each fold's model (safetensors) in the run, so `ens predict` can apply the member."),
+        click.option("--checkpoint-every", type=NON_NEGATIVE, default=60.0, show_default=True, metavar="SECONDS",
+                     help="Save a fold's training state at most this often (0: after every epoch); a killed run "
+                          "resumes from the last save, to the same member."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -226,7 +229,7 @@ def _train_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
 
 def _config(labels: list[str], *, recipe: str | None, config_file: str | None, sets: tuple[str, ...],  # noqa: ANN202
             weights: Path | None, device: str, workers: int, threads: int | None, keep_weights: bool,
-            dataset: str = "", **explicit):
+            checkpoint_every: float, dataset: str = "", **explicit):
     from .data.catalog import resolve
     from .train.recipe import DEFAULT_RECIPE, compose_config
 
@@ -236,7 +239,7 @@ def _config(labels: list[str], *, recipe: str | None, config_file: str | None, s
         raise click.UsageError("--weights and --no-pretrained exclude each other")
     return compose_config(recipe, config_file=config_file, explicit=explicit, sets=list(sets), labels=labels,
                           weights=str(weights) if weights else None, device=device, workers=workers,
-                          threads=threads, keep_weights=keep_weights)
+                          threads=threads, keep_weights=keep_weights, checkpoint_every=checkpoint_every)
 
 
 def _check_opts(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:

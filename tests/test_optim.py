@@ -309,3 +309,43 @@ def test_recipe_of_the_eager_step_has_no_fused_key():
 
     assert resolve("dgrad")["fused"] is True
     assert "fused" not in resolve("adam")
+
+
+@pytest.mark.parametrize("name", ["diffgrad", "dgrad"])
+def test_serial_and_parallel_kernels_agree_bit_for_bit(name, monkeypatch):
+    """Which kernel runs depends on a tensor's size only; both give the same bits, so a member does not
+    change with the split of its tensors into small and large."""
+    from ensemble.optim import DiffGradFamily, fused
+
+    gen = torch.Generator().manual_seed(1)
+    start = torch.randn(4099, generator=gen)
+    grads = [torch.randn(4099, generator=gen) * 0.1 for _ in range(10)]
+
+    def run(min_size: int) -> torch.Tensor:
+        monkeypatch.setattr(fused, "PARALLEL_MIN_SIZE", min_size)
+        param = torch.nn.Parameter(start.clone())
+        opt = DiffGradFamily([param], lr=1e-2, weight_decay=1e-3, friction=name, fused=True)
+        for g in grads:
+            param.grad = g.clone()
+            opt.step()
+        return param.detach().clone()
+
+    assert torch.equal(run(0), run(1 << 60))
+
+
+def test_fused_step_keeps_torch_thread_count():
+    """numba's OpenMP layer sets the process's OpenMP thread count when it starts; the fused step must not
+    let that change the --threads that torch trains with (a fresh process: the layer starts once)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "from ensemble.optim import build\n"
+            "p = torch.nn.Parameter(torch.zeros(1 << 17)); opt, _ = build('dgrad', [p], epochs=1, steps_per_epoch=1)\n"
+            "p.grad = torch.ones_like(p); opt.step(); opt.step()\n"
+            "print(torch.get_num_threads())")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "NUMBA_NUM_THREADS": "2"})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "1"

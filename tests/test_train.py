@@ -72,7 +72,8 @@ def test_kill_9_then_resume(tmp_path):
     members = tmp_path / "M"
     args = [sys.executable, "-m", "ensemble.cli", "train", "--dataset", f"folder:{folder}", "--opt", "dgrad",
             "--n", "2", "--model", "test_resnet", "--epochs", "3", "--size", "16", "--no-pretrained",
-            "--device", "cpu", "--workers", "0", "--no-progress", "--members-dir", str(members)]
+            "--device", "cpu", "--workers", "0", "--no-progress", "--checkpoint-every", "0",
+            "--members-dir", str(members)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     label_dir = members / folder.name / "DGrad"
     deadline = time.time() + 120
@@ -278,3 +279,35 @@ def test_batched_augmentation_does_what_the_spec_says(image_folder, tmp_path, ki
                 assert min(float((out - v).abs().max()) for v in views) < 1e-4
             else:
                 assert torch.equal(out, src)
+
+
+@pytest.mark.parametrize("every", [0.0, 3600.0])
+def test_resume_after_an_interrupt_gives_the_same_fold(image_folder, tmp_path, every):
+    """Checkpoints are written at most every --checkpoint-every seconds (0: after each epoch but the last);
+    a run stopped after an epoch resumes from the last save, or from the start when there was none, and
+    ends with the same predictions bit for bit as a run never stopped."""
+    from ensemble.data.dataset import load
+    from ensemble.train.trainer import FoldTrainer, TrainConfig
+
+    ds = load(f"folder:{image_folder}", size=16, cache_dir=tmp_path)
+    cfg = TrainConfig(model="test_resnet", epochs=3, size=16, device="cpu", pretrained=False, batch_size=6,
+                      workers=0, threads=1, keep_weights=False, checkpoint_every=every)
+    whole = FoldTrainer(ds, ds.folds[0], "DGrad", cfg, seed=3, checkpoint=tmp_path / "whole.pt").run()
+    assert not (tmp_path / "whole.pt").exists() or every == 0
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_second_epoch(epoch: int, loss: float, acc: float) -> None:
+        if epoch == 1:
+            raise Stop
+
+    ckpt = tmp_path / "stopped.pt"
+    with pytest.raises(Stop):
+        FoldTrainer(ds, ds.folds[0], "DGrad", cfg, seed=3, checkpoint=ckpt, on_epoch=stop_after_second_epoch).run()
+    assert ckpt.exists() == (every == 0)
+    starts = []
+    resumed = FoldTrainer(ds, ds.folds[0], "DGrad", cfg, seed=3, checkpoint=ckpt, on_start=starts.append).run()
+    assert starts == [2 if every == 0 else 0]
+    assert np.array_equal(resumed.probs, whole.probs)
+    assert resumed.curves["loss"] == whole.curves["loss"]

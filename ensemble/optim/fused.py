@@ -100,10 +100,30 @@ def _renamed(fn, suffix: str):  # noqa: ANN001, ANN202
 
 KERNELS = (_moments_max, _dgrad_update, _diffgrad_step)
 if numba is not None:
-    # each kernel twice: one loop on the calling thread, one split over numba's threads (same results:
-    # every element is computed on its own and the max is exact in any order)
+    # each kernel twice: one loop on the calling thread (small tensors, where a parallel launch costs more
+    # than it saves), one split over numba's threads -- its parfor code is also the faster loop on one thread
+    # (2x on the update pass here). Same results bit for bit: every element is computed on its own and the
+    # max is exact in any order, so the choice depends on the tensor's size only, never on the threads.
     SERIAL = {fn.__name__: njit(cache=True, nogil=True)(_renamed(fn, "_serial")) for fn in KERNELS}
     PARALLEL = {fn.__name__: njit(parallel=True, cache=True, nogil=True)(fn) for fn in KERNELS}
+
+
+_started = False
+
+
+def _start_threading_layer() -> None:
+    """Start numba's threads once, keeping torch's intra-op thread count.
+
+    numba's OpenMP layer, when it starts, sets the process-wide OpenMP count to NUMBA_NUM_THREADS;
+    torch's convolutions read that same count, so without this a run under ``--threads 1`` would train
+    on every core from its second step on (and its member would not be what its command reproduces)."""
+    global _started
+    if not _started:
+        torch_threads = torch.get_num_threads()
+        numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))  # starts the layer
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
+        _started = True
 
 
 def _flat(t: Tensor) -> np.ndarray:
@@ -126,9 +146,10 @@ def fused_step(*, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tens
     tiny = np.finfo(np.float32).tiny * max(scale, 1.0)
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     with _LOCK:
+        _start_threading_layer()
         numba.set_num_threads(threads)
         for i, p in enumerate(params):
-            k = PARALLEL if threads > 1 and p.numel() >= PARALLEL_MIN_SIZE else SERIAL
+            k = PARALLEL if p.numel() >= PARALLEL_MIN_SIZE else SERIAL
             arrays = (_flat(p), _flat(grads[i]), _flat(exp_avgs[i]), _flat(exp_avg_sqs[i]))
             if group["friction"] == "diffgrad":
                 k["_diffgrad_step"](*arrays, _flat(prev_grads[i]), decay, wd, w1, b2, w2, step_size, eps_adj)

@@ -63,6 +63,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # "*" or optimizer label -> --set values
     keep_weights: bool = True  # keep each fold's model (safetensors) so the member can predict
+    checkpoint_every: float = 60.0  # seconds between saves of the training state (0: after every epoch)
     augment: str = "paper"  # paper: flips + x/y scale in [1, 2]; flips: flips only; none
     normalise: str = "imagenet"  # imagenet mean/std, or half (0.5/0.5, MedMNIST's)
     stem: str = "default"  # small: 3x3 stride-1 first convolution and no max-pool (timm ResNets)
@@ -312,7 +313,7 @@ class FoldTrainer:
         scaler = torch.amp.GradScaler(enabled=dtype == torch.float16 and on_gpu)
         weights = self._loss_weights()
         plateau = self._plateau(opt, checkpoint_state)
-        t0 = time.perf_counter()
+        t0 = last_save = time.perf_counter()
         for epoch in range(start_epoch, self.cfg.epochs):
             model.train()
             self._set_milestone_lr(opt, epoch)
@@ -359,12 +360,14 @@ class FoldTrainer:
                 if self.cfg.select != "last" and (not best or score > best["score"]):
                     best = {"score": score, "epoch": epoch,
                             "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
-            seconds = elapsed + time.perf_counter() - t0
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                     "scheduler": sched.state_dict() if sched is not None else None,
-                     "plateau": plateau.state_dict() if plateau is not None else None,
-                     "curves": curves, "seconds": seconds, "recipe_hash": self.recipe_hash, "best": best}
-            atomic_torch_save(self.checkpoint_path, state)
+            if self._checkpoint_due(epoch, last_save):
+                seconds = elapsed + time.perf_counter() - t0
+                state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                         "scheduler": sched.state_dict() if sched is not None else None,
+                         "plateau": plateau.state_dict() if plateau is not None else None,
+                         "curves": curves, "seconds": seconds, "recipe_hash": self.recipe_hash, "best": best}
+                atomic_torch_save(self.checkpoint_path, state)
+                last_save = time.perf_counter()
             self.on_epoch(epoch, curves["loss"][-1], curves["accuracy"][-1])
         if best:
             model.load_state_dict(best["model"])
@@ -381,6 +384,15 @@ class FoldTrainer:
         seconds = elapsed + time.perf_counter() - t0
         return FoldResult(probs, self.targets(self.fold.test), self.ds.ids[self.fold.test], val, curves, seconds,
                           weights_kept, dtype_kept)
+
+    def _checkpoint_due(self, epoch: int, last_save: float) -> bool:
+        """Save the training state after an epoch when ``checkpoint_every`` seconds have passed since the last
+        save: a save of model and optimizer costs about an epoch of a small model on a CPU, and a kill then
+        loses at most that interval (every epoch is a function of the seed, so a resume gives the same
+        member). Never after the last epoch: prediction follows at once and the fold is then staged."""
+        if epoch == self.cfg.epochs - 1:
+            return False
+        return time.perf_counter() - last_save >= self.cfg.checkpoint_every
 
     def targets(self, indices: np.ndarray) -> np.ndarray:
         """What the predictions of ``indices`` are scored against: labels, or masks (class per pixel)."""
