@@ -491,24 +491,30 @@ def _check_out_suffix(ctx: click.Context, param: click.Parameter, value: Path | 
               help="Apply only fold K's model of each member [default: the mean of all fold models].")
 @click.option("--device", type=Device(), default="auto", help="cpu, cuda, cuda:N, mps or auto.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Images per forward pass.")
+@click.option("--masks", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Segmentation members: write each image's fused mask here (<name>.png, the image's size).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("datasets"),
               help="Where medmnist:NAME inputs are found.")
 @click.option("--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"),
               help="The member store.")
 def predict(dataset: str, expression: str, inputs: tuple[str, ...], out: Path | None, rule: str, tta: bool,
-            fold: int | None, device: str, batch_size: int, data_dir: Path, members_dir: Path) -> None:
-    """Apply the ensemble EXPRESSION to INPUTS (image files, folders, folder:PATH, medmnist:NAME's test split).
+            fold: int | None, device: str, batch_size: int, masks: Path | None, data_dir: Path,
+            members_dir: Path) -> None:
+    """Apply the ensemble EXPRESSION to INPUTS (image files, folders, folder:PATH, seg:PATH's images,
+    medmnist:NAME's test split).
 
     One row per image: path, the fused probability of each class, the predicted class, and its
     uncertainty -- predictive entropy, the members' mutual information (epistemic part) and the
-    share of members that agree with the fused prediction.
+    share of members that agree with the fused prediction. Segmentation members write a mask per
+    image into --masks DIR; their rows give the mask, each class's share of the pixels and the
+    mean entropy and agreement over the pixels.
     """
     from .predict import collect_inputs, write_table
     from .predict import predict as run_predict
 
     store, name = _store_dataset(dataset, members_dir)
     table = run_predict(store, name, expression, collect_inputs(list(inputs), data_dir), rule=rule, device=device,
-                        batch_size=batch_size, tta=tta, fold=fold, progress=sys.stderr.isatty())
+                        batch_size=batch_size, tta=tta, fold=fold, progress=sys.stderr.isatty(), masks=masks)
     text = write_table(table, out)
     if text is not None:
         click.echo(text, nl=False)

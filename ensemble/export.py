@@ -101,10 +101,15 @@ def export(store: Store, dataset: str, expr: str, out: Path, *, rule: str = "sum
                                               "mean": [v * 255 for v in NORMALISATIONS[norm][0]],
                                               "std": [v * 255 for v in NORMALISATIONS[norm][1]],
                                               "layout": "NCHW float32"}})
-        manifest = {"ens": __version__, "dataset": dataset, "expression": format_terms(terms), "rule": rule,
+        segmentation = members[0].meta.task == "segmentation"
+        manifest = {"ens": __version__, "dataset": dataset, "task": members[0].meta.task,
+                    "expression": format_terms(terms), "rule": rule,
                     "classes": members[0].classes, "fingerprint": members[0].fingerprint,
-                    "member": "mean of the softmax of its fold models",
-                    "fusion": f"{rule} rule over members (ensemble.fusion.rules.{RULES[rule].__name__})",
+                    "member": "mean of the softmax of its fold models" + (
+                        " per pixel (one output channel: sigmoid p as [1 - p, p])" if segmentation else ""),
+                    "fusion": f"{rule} rule over members (ensemble.fusion.rules.{RULES[rule].__name__})" + (
+                        " per pixel at the largest member size, resized bilinearly to the image, argmax = the mask "
+                        "(binary: 0/255, label maps: class index)" if segmentation else ""),
                     "tta_flips": [list(f) for f in TTA_FLIPS], "members": entries}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         tmp.rename(out)

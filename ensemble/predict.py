@@ -11,6 +11,12 @@ with the expression's rule; uncertainty columns come with every row:
 * ``mutual_information`` -- entropy of the members' mean minus the mean of the members' entropies
   (the part of the uncertainty that comes from the members disagreeing, epistemic);
 * ``agreement`` -- share of members whose own prediction is the fused prediction.
+
+Segmentation members give probability maps: they are fused per pixel with the same rules at the
+largest input size of the members, resized (bilinear) to each image's own size, and the argmax is
+written as a mask PNG of the training's convention (binary: 0/255; label maps: class indices) into
+``--masks DIR``; the table then has one row per image with the mask's path, each foreground class's
+share of the pixels, and the mean over pixels of the entropy and agreement columns.
 """
 
 from __future__ import annotations
@@ -41,6 +47,23 @@ class Inputs:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def shapes(self) -> list[tuple[int, int]]:
+        """(height, width) of every input as it is on disk (from the file header), for masks of its size."""
+        from PIL import Image
+
+        from .errors import DataError
+
+        if self.files is None:
+            return [tuple(p.shape[:2]) for p in self.pixels]
+        shapes = []
+        for f in self.files:
+            try:
+                with Image.open(f) as img:
+                    shapes.append((img.height, img.width))
+            except Exception as err:  # PIL raises OSError, ValueError, SyntaxError... for bad files
+                raise DataError(f"cannot read image {f}: {err}") from None
+        return shapes
+
     def images(self, size: int) -> np.ndarray:
         """(N, size, size, 3) uint8, decoded once per size (with the training's own functions)."""
         if size not in self._decoded:
@@ -55,7 +78,7 @@ class Inputs:
 
 def collect_inputs(items: list[str], data_dir: Path) -> Inputs:
     """Image files, folders (recursively) and dataset specs (``folder:PATH``; ``medmnist:NAME`` gives its
-    test split), in the order given; a missing path is an error naming it."""
+    test split; ``seg:PATH`` its images), in the order given; a missing path is an error naming it."""
     from .data.catalog import resolve
     from .data.images import is_image
     from .data.scan import scan
@@ -64,7 +87,9 @@ def collect_inputs(items: list[str], data_dir: Path) -> Inputs:
     files: list[Path] = []
     arrays: list[np.ndarray] = []
     for item in items:
-        if item.startswith(("folder:", "medmnist:")):
+        if item.startswith("seg:"):
+            item = str(resolve(item, data_dir).path / "images")
+        elif item.startswith(("folder:", "medmnist:")):
             ref = resolve(item, data_dir)
             listing = scan(ref)
             if listing.pixels is not None:
@@ -150,9 +175,9 @@ def check_members(members: list[Member], fold: int | None) -> None:
         if not m.has_models:
             raise UsageError(f"{m.name} has no fold models (trained with --no-keep-weights); retrain it to "
                              "predict with it")
-        if m.meta.task == "segmentation":
-            raise UsageError(f"{m.name} is a segmentation member: `ens predict` applies classification ensembles; "
-                             "its stored probability maps are fused by `ens fuse`")
+        if m.meta.task != members[0].meta.task:
+            raise UsageError(f"{m.name} is a {m.meta.task} member, {members[0].name} a {members[0].meta.task} one: "
+                             "they cannot be fused")
         if m.classes != members[0].classes:
             raise UsageError(f"{m.name} has classes {m.classes}, {members[0].name} has {members[0].classes}: "
                              "they cannot be fused")
@@ -161,8 +186,10 @@ def check_members(members: list[Member], fold: int | None) -> None:
 
 
 def predict(store: Store, dataset: str, expr: str, inputs: Inputs, *, rule: str = "sum", device: str = "auto",
-            batch_size: int = 64, tta: bool = False, fold: int | None = None, progress: bool = False):  # noqa: ANN201
-    """One row per input: path, fused probability per class, predicted class and the uncertainty columns."""
+            batch_size: int = 64, tta: bool = False, fold: int | None = None, progress: bool = False,
+            masks: Path | None = None):  # noqa: ANN201
+    """One row per input: path, fused probability per class, predicted class and the uncertainty columns
+    (segmentation members: the mask written into ``masks`` and its summary, see :func:`predict_masks`)."""
     import pandas as pd
     from rich.progress import Progress
 
@@ -172,11 +199,21 @@ def predict(store: Store, dataset: str, expr: str, inputs: Inputs, *, rule: str 
         raise UsageError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
     _, members = select(store, dataset, expr)
     check_members(members, fold)
+    segmentation = members[0].meta.task == "segmentation"
+    if segmentation and masks is None:
+        raise UsageError(f"{expr} fuses segmentation members: give --masks DIR, the folder for the predicted masks")
+    if not segmentation and masks is not None:
+        raise UsageError(f"--masks: {expr} fuses classification members, which predict classes, not masks")
+    targets = mask_targets(inputs, masks) if segmentation else []
+    shapes = inputs.shapes() if segmentation else []
     dev = resolve_device(device)
     classes = members[0].classes
     views = sum(1 if fold is not None else m.meta.folds for m in members) * len(inputs)
     with Progress(*Progress.get_default_columns(), disable=not progress, transient=True) as bar:
         task = bar.add_task(f"predicting {len(inputs)} image(s) with {len(members)} member(s)", total=views)
+        if segmentation:
+            return predict_masks(members, inputs, targets, shapes, rule=rule, device=dev, batch_size=batch_size,
+                                 tta=tta, fold=fold, advance=lambda n: bar.advance(task, n))
         stacked = np.stack([member_probs(m, inputs, device=dev, batch_size=batch_size, tta=tta, fold=fold,
                                          advance=lambda n: bar.advance(task, n)) for m in members])
     fused = RULES[rule](stacked).astype(np.float64)
@@ -190,6 +227,73 @@ def predict(store: Store, dataset: str, expr: str, inputs: Inputs, *, rule: str 
     table["mutual_information"] = _entropy(mean) - _entropy(stacked).mean(0)
     table["agreement"] = (stacked.argmax(2) == predicted[None, :]).mean(0)
     return table
+
+
+def mask_targets(inputs: Inputs, folder: Path) -> list[Path]:
+    """``folder/<name>.png`` for every input, checked before any work: two inputs may not write the same
+    file, and a file already there is never overwritten."""
+    if inputs.files is None:
+        raise UsageError("--masks: segmentation members predict image files or folders, not an array dataset")
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--masks {folder}: not a folder")
+    targets = [folder / f"{Path(f).stem}.png" for f in inputs.files]
+    seen: dict[Path, Path] = {}
+    for source, target in zip(inputs.files, targets):
+        if target in seen:
+            raise UsageError(f"--masks: {seen[target]} and {source} would both write {target}; predict them into "
+                             "separate folders")
+        seen[target] = source
+        if target.exists():
+            raise UsageError(f"--masks: {target} already exists; predicted masks never overwrite a file")
+    return targets
+
+
+def predict_masks(members: list[Member], inputs: Inputs, targets: list[Path], shapes: list[tuple[int, int]], *,
+                  rule: str, device, batch_size: int, tta: bool, fold: int | None,  # noqa: ANN001
+                  advance: Callable[[int], None]):  # noqa: ANN201
+    """Fuse the members' probability maps per pixel, a chunk of images at a time (fold models loaded once), and
+    write each image's mask at its own size; returns one summary row per image."""
+    import pandas as pd
+    import torch
+    from PIL import Image
+
+    from .train.infer import Normaliser, nchw, probabilities
+    from .train.trainer import NORMALISATIONS
+
+    classes = members[0].classes
+    size = max(int(m.meta.recipe["size"]) for m in members)
+    folds = {m.name: [fold] if fold is not None else list(range(m.meta.folds)) for m in members}
+    models = {m.name: [load_fold_model(m, k, device) for k in folds[m.name]] for m in members}
+    binary = len(classes) == 2
+    rows = []
+    for folder in {t.parent for t in targets}:
+        folder.mkdir(parents=True, exist_ok=True)
+    for start in range(0, len(inputs), batch_size):
+        stop = min(start + batch_size, len(inputs))
+        per_member = []
+        for m in members:
+            images = inputs.images(int(m.meta.recipe["size"]))[start:stop]
+            normalise = Normaliser(device, *NORMALISATIONS[m.meta.recipe.get("normalisation", "imagenet")])
+            maps = sum(probabilities(model, [nchw(images)], normalise, n_classes=len(classes), tta=tta)
+                       for model in models[m.name]) / len(models[m.name])
+            if maps.shape[-1] != size:  # members trained at another size are fused at the largest
+                maps = torch.nn.functional.interpolate(torch.from_numpy(maps), size=(size, size), mode="bilinear",
+                                                       align_corners=False).numpy()
+            per_member.append(maps)
+            advance((stop - start) * len(models[m.name]))
+        stacked = np.stack(per_member)  # (M, n, C, size, size)
+        fused = RULES[rule](stacked).astype(np.float32)
+        entropy = _entropy(np.moveaxis(fused, 1, -1)).mean(axis=(1, 2))
+        agreement = (stacked.argmax(2) == fused.argmax(1)[None]).mean(axis=(0, 2, 3))
+        for i, (target, (h, w)) in enumerate(zip(targets[start:stop], shapes[start:stop])):
+            full = torch.nn.functional.interpolate(torch.from_numpy(fused[i : i + 1]), size=(h, w), mode="bilinear",
+                                                   align_corners=False)[0]
+            labels = full.argmax(0).numpy().astype(np.uint8)
+            Image.fromarray(labels * 255 if binary else labels).save(target)
+            rows.append({"path": inputs.ids[start + i], "mask": str(target),
+                         **{f"area:{c}": float((labels == k).mean()) for k, c in enumerate(classes) if k},
+                         "entropy": float(entropy[i]), "agreement": float(agreement[i])})
+    return pd.DataFrame(rows)
 
 
 def write_table(table, out: Path | None) -> str | None:  # noqa: ANN001

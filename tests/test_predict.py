@@ -97,7 +97,8 @@ def test_bad_inputs_are_named(capsys, trained, tmp_path):
     broken.write_bytes(b"\x89PNG not really")
     for args, words in [([str(broken)], "broken.png"), ([str(tmp_path / "nope.png")], "nope.png"),
                         ([str(folder), "--fold", "9"], "--fold 9"), ([str(folder), "--out", str(tmp_path / "x.txt")],
-                                                                     "x.txt")]:
+                                                                     "x.txt"),
+                        ([str(folder), "--masks", str(tmp_path / "m")], "classification members")]:
         code, out, err = run_cli(capsys, "predict", "--dataset", "imgs", "DGrad1", *args, "--members-dir",
                                  str(members))
         assert code != 0 and words in err and "Traceback" not in err, (args, err)

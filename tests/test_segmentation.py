@@ -209,3 +209,71 @@ def test_busi_loads_with_its_masks(tmp_path):
 
     ds = load(f"seg:{SHARED / 'busi'}", size=16, cache_dir=tmp_path)
     assert len(ds) == 647 and ds.classes == ["background", "foreground"] and 0.02 < ds.masks.mean() < 0.3
+
+
+def _stored_maps(members: Path, run: str, k: int) -> dict[str, np.ndarray]:
+    with np.load(members / "lesions" / "DGrad" / run / f"fold-{k}.npz") as z:
+        return {name: z["probs"][i].astype(np.float32) for i, name in enumerate(z["ids"])}
+
+
+def test_predict_writes_masks_that_fold_models_reproduce_from_the_store(trained, tmp_path, capsys):
+    """Fold 1's models of both members, on fold 1's test images: the written masks (at each image's own
+    40x48 size) are the argmax of the stored maps' mean, resized; the table's areas are the masks'."""
+    data, members = trained
+    stored = [_stored_maps(members, run, 1) for run in ("000", "001")]
+    names = sorted(stored[0])
+    inputs = [str(data / "images" / n) for n in names]
+    out = tmp_path / "masks"
+    code, table, err = run_cli(capsys, "predict", "--members-dir", str(members), "--dataset", "lesions", "DGrad2",
+                               *inputs, "--fold", "1", "--masks", str(out), "--device", "cpu")
+    assert code == 0, err
+    import io
+
+    import pandas as pd
+
+    rows = pd.read_csv(io.StringIO(table))
+    assert list(rows.columns) == ["path", "mask", "area:foreground", "entropy", "agreement"]
+    for name, (_, row) in zip(names, rows.iterrows()):
+        written = np.asarray(Image.open(out / name))
+        assert written.shape == (40, 48) and set(np.unique(written)) <= {0, 255}
+        mean = torch.from_numpy((stored[0][name] + stored[1][name])[None] / 2)
+        expected = torch.nn.functional.interpolate(mean, size=(40, 48), mode="bilinear", align_corners=False)[0]
+        expected = expected.argmax(0).numpy() * 255
+        assert (written == expected).mean() > 0.99  # the store keeps float16 maps: ties may tip
+        assert row["mask"] == str(out / name) and row["path"] == str(data / "images" / name)
+        assert row["area:foreground"] == pytest.approx((written == 255).mean())
+        assert 0.5 <= row["agreement"] <= 1 and row["entropy"] >= 0
+
+
+def test_predict_masks_refuses_what_would_be_lost_or_unclear(trained, tmp_path, capsys):
+    data, members = trained
+    base = ["predict", "--members-dir", str(members), "--dataset", "lesions", "DGrad1", "--device", "cpu"]
+    code, _, err = run_cli(capsys, *base, str(data / "images"))
+    assert code != 0 and "--masks DIR" in err and "Traceback" not in err
+    out = tmp_path / "masks"
+    out.mkdir()
+    (out / "case03.png").write_bytes(b"mine")
+    code, _, err = run_cli(capsys, *base, str(data / "images"), "--masks", str(out))
+    assert code != 0 and str(out / "case03.png") in err and "overwrite" in err
+    assert (out / "case03.png").read_bytes() == b"mine" and len(list(out.iterdir())) == 1  # nothing written
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / "case04.png").write_bytes((data / "images" / "case04.png").read_bytes())
+    code, _, err = run_cli(capsys, *base, str(data / "images" / "case04.png"), str(twin / "case04.png"),
+                           "--masks", str(tmp_path / "other"))
+    assert code != 0 and "would both write" in err and not (tmp_path / "other").exists()
+    code, _, err = run_cli(capsys, *base, f"seg:{data}", "--masks", str(tmp_path / "all"))
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == sorted(p.name for p in (data / "images").iterdir())
+
+
+def test_export_of_segmentation_members_says_how_maps_are_fused(trained, tmp_path, capsys):
+    _, members = trained
+    out = tmp_path / "lesions-ensemble"
+    code, _, err = run_cli(capsys, "export", "--members-dir", str(members), "--dataset", "lesions", "DGrad2",
+                           "--out", str(out), "--no-onnx")
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["task"] == "segmentation" and "per pixel" in manifest["fusion"]
+    for entry in manifest["members"]:
+        assert all((out / f).is_file() for f in entry["folds"]) and len(entry["folds"]) == 5
