@@ -71,6 +71,16 @@ def label_key(label: str, variant: str | None = None) -> str:
     return f"{label}@{variant}" if variant else label
 
 
+def more_runs_command(command: str, *, n: int, members_dir: str) -> str:
+    """A run's recorded command turned into the one that trains its label up to ``n`` runs of the same
+    recipe (``--run K`` dropped, ``--n`` and the store added)."""
+    import shlex
+
+    args = shlex.split(command)
+    kept = [a for i, a in enumerate(args) if a != "--run" and (i == 0 or args[i - 1] != "--run")]
+    return shlex.join([*kept, "--n", str(n), "--members-dir", members_dir])
+
+
 def split_key(key: str) -> tuple[str, str | None]:
     label, _, variant = key.partition("@")
     return label, variant or None

@@ -277,3 +277,17 @@ def test_export_of_segmentation_members_says_how_maps_are_fused(trained, tmp_pat
     assert manifest["task"] == "segmentation" and "per pixel" in manifest["fusion"]
     for entry in manifest["members"]:
         assert all((out / f).is_file() for f in entry["folds"]) and len(entry["folds"]) == 5
+
+
+def test_over_ask_hint_is_the_recorded_recipe_with_n(trained, capsys):
+    """`ens fuse` asking for more members than exist prints the command that trains the rest under the
+    recipe of those there: the recorded command without --run, with --n and the store."""
+    import shlex
+
+    data, members = trained
+    code, _, err = run_cli(capsys, "fuse", "--members-dir", str(members), "--dataset", "lesions", "DGrad4")
+    assert code == 2 and "2 exist" in err
+    hint = shlex.split(err.strip().splitlines()[-1])
+    assert hint[:4] == ["ens", "train", "--dataset", f"seg:{data}"] and "--run" not in hint
+    assert hint[hint.index("--model") + 1] == "lighter-unet@16" and hint[hint.index("--size") + 1] == "32"
+    assert hint[-4:] == ["--n", "4", "--members-dir", str(members)]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UsageError
-from ..store import Member, Store, split_key
+from ..store import Member, Store, more_runs_command, split_key
 from .expr import ExpressionError, Term, format_terms, parse, term_text
 from .metrics import per_class, scores_table
 from .rules import RULES
@@ -66,11 +66,14 @@ def select(store: Store, dataset: str, expr: str, split: str = "fold") -> tuple[
             spec = recorded[0] if recorded else (
                 dataset.replace("medmnist-", "medmnist:", 1) if dataset.startswith("medmnist-") else dataset)
             optimizer, variant = split_key(t.label)
+            commands = [m.command for m in store.metas(dataset, t.label) if m.command] if runs else []
+            command = (more_runs_command(commands[0], n=t.count, members_dir=str(store.root)) if commands else
+                       f"ens train --dataset {spec} --opt {optimizer}{f' --variant {variant}' if variant else ''} "
+                       f"--n {t.count} --members-dir {store.root}")
             raise UsageError(
                 f"{term_text(t.label, t.count)} (column {t.column}) asks for {t.count} "
-                f"{t.label} members of {dataset}, but {len(runs)} exist in {store.root}; add the rest with:\n"
-                f"  ens train --dataset {spec} --opt {optimizer}{f' --variant {variant}' if variant else ''} "
-                f"--n {t.count} --members-dir {store.root}"
+                f"{t.label} members of {dataset}, but {len(runs)} exist in {store.root}; add the rest (with the "
+                f"recipe of those there) with:\n  {command}"
             )
         members += store.members(dataset, t.label, t.count, split=split)
     return terms, members
