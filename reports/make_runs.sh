@@ -5,8 +5,11 @@
 #
 # Budget: about 40 minutes per dataset on one core, so these are shortened versions of the
 # protocols (resnet10t instead of ResNet-18/50, 20, 15 or 10 epochs); reports/README.md says so.
-# This session ran `breast` and `lar` side by side (one core each), then `pneumonia` (its runs 2 and 3
-# as two processes, Adam+DGrad and Cos1; a member does not depend on which process trained it).
+# The first session ran `breast` and `lar` side by side (one core each), then `pneumonia` (its runs 2 and 3
+# as two processes, Adam+DGrad and Cos1; a member does not depend on which process trained it). `lar` was
+# run again under ens 0.2 (fused DGrad/Cos1 step, batched torch augmentation: about 45 minutes on one core)
+# so that its members reproduce from their recorded commands; the MedMNIST members (no augmentation,
+# DGrad/Cos1 recorded with --set fused=false) reproduce as they are.
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 CPU=(--device cpu --threads 1 --workers 0 --no-progress --no-keep-weights)
