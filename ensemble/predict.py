@@ -264,6 +264,8 @@ def predict_masks(members: list[Member], inputs: Inputs, targets: list[Path], sh
     size = max(int(m.meta.recipe["size"]) for m in members)
     folds = {m.name: [fold] if fold is not None else list(range(m.meta.folds)) for m in members}
     models = {m.name: [load_fold_model(m, k, device) for k in folds[m.name]] for m in members}
+    normalisers = {m.name: Normaliser(device, *NORMALISATIONS[m.meta.recipe.get("normalisation", "imagenet")])
+                   for m in members}
     binary = len(classes) == 2
     rows = []
     for folder in {t.parent for t in targets}:
@@ -273,8 +275,7 @@ def predict_masks(members: list[Member], inputs: Inputs, targets: list[Path], sh
         per_member = []
         for m in members:
             images = inputs.images(int(m.meta.recipe["size"]))[start:stop]
-            normalise = Normaliser(device, *NORMALISATIONS[m.meta.recipe.get("normalisation", "imagenet")])
-            maps = sum(probabilities(model, [nchw(images)], normalise, n_classes=len(classes), tta=tta)
+            maps = sum(probabilities(model, [nchw(images)], normalisers[m.name], n_classes=len(classes), tta=tta)
                        for model in models[m.name]) / len(models[m.name])
             if maps.shape[-1] != size:  # members trained at another size are fused at the largest
                 maps = torch.nn.functional.interpolate(torch.from_numpy(maps), size=(size, size), mode="bilinear",

@@ -291,3 +291,25 @@ def test_over_ask_hint_is_the_recorded_recipe_with_n(trained, capsys):
     assert hint[:4] == ["ens", "train", "--dataset", f"seg:{data}"] and "--run" not in hint
     assert hint[hint.index("--model") + 1] == "lighter-unet@16" and hint[hint.index("--size") + 1] == "32"
     assert hint[-4:] == ["--n", "4", "--members-dir", str(members)]
+
+
+def test_unet_weights_load_from_a_state_dict_or_safetensors_and_a_wrong_file_is_named(tmp_path):
+    """--weights for a U-Net: a torch state dict, or a float16 .safetensors as ens keeps fold models."""
+    from safetensors.torch import save_file
+
+    from ensemble.errors import EnsError
+    from ensemble.train.model import create_model
+
+    torch.manual_seed(0)
+    source = create_model("lighter-unet@1", 1)
+    state = {k: v.clone() for k, v in source.state_dict().items()}
+    torch.save(state, tmp_path / "w.pt")
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, tmp_path / "w.safetensors")
+    torch.manual_seed(1)
+    loaded = create_model("lighter-unet@1", 1, weights=tmp_path / "w.pt").state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    half = create_model("lighter-unet@1", 1, weights=tmp_path / "w.safetensors").state_dict()
+    assert all(half[k].dtype == v.dtype and torch.equal(half[k], v.half().to(v.dtype) if v.is_floating_point() else v)
+               for k, v in state.items())
+    with pytest.raises(EnsError, match="cannot load weights .*w.pt into lighter-unet@4"):
+        create_model("lighter-unet@4", 1, weights=tmp_path / "w.pt")

@@ -32,7 +32,6 @@ try:  # numba is a dependency; without it (or on a platform it lacks) the eager 
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None
 
-DIFFGRAD, DGRAD_LIKE = 0, 1
 _LOCK = threading.Lock()  # numba's default threading layer must not be entered from two threads at once
 
 
@@ -108,22 +107,17 @@ if numba is not None:
     PARALLEL = {fn.__name__: njit(parallel=True, cache=True, nogil=True)(fn) for fn in KERNELS}
 
 
-_started = False
+def _set_numba_threads(threads: int) -> None:
+    """``numba.set_num_threads``, keeping torch's intra-op thread count.
 
-
-def _start_threading_layer() -> None:
-    """Start numba's threads once, keeping torch's intra-op thread count.
-
-    numba's OpenMP layer, when it starts, sets the process-wide OpenMP count to NUMBA_NUM_THREADS;
-    torch's convolutions read that same count, so without this a run under ``--threads 1`` would train
-    on every core from its second step on (and its member would not be what its command reproduces)."""
-    global _started
-    if not _started:
-        torch_threads = torch.get_num_threads()
-        numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))  # starts the layer
-        if torch.get_num_threads() != torch_threads:
-            torch.set_num_threads(torch_threads)
-        _started = True
+    numba's OpenMP layer, when the first call starts it, sets the process-wide OpenMP count to
+    NUMBA_NUM_THREADS; torch's convolutions read that same count, so without this a run under
+    ``--threads 1`` would train on every core from its second step on (and its member would not be
+    what its command reproduces)."""
+    torch_threads = torch.get_num_threads()
+    numba.set_num_threads(threads)
+    if torch.get_num_threads() != torch_threads:  # only on the call that started the layer
+        torch.set_num_threads(torch_threads)
 
 
 def _flat(t: Tensor) -> np.ndarray:
@@ -146,8 +140,7 @@ def fused_step(*, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tens
     tiny = np.finfo(np.float32).tiny * max(scale, 1.0)
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     with _LOCK:
-        _start_threading_layer()
-        numba.set_num_threads(threads)
+        _set_numba_threads(threads)
         for i, p in enumerate(params):
             k = PARALLEL if p.numel() >= PARALLEL_MIN_SIZE else SERIAL
             arrays = (_flat(p), _flat(grads[i]), _flat(exp_avgs[i]), _flat(exp_avg_sqs[i]))

@@ -46,14 +46,10 @@ def _segmentation_model(name: str, out_channels: int, *, weights: Path | None, s
     except ValueError as err:
         raise UsageError(str(err)) from None
     if weights is not None:
-        try:
-            if Path(weights).suffix == ".safetensors":
-                from safetensors.torch import load_file
+        from timm.models import load_checkpoint
 
-                state = load_file(weights)
-            else:
-                state = torch.load(weights, map_location="cpu", weights_only=True)
-            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        try:  # timm's loader: .safetensors or a torch state dict (tensors only), float16 copied into float32
+            load_checkpoint(model, str(weights), weights_only=True)
         except Exception as err:  # wrong keys or shapes, not a state dict
             raise EnsError(f"cannot load weights {weights} into {name}: {first_line(err)}") from None
     return model
