@@ -24,8 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def demo_seconds(tree: Path, scratch: Path) -> float:
     env = {**os.environ, "PYTHONPATH": str(tree), "ENS_CACHE_DIR": str(scratch / "cache")}
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "ensemble.cli", "demo", "--members-dir", str(scratch / "members")],
-                   cwd=scratch, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "ensemble.cli", "demo", "--members-dir", str(scratch / "members")],
+        cwd=scratch,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - t0
 
 
@@ -40,8 +46,9 @@ def main() -> None:
         for name in ("before", "after"):
             rev = getattr(args, name)
             trees[name] = Path(tmp) / name
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(trees[name]), rev],
-                           check=True)
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(trees[name]), rev], check=True
+            )
         try:
             times: dict[str, list[float]] = {"before": [], "after": []}
             for i in range(args.repeats):
@@ -51,8 +58,10 @@ def main() -> None:
                     times[name].append(demo_seconds(tree, scratch))
             best = {name: min(values[1:] or values) for name, values in times.items()}
             for name, values in times.items():
-                print(f"{name:6s} {getattr(args, name):10s} demo wall {best[name]:6.1f} s "
-                      f"(runs: {', '.join(f'{v:.1f}' for v in values)} s)")
+                print(
+                    f"{name:6s} {getattr(args, name):10s} demo wall {best[name]:6.1f} s "
+                    f"(runs: {', '.join(f'{v:.1f}' for v in values)} s)"
+                )
             print(f"after / before: {best['after'] / best['before']:.2f}")
         finally:
             for tree in trees.values():

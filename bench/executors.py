@@ -42,9 +42,28 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_images(Path(tmp) / "imgs", args.per_class, args.size)
-        common = ["--dataset", f"folder:{folder}", "--opt", "dgrad", "--n", str(args.n), "--model", args.model,
-                  "--epochs", str(args.epochs), "--size", str(args.size), "--no-pretrained", "--device", args.device,
-                  "--workers", "0", "--no-progress", "--cache-dir", str(Path(tmp) / "cache")]
+        common = [
+            "--dataset",
+            f"folder:{folder}",
+            "--opt",
+            "dgrad",
+            "--n",
+            str(args.n),
+            "--model",
+            args.model,
+            "--epochs",
+            str(args.epochs),
+            "--size",
+            str(args.size),
+            "--no-pretrained",
+            "--device",
+            args.device,
+            "--workers",
+            "0",
+            "--no-progress",
+            "--cache-dir",
+            str(Path(tmp) / "cache"),
+        ]
         from ensemble.data.dataset import load
 
         load(f"folder:{folder}", size=args.size, cache_dir=Path(tmp) / "cache")  # no executor pays the decoding
@@ -53,16 +72,32 @@ def main() -> None:
             store = Path(tmp) / f"members-{executor}"
             extra = [] if executor == "local" else ["--jobs", str(args.jobs)]
             t0 = time.perf_counter()
-            res = subprocess.run([sys.executable, "-m", "ensemble.cli", "train", *common, "--members-dir", str(store),
-                                  "--executor", executor, *extra], capture_output=True, text=True)
+            res = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "ensemble.cli",
+                    "train",
+                    *common,
+                    "--members-dir",
+                    str(store),
+                    "--executor",
+                    executor,
+                    *extra,
+                ],
+                capture_output=True,
+                text=True,
+            )
             seconds = time.perf_counter() - t0
             if res.returncode:
                 sys.exit(f"{executor} failed:\n{res.stderr}")
             probs = np.concatenate([np.load(p)["probs"] for p in sorted(store.rglob("fold-*.npz"))])
             results[executor] = (seconds, probs)
         tasks = args.n * 5
-        print(f"{args.n} member(s) x 5 folds = {tasks} tasks, {args.model} {args.size}px, {args.epochs} epoch(s), "
-              f"{3 * args.per_class} images, device {args.device}, jobs {args.jobs}")
+        print(
+            f"{args.n} member(s) x 5 folds = {tasks} tasks, {args.model} {args.size}px, {args.epochs} epoch(s), "
+            f"{3 * args.per_class} images, device {args.device}, jobs {args.jobs}"
+        )
         base = results["local"][1]
         for executor, (seconds, probs) in results.items():
             diff = float(np.abs(probs - base).max())

@@ -41,8 +41,10 @@ def main() -> None:
     t0 = time.perf_counter()
     found = search(by_label, args.step)
     dt = time.perf_counter() - t0
-    print(f"{len(found)} combinations (expected {n}) of {args.labels} labels x {args.members} members, "
-          f"{args.samples} samples, {args.classes} classes: {dt:.2f} s")
+    print(
+        f"{len(found)} combinations (expected {n}) of {args.labels} labels x {args.members} members, "
+        f"{args.samples} samples, {args.classes} classes: {dt:.2f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,10 @@ def main() -> None:
     model = timm.create_model(args.model, pretrained=False).to(args.device)
     params = [p for p in model.parameters() if p.requires_grad]
     n = sum(p.numel() for p in params)
-    print(f"{args.model}: {len(params)} tensors, {n / 1e6:.1f} M parameters on {args.device}"
-          f" (torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    print(
+        f"{args.model}: {len(params)} tensors, {n / 1e6:.1f} M parameters on {args.device}"
+        f" (torch {torch.__version__}, {torch.get_num_threads()} threads)"
+    )
 
     # Same settings for everyone (the protocol's coupled L2 included); Adam is timed
     # before and after the others so drift of the machine shows.

@@ -51,16 +51,23 @@ def main() -> None:
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_images(Path(tmp) / "imgs", args.images, args.size)
-        cfg = TrainConfig(model=args.model, epochs=1, size=args.size, pretrained=False, device=args.device,
-                          workers=0)
-        train_members(TrainRequest(f"folder:{folder}", "SGD", args.members, cfg, Path(tmp) / "M", Path(tmp),
-                                   progress=False), echo=lambda line: None)
+        cfg = TrainConfig(model=args.model, epochs=1, size=args.size, pretrained=False, device=args.device, workers=0)
+        train_members(
+            TrainRequest(f"folder:{folder}", "SGD", args.members, cfg, Path(tmp) / "M", Path(tmp), progress=False),
+            echo=lambda line: None,
+        )
         store = Store(Path(tmp) / "M")
         expr = f"SGD{args.members}"
         members = store.members("imgs", "SGD")
         inputs = collect_inputs([str(folder)], Path(tmp))
-        predict(store, "imgs", "SGD1", collect_inputs([str(folder)], Path(tmp)), device=args.device,
-                batch_size=args.batch_size)  # warm-up: allocator, oneDNN primitives
+        predict(
+            store,
+            "imgs",
+            "SGD1",
+            collect_inputs([str(folder)], Path(tmp)),
+            device=args.device,
+            batch_size=args.batch_size,
+        )  # warm-up: allocator, oneDNN primitives
         t0 = time.perf_counter()
         predict(store, "imgs", expr, inputs, device=args.device, batch_size=args.batch_size)
         ens_seconds = time.perf_counter() - t0
@@ -70,17 +77,21 @@ def main() -> None:
         with torch.no_grad():
             for model in models:
                 for start in range(0, len(x), args.batch_size):
-                    torch.softmax(model(x[start:start + args.batch_size]), 1)
+                    torch.softmax(model(x[start : start + args.batch_size]), 1)
         if device.type == "cuda":
             torch.cuda.synchronize()
         bound_seconds = time.perf_counter() - t0
         fold_bytes = members[0].model_file(0).stat().st_size
         dtype = members[0].meta.fold_models.get("dtype", ["?"])[0]
     views = args.images * len(models)
-    print(f"{args.members} members x 5 folds of {args.model} at {args.size} px on {device}, {args.images} images, "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"ens predict : {views / ens_seconds:8.1f} image-model passes/s ({args.images / ens_seconds:.1f} images/s, "
-          f"{ens_seconds:.2f} s incl. decoding)")
+    print(
+        f"{args.members} members x 5 folds of {args.model} at {args.size} px on {device}, {args.images} images, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"ens predict : {views / ens_seconds:8.1f} image-model passes/s ({args.images / ens_seconds:.1f} images/s, "
+        f"{ens_seconds:.2f} s incl. decoding)"
+    )
     print(f"bound       : {views / bound_seconds:8.1f} image-model passes/s ({bound_seconds:.2f} s)")
     print(f"ratio       : {bound_seconds / ens_seconds:.2f}")
     print(f"fold model  : {fold_bytes / 2**20:.2f} MiB on disk ({dtype})")

@@ -48,11 +48,33 @@ def member(model_name: str, size: int, batch: int, n: int, device: str, threads:
     images = rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
     masks = (rng.random((n, size, size)) > 0.8).astype(np.uint8)
     fold = Fold(0, np.arange(n), np.arange(min(n, batch)))
-    ds = Dataset("bench", "seg:bench", ["background", "foreground"], np.array([str(i) for i in range(n)]),
-                 np.zeros(n, np.int64), images, [fold], "bench", "cv5", masks=masks)
-    cfg = TrainConfig(model=model_name, epochs=4, batch_size=batch, size=size, device=device, workers=0,
-                      threads=threads, pretrained=False, head_lr_factor=1.0, lr=1e-4, loss="dice",
-                      normalise="half", keep_weights=False)
+    ds = Dataset(
+        "bench",
+        "seg:bench",
+        ["background", "foreground"],
+        np.array([str(i) for i in range(n)]),
+        np.zeros(n, np.int64),
+        images,
+        [fold],
+        "bench",
+        "cv5",
+        masks=masks,
+    )
+    cfg = TrainConfig(
+        model=model_name,
+        epochs=4,
+        batch_size=batch,
+        size=size,
+        device=device,
+        workers=0,
+        threads=threads,
+        pretrained=False,
+        head_lr_factor=1.0,
+        lr=1e-4,
+        loss="dice",
+        normalise="half",
+        keep_weights=False,
+    )
     marks = []
     with tempfile.TemporaryDirectory() as tmp:
         trainer = FoldTrainer(ds, fold, "Adam", cfg, seed=0, checkpoint=Path(tmp) / "c.pt")
@@ -71,8 +93,10 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"segmentation training at {args.size}x{args.size}, batch {args.batch_size}, {args.images} images, "
-          f"{args.threads} thread(s), {args.device}")
+    print(
+        f"segmentation training at {args.size}x{args.size}, batch {args.batch_size}, {args.images} images, "
+        f"{args.threads} thread(s), {args.device}"
+    )
     for name in args.models.split(","):
         ub = bound(name, args.size, args.batch_size, 2 * max(2, args.images // args.batch_size), args.device)
         mb = member(name, args.size, args.batch_size, args.images, args.device, args.threads)

@@ -67,24 +67,46 @@ def bound(model_name: str, size: int, batch: int, steps: int, device: str) -> di
         t0 = time.perf_counter()
         atomic_torch_save(Path(tmp) / "c.pt", {"model": model.state_dict(), "optimizer": opt.state_dict()})
         checkpoint = time.perf_counter() - t0
-    return {"images_s": steps * batch / (fwd_bwd + step), "fwd_bwd": fwd_bwd / steps, "step": step / steps,
-            "checkpoint": checkpoint}
+    return {
+        "images_s": steps * batch / (fwd_bwd + step),
+        "fwd_bwd": fwd_bwd / steps,
+        "step": step / steps,
+        "checkpoint": checkpoint,
+    }
 
 
 def synthetic(size: int, n: int, batch: int) -> tuple[Dataset, Fold]:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
     fold = Fold(0, np.arange(n), np.arange(min(n, batch)))
-    ds = Dataset("bench", "bench", list("abcd"), np.array([str(i) for i in range(n)]), rng.integers(0, 4, n),
-                 images, [fold], "bench", "cv5")
+    ds = Dataset(
+        "bench",
+        "bench",
+        list("abcd"),
+        np.array([str(i) for i in range(n)]),
+        rng.integers(0, 4, n),
+        images,
+        [fold],
+        "bench",
+        "cv5",
+    )
     return ds, fold
 
 
 def member(model_name: str, size: int, batch: int, n: int, device: str, threads: int) -> dict[str, float]:
     """images/s of the member's epochs 2 and 3, and seconds per batch of its data path alone."""
     ds, fold = synthetic(size, n, batch)
-    cfg = TrainConfig(model=model_name, epochs=4, batch_size=batch, size=size, device=device, workers=0,
-                      threads=threads, pretrained=False, keep_weights=False)
+    cfg = TrainConfig(
+        model=model_name,
+        epochs=4,
+        batch_size=batch,
+        size=size,
+        device=device,
+        workers=0,
+        threads=threads,
+        pretrained=False,
+        keep_weights=False,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         trainer = FoldTrainer(ds, fold, "DGrad", cfg, seed=0, checkpoint=Path(tmp) / "c.pt")
         marks = []
@@ -111,19 +133,25 @@ def main() -> None:
     args = ap.parse_args()
     steps = 2 * max(2, args.images // args.batch_size)  # as many batches as the member's two timed epochs
     counts = sorted({1, usable_cores()}) if args.device == "cpu" else [torch.get_num_threads()]
-    print(f"{args.model} {args.size}x{args.size}, batch {args.batch_size}, {args.images} images, on {args.device} "
-          f"(torch {torch.__version__})")
+    print(
+        f"{args.model} {args.size}x{args.size}, batch {args.batch_size}, {args.images} images, on {args.device} "
+        f"(torch {torch.__version__})"
+    )
     for threads in counts:
         torch.set_num_threads(threads)
         ub = bound(args.model, args.size, args.batch_size, steps, args.device)
         mb = member(args.model, args.size, args.batch_size, args.images, args.device, threads)
         batch_s = args.batch_size / mb["images_s"]
-        print(f"  {threads} thread(s): bound {ub['images_s']:7.1f} img/s, member {mb['images_s']:7.1f} img/s, "
-              f"ratio {mb['images_s'] / ub['images_s']:.2f}")
-        print(f"    per batch: member {batch_s * 1e3:6.1f} ms = data {mb['data'] * 1e3:5.1f} + forward/backward "
-              f"{ub['fwd_bwd'] * 1e3:6.1f} + optimizer {ub['step'] * 1e3:5.1f} + rest "
-              f"{(batch_s - mb['data'] - ub['fwd_bwd'] - ub['step']) * 1e3:5.1f} ms "
-              f"(one checkpoint save: {ub['checkpoint'] * 1e3:.0f} ms, at most every 60 s)")
+        print(
+            f"  {threads} thread(s): bound {ub['images_s']:7.1f} img/s, member {mb['images_s']:7.1f} img/s, "
+            f"ratio {mb['images_s'] / ub['images_s']:.2f}"
+        )
+        print(
+            f"    per batch: member {batch_s * 1e3:6.1f} ms = data {mb['data'] * 1e3:5.1f} + forward/backward "
+            f"{ub['fwd_bwd'] * 1e3:6.1f} + optimizer {ub['step'] * 1e3:5.1f} + rest "
+            f"{(batch_s - mb['data'] - ub['fwd_bwd'] - ub['step']) * 1e3:5.1f} ms "
+            f"(one checkpoint save: {ub['checkpoint'] * 1e3:.0f} ms, at most every 60 s)"
+        )
 
 
 if __name__ == "__main__":

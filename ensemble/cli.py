@@ -36,8 +36,12 @@ def cli() -> None:
 
 # --------------------------------------------------------------------------- optimizers
 @cli.command()
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also draw the cyclic terms of Cos1/Cos2 and the CLMR/TASO schedules to this PNG.")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also draw the cyclic terms of Cos1/Cos2 and the CLMR/TASO schedules to this PNG.",
+)
 def optimizers(plot_path: Path | None) -> None:
     """List the optimizers of the registry (label, kind, defaults, paper)."""
     from rich.console import Console
@@ -64,8 +68,12 @@ def data() -> None:
     """List, check and download datasets."""
 
 
-DATA_DIR = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("datasets"),
-                        help="Where named datasets live (datasets/hela, datasets/medmnist/NAME.npz, ...).")
+DATA_DIR = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("datasets"),
+    help="Where named datasets live (datasets/hela, datasets/medmnist/NAME.npz, ...).",
+)
 
 
 @data.command("list")
@@ -90,8 +98,13 @@ def data_list(data_dir: Path) -> None:
         where = str(ref.path) if ref.path else "(built in)"
         if not ref.present:
             if not spec.startswith("medmnist:") or spec == "medmnist:breastmnist":
-                table.add_row(Text(spec), ref.info.protocol, Text(where), Text("missing", "yellow"),
-                              Text(f"ens data fetch {spec}"))
+                table.add_row(
+                    Text(spec),
+                    ref.info.protocol,
+                    Text(where),
+                    Text("missing", "yellow"),
+                    Text(f"ens data fetch {spec}"),
+                )
             continue
         try:
             listing = scan(ref)
@@ -99,13 +112,17 @@ def data_list(data_dir: Path) -> None:
             table.add_row(Text(spec), ref.info.protocol, Text(where), Text("error", "red"), Text(str(err)))
             continue
         counts = ", ".join(f"{c}: {int((listing.labels == i).sum())}" for i, c in enumerate(listing.classes))
-        table.add_row(Text(spec), ref.info.protocol, Text(where), Text(f"present ({len(listing.ids)})", "green"),
-                      Text(counts))
+        table.add_row(
+            Text(spec), ref.info.protocol, Text(where), Text(f"present ({len(listing.ids)})", "green"), Text(counts)
+        )
         notes += listing.warnings
     console = Console()
     console.print(table)
-    console.print("Other MedMNIST sets: medmnist:NAME with NAME one of " + ", ".join(MEDMNIST)
-                  + "; any image folder: folder:PATH.")
+    console.print(
+        "Other MedMNIST sets: medmnist:NAME with NAME one of "
+        + ", ".join(MEDMNIST)
+        + "; any image folder: folder:PATH."
+    )
     for note in notes:
         console.print(Text("warning: ", "yellow") + Text(note), highlight=False)
 
@@ -133,8 +150,9 @@ def data_fetch(name: str, data_dir: Path, url: str | None, checksum: str | None)
         source = Source(url, checksum, filename)
     with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
         task = bar.add_task(f"fetching {name}", total=None)
-        path = fetch(ref, source=source, on_progress=lambda done, total: bar.update(task, completed=done,
-                                                                                   total=total or None))
+        path = fetch(
+            ref, source=source, on_progress=lambda done, total: bar.update(task, completed=done, total=total or None)
+        )
     click.echo(f"{name}: installed at {path}")
 
 
@@ -158,78 +176,180 @@ RECIPE = "[default: from the recipe]"
 
 def _train_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
     options = [
-        click.option("--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"),
-                     help="The member store."),
+        click.option(
+            "--members-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=Path("members"),
+            help="The member store.",
+        ),
         DATA_DIR,
-        click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help="Where decoded datasets are cached [default: the user cache dir, or $ENS_CACHE_DIR]."),
-        click.option("--recipe", default=None,
-                     help="Named preset of every training option (`ens recipes`) [default: paper; unet for "
-                          "segmentation datasets]."),
-        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="YAML file of recipe keys (and a `set:` mapping); explicit flags win."),
-        click.option("--set", "sets", multiple=True, metavar="[OPT.]KEY=VALUE",
-                     help="An optimizer setting of the registry (`ens optimizers`), for every optimizer of the "
-                          "job or, as dgrad.lr=1e-4, for one. Repeatable."),
-        click.option("--model", default=None,
-                     help=f"timm model name, with a weight tag (resnet50.tv_in1k); for segmentation unet, light-unet "
-                          f"or lighter-unet@C (C in 1, 2, 4, ..., 128). {RECIPE}"),
+        click.option(
+            "--cache-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            help="Where decoded datasets are cached [default: the user cache dir, or $ENS_CACHE_DIR].",
+        ),
+        click.option(
+            "--recipe",
+            default=None,
+            help="Named preset of every training option (`ens recipes`) [default: paper; unet for "
+            "segmentation datasets].",
+        ),
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(exists=True, dir_okay=False),
+            default=None,
+            help="YAML file of recipe keys (and a `set:` mapping); explicit flags win.",
+        ),
+        click.option(
+            "--set",
+            "sets",
+            multiple=True,
+            metavar="[OPT.]KEY=VALUE",
+            help="An optimizer setting of the registry (`ens optimizers`), for every optimizer of the "
+            "job or, as dgrad.lr=1e-4, for one. Repeatable.",
+        ),
+        click.option(
+            "--model",
+            default=None,
+            help=f"timm model name, with a weight tag (resnet50.tv_in1k); for segmentation unet, light-unet "
+            f"or lighter-unet@C (C in 1, 2, 4, ..., 128). {RECIPE}",
+        ),
         click.option("--epochs", type=click.IntRange(min=1), default=None, help=RECIPE),
         click.option("--batch-size", type=click.IntRange(min=2), default=None, help=RECIPE),
-        click.option("--lr", type=POSITIVE, default=None,
-                     help="Learning rate of every optimizer of the job [default: the recipe's, or the "
-                          "optimizer's paper default]."),
+        click.option(
+            "--lr",
+            type=POSITIVE,
+            default=None,
+            help="Learning rate of every optimizer of the job [default: the recipe's, or the "
+            "optimizer's paper default].",
+        ),
         click.option("--size", type=click.IntRange(min=8), default=None, help=f"Input size in pixels. {RECIPE}"),
-        click.option("--stem", type=click.Choice(["default", "small"]), default=None,
-                     help=f"small: 3x3 stride-1 first convolution, no max-pool (timm ResNets). {RECIPE}"),
-        click.option("--augment", type=click.Choice(["paper", "flips", "none"]), default=None,
-                     help=f"paper: flips + independent x/y scale in [1, 2] (segmentation: flips, rotation, scale, "
-                          f"translation, shear of image and mask); flips; none. {RECIPE}"),
-        click.option("--loss", type=click.Choice(["auto", "ce", "dice", "bce-dice"]), default=None,
-                     help=f"auto: cross-entropy for classification, Dice for segmentation. {RECIPE}"),
-        click.option("--plateau", type=click.IntRange(min=0), default=None, metavar="EPOCHS",
-                     help="Halve the learning rate when the validation loss has not improved for EPOCHS epochs "
-                          f"(0: off; not for CLMR/TASO, which follow their own schedule). {RECIPE}"),
-        click.option("--normalise", type=click.Choice(["imagenet", "half"]), default=None,
-                     help=f"ImageNet mean/std, or 0.5/0.5. {RECIPE}"),
-        click.option("--select", type=click.Choice(["last", "best-val-auc", "best-val-loss"]), default=None,
-                     help="The epoch kept: the last, or the best on the validation split (the dataset's, else "
-                          f"an inner stratified split of each training fold). {RECIPE}"),
-        click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
-                     help=f"Share of each training fold held out for --select when there is no validation split. "
-                          f"{RECIPE}"),
-        click.option("--milestones", callback=_milestones, default=None, metavar="E1,E2",
-                     help=f"Epochs at which the learning rate is multiplied by --gamma ('none': constant). {RECIPE}"),
+        click.option(
+            "--stem",
+            type=click.Choice(["default", "small"]),
+            default=None,
+            help=f"small: 3x3 stride-1 first convolution, no max-pool (timm ResNets). {RECIPE}",
+        ),
+        click.option(
+            "--augment",
+            type=click.Choice(["paper", "flips", "none"]),
+            default=None,
+            help=f"paper: flips + independent x/y scale in [1, 2] (segmentation: flips, rotation, scale, "
+            f"translation, shear of image and mask); flips; none. {RECIPE}",
+        ),
+        click.option(
+            "--loss",
+            type=click.Choice(["auto", "ce", "dice", "bce-dice"]),
+            default=None,
+            help=f"auto: cross-entropy for classification, Dice for segmentation. {RECIPE}",
+        ),
+        click.option(
+            "--plateau",
+            type=click.IntRange(min=0),
+            default=None,
+            metavar="EPOCHS",
+            help="Halve the learning rate when the validation loss has not improved for EPOCHS epochs "
+            f"(0: off; not for CLMR/TASO, which follow their own schedule). {RECIPE}",
+        ),
+        click.option(
+            "--normalise",
+            type=click.Choice(["imagenet", "half"]),
+            default=None,
+            help=f"ImageNet mean/std, or 0.5/0.5. {RECIPE}",
+        ),
+        click.option(
+            "--select",
+            type=click.Choice(["last", "best-val-auc", "best-val-loss"]),
+            default=None,
+            help="The epoch kept: the last, or the best on the validation split (the dataset's, else "
+            f"an inner stratified split of each training fold). {RECIPE}",
+        ),
+        click.option(
+            "--val-fraction",
+            type=click.FloatRange(0, 1, min_open=True, max_open=True),
+            default=None,
+            help=f"Share of each training fold held out for --select when there is no validation split. {RECIPE}",
+        ),
+        click.option(
+            "--milestones",
+            callback=_milestones,
+            default=None,
+            metavar="E1,E2",
+            help=f"Epochs at which the learning rate is multiplied by --gamma ('none': constant). {RECIPE}",
+        ),
         click.option("--gamma", type=POSITIVE, default=None, help=RECIPE),
-        click.option("--class-weights", type=click.Choice(["none", "balanced"]), default=None,
-                     help=f"balanced: cross-entropy weighted by n / (C n_c) of the training fold. {RECIPE}"),
-        click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default=None,
-                     help=f"Training autocast (auto: bf16 on CUDA, none on CPU); predictions are fp32. {RECIPE}"),
-        click.option("--head-lr-factor", type=POSITIVE, default=None,
-                     help=f"Learning-rate factor of the new head (1 under CLMR and TASO). {RECIPE}"),
+        click.option(
+            "--class-weights",
+            type=click.Choice(["none", "balanced"]),
+            default=None,
+            help=f"balanced: cross-entropy weighted by n / (C n_c) of the training fold. {RECIPE}",
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
+            default=None,
+            help=f"Training autocast (auto: bf16 on CUDA, none on CPU); predictions are fp32. {RECIPE}",
+        ),
+        click.option(
+            "--head-lr-factor",
+            type=POSITIVE,
+            default=None,
+            help=f"Learning-rate factor of the new head (1 under CLMR and TASO). {RECIPE}",
+        ),
         click.option("--weight-decay", type=NON_NEGATIVE, default=None, help=f"L2 added to the gradient. {RECIPE}"),
         click.option("--pretrained/--no-pretrained", default=None, help=f"Start from ImageNet weights. {RECIPE}"),
-        click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-                     help="Local ImageNet weights (state dict or .safetensors) instead of downloading them."),
+        click.option(
+            "--weights",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            default=None,
+            help="Local ImageNet weights (state dict or .safetensors) instead of downloading them.",
+        ),
         click.option("--device", type=Device(), default="auto", help="cpu, cuda, cuda:N, mps or auto."),
         click.option("--workers", type=click.IntRange(min=0), default=2, help="Data-loading worker processes."),
-        click.option("--threads", type=click.IntRange(min=1), default=None,
-                     help="torch CPU threads per fold task [default: every core for --executor local, cores / "
-                          "--jobs for a pool; recorded in each member's command, which reproduces it exactly]."),
-        click.option("--keep-weights/--no-keep-weights", default=True,
-                     help="Keep each fold's model (safetensors) in the run, so `ens predict` can apply the member."),
-        click.option("--checkpoint-every", type=NON_NEGATIVE, default=60.0, show_default=True, metavar="SECONDS",
-                     help="Save a fold's training state at most this often (0: after every epoch); a killed run "
-                          "resumes from the last save, to the same member."),
+        click.option(
+            "--threads",
+            type=click.IntRange(min=1),
+            default=None,
+            help="torch CPU threads per fold task [default: every core for --executor local, cores / "
+            "--jobs for a pool; recorded in each member's command, which reproduces it exactly].",
+        ),
+        click.option(
+            "--keep-weights/--no-keep-weights",
+            default=True,
+            help="Keep each fold's model (safetensors) in the run, so `ens predict` can apply the member.",
+        ),
+        click.option(
+            "--checkpoint-every",
+            type=NON_NEGATIVE,
+            default=60.0,
+            show_default=True,
+            metavar="SECONDS",
+            help="Save a fold's training state at most this often (0: after every epoch); a killed run "
+            "resumes from the last save, to the same member.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
     return f
 
 
-def _config(labels: list[str], *, recipe: str | None, config_file: str | None, sets: tuple[str, ...],  # noqa: ANN202
-            weights: Path | None, device: str, workers: int, threads: int | None, keep_weights: bool,
-            checkpoint_every: float, dataset: str = "", **explicit):
+def _config(
+    labels: list[str],
+    *,
+    recipe: str | None,
+    config_file: str | None,
+    sets: tuple[str, ...],  # noqa: ANN202
+    weights: Path | None,
+    device: str,
+    workers: int,
+    threads: int | None,
+    keep_weights: bool,
+    checkpoint_every: float,
+    dataset: str = "",
+    **explicit,
+):
     from .data.catalog import resolve
     from .train.recipe import DEFAULT_RECIPE, compose_config
 
@@ -237,9 +357,19 @@ def _config(labels: list[str], *, recipe: str | None, config_file: str | None, s
         recipe = DEFAULT_RECIPE[resolve(dataset).task] if dataset else "paper"
     if weights is not None and explicit.get("pretrained") is False:
         raise click.UsageError("--weights and --no-pretrained exclude each other")
-    return compose_config(recipe, config_file=config_file, explicit=explicit, sets=list(sets), labels=labels,
-                          weights=str(weights) if weights else None, device=device, workers=workers,
-                          threads=threads, keep_weights=keep_weights, checkpoint_every=checkpoint_every)
+    return compose_config(
+        recipe,
+        config_file=config_file,
+        explicit=explicit,
+        sets=list(sets),
+        labels=labels,
+        weights=str(weights) if weights else None,
+        device=device,
+        workers=workers,
+        threads=threads,
+        keep_weights=keep_weights,
+        checkpoint_every=checkpoint_every,
+    )
 
 
 def _check_opts(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:
@@ -274,32 +404,87 @@ def _check_store_name(ctx: click.Context, param: click.Parameter, value: str | N
 
 
 @cli.command()
-@click.option("--dataset", required=True,
-              help="hela, bg, lar, digits, medmnist:NAME, folder:PATH, or seg:PATH (images/ + masks/).")
-@click.option("--opt", required=True, multiple=True, callback=_check_opts,
-              help="Optimizer label (see `ens optimizers`); several (--opt sgd,dgrad or repeated) make one job.")
-@click.option("--n", "count", type=click.IntRange(min=1, max=MAX_MEMBERS), default=None,
-              help="Complete members wanted, per optimizer [default: 1].")
-@click.option("--run", "runs", type=click.IntRange(min=0, max=10**6 - 1), multiple=True,
-              help="Train exactly these run indices (repeatable) instead of --n; a run's seeds follow its index.")
+@click.option(
+    "--dataset",
+    required=True,
+    help="hela, bg, lar, digits, medmnist:NAME, folder:PATH, or seg:PATH (images/ + masks/).",
+)
+@click.option(
+    "--opt",
+    required=True,
+    multiple=True,
+    callback=_check_opts,
+    help="Optimizer label (see `ens optimizers`); several (--opt sgd,dgrad or repeated) make one job.",
+)
+@click.option(
+    "--n",
+    "count",
+    type=click.IntRange(min=1, max=MAX_MEMBERS),
+    default=None,
+    help="Complete members wanted, per optimizer [default: 1].",
+)
+@click.option(
+    "--run",
+    "runs",
+    type=click.IntRange(min=0, max=10**6 - 1),
+    multiple=True,
+    help="Train exactly these run indices (repeatable) instead of --n; a run's seeds follow its index.",
+)
 @_train_options
-@click.option("--executor", type=click.Choice(["local", "processes", "dask"]), default="local",
-              help="Where the (run, fold) tasks run.")
-@click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="Parallel workers for processes/dask [default: GPU count, or 2].")
-@click.option("--scheduler", type=SchedulerAddress(), default=None,
-              help="Dask scheduler address (tcp://host:8786, tls://host:8786) for --executor dask.")
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "processes", "dask"]),
+    default="local",
+    help="Where the (run, fold) tasks run.",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Parallel workers for processes/dask [default: GPU count, or 2].",
+)
+@click.option(
+    "--scheduler",
+    type=SchedulerAddress(),
+    default=None,
+    help="Dask scheduler address (tcp://host:8786, tls://host:8786) for --executor dask.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs, batch jobs).")
-@click.option("--variant", default=None, callback=_check_variant,
-              help="Store these members apart under Label@VARIANT (another recipe beside the default one); "
-                   "fuse them as e.g. DGrad@VARIANT7.")
-@click.option("--name", default=None, callback=_check_store_name,
-              help="The dataset's name in the store [default: the catalog's, or the folder's name].")
-@click.option("--restart", is_flag=True,
-              help="A run staged under another recipe is moved aside (kept as .<run>.stale-*) and started clean.")
-def train(dataset: str, opt: list[str], count: int | None, runs: tuple[int, ...], members_dir: Path, data_dir: Path,
-          cache_dir: Path | None, executor: str, jobs: int | None, scheduler: str | None, no_progress: bool,
-          variant: str | None, name: str | None, restart: bool, **kw) -> None:  # noqa: ANN003
+@click.option(
+    "--variant",
+    default=None,
+    callback=_check_variant,
+    help="Store these members apart under Label@VARIANT (another recipe beside the default one); "
+    "fuse them as e.g. DGrad@VARIANT7.",
+)
+@click.option(
+    "--name",
+    default=None,
+    callback=_check_store_name,
+    help="The dataset's name in the store [default: the catalog's, or the folder's name].",
+)
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="A run staged under another recipe is moved aside (kept as .<run>.stale-*) and started clean.",
+)
+def train(
+    dataset: str,
+    opt: list[str],
+    count: int | None,
+    runs: tuple[int, ...],
+    members_dir: Path,
+    data_dir: Path,
+    cache_dir: Path | None,
+    executor: str,
+    jobs: int | None,
+    scheduler: str | None,
+    no_progress: bool,
+    variant: str | None,
+    name: str | None,
+    restart: bool,
+    **kw,
+) -> None:  # noqa: ANN003
     """Make sure N complete members of each optimizer exist; train only the missing ones.
 
     Every option starts from a named recipe (--recipe paper, the seed paper's protocol; see
@@ -313,9 +498,23 @@ def train(dataset: str, opt: list[str], count: int | None, runs: tuple[int, ...]
     if count is not None and runs:
         raise click.UsageError("--n and --run exclude each other")
     cfg = _config(opt, dataset=dataset, **kw)
-    req = TrainRequest(dataset, opt, count or 1, cfg, members_dir, data_dir, cache_dir, executor, jobs, scheduler,
-                       progress=not no_progress and sys.stderr.isatty(), variant=variant, name=name,
-                       restart=restart, runs=list(dict.fromkeys(runs)) or None)
+    req = TrainRequest(
+        dataset,
+        opt,
+        count or 1,
+        cfg,
+        members_dir,
+        data_dir,
+        cache_dir,
+        executor,
+        jobs,
+        scheduler,
+        progress=not no_progress and sys.stderr.isatty(),
+        variant=variant,
+        name=name,
+        restart=restart,
+        runs=list(dict.fromkeys(runs)) or None,
+    )
     train_members(req, echo=click.echo)
 
 
@@ -347,8 +546,12 @@ def recipes(names: tuple[str, ...]) -> None:
 
 # --------------------------------------------------------------------------- demo
 @cli.command()
-@click.option("--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"),
-              help="The member store the demo fills (members/digits/...).")
+@click.option(
+    "--members-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("members"),
+    help="The member store the demo fills (members/digits/...).",
+)
 @click.option("--n", "count", type=click.IntRange(min=1), default=2, help="Members per optimizer.")
 def demo(members_dir: Path, count: int) -> None:
     """Train a few tiny members of SGD, DGrad and Cos1 on scikit-learn's digits, then fuse them."""
@@ -376,13 +579,25 @@ def _dataset_name(dataset: str, store_datasets: list[str]) -> str:
 FUSE_OPTIONS = [
     click.option("--dataset", required=True, help="Dataset as given to ens train (hela, lar, medmnist:NAME, ...)."),
     click.option("--rule", type=click.Choice(["sum", "product", "max", "vote"]), default="sum", help="Fusion rule."),
-    click.option("--calibrate", type=click.Choice(["none", "temperature"]), default="none",
-                 help="Temperature-scale each member first (fitted on the validation split, else cross-fitted "
-                      "over folds: never on the rows it scores)."),
-    click.option("--resamples", type=click.IntRange(min=1000), default=1000,
-                 help="Bootstrap resamples (stratified by class, seed 0) for intervals and paired tests."),
-    click.option("--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"),
-                 help="The member store."),
+    click.option(
+        "--calibrate",
+        type=click.Choice(["none", "temperature"]),
+        default="none",
+        help="Temperature-scale each member first (fitted on the validation split, else cross-fitted "
+        "over folds: never on the rows it scores).",
+    ),
+    click.option(
+        "--resamples",
+        type=click.IntRange(min=1000),
+        default=1000,
+        help="Bootstrap resamples (stratified by class, seed 0) for intervals and paired tests.",
+    ),
+    click.option(
+        "--members-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("members"),
+        help="The member store.",
+    ),
 ]
 
 
@@ -410,8 +625,17 @@ def _store_dataset(dataset: str, members_dir: Path):  # noqa: ANN202
 @click.option("--ci", is_flag=True, help="95% bootstrap intervals of accuracy, macro-F1 and AUC.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", help="Output format.")
 @click.option("--details", is_flag=True, help="Also per-class precision/recall/F1 and the confusion matrix.")
-def fuse(dataset: str, expressions: tuple[str, ...], rule: str, calibrate: str, resamples: int, members_dir: Path,
-         ci: bool, fmt: str, details: bool) -> None:
+def fuse(
+    dataset: str,
+    expressions: tuple[str, ...],
+    rule: str,
+    calibrate: str,
+    resamples: int,
+    members_dir: Path,
+    ci: bool,
+    fmt: str,
+    details: bool,
+) -> None:
     """Fuse stored members, one row per EXPRESSION (e.g. "SGD14+DGrad7+Cos1_7").
 
     Each row gives accuracy, macro-F1, AUC, NLL, Brier score and ECE (15 equal-width bins of the
@@ -435,8 +659,9 @@ def fuse(dataset: str, expressions: tuple[str, ...], rule: str, calibrate: str, 
             click.echo(render(per, fmt))
             classes = r.members[0].classes
             click.echo("confusion matrix (rows: true class, columns: predicted)")
-            click.echo(render([{"true": c, **{p: int(v) for p, v in zip(classes, row)}} for c, row in
-                               zip(classes, cm)], fmt))
+            click.echo(
+                render([{"true": c, **{p: int(v) for p, v in zip(classes, row)}} for c, row in zip(classes, cm)], fmt)
+            )
 
 
 @cli.command()
@@ -444,8 +669,9 @@ def fuse(dataset: str, expressions: tuple[str, ...], rule: str, calibrate: str, 
 @click.argument("expr_b")
 @_fuse_options
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", help="Output format.")
-def compare(dataset: str, expr_a: str, expr_b: str, rule: str, calibrate: str, resamples: int, members_dir: Path,
-            fmt: str) -> None:
+def compare(
+    dataset: str, expr_a: str, expr_b: str, rule: str, calibrate: str, resamples: int, members_dir: Path, fmt: str
+) -> None:
     """Test ensemble EXPR_A against EXPR_B on the same samples.
 
     Accuracy: McNemar's exact test. AUC: DeLong's test (two classes), else a paired bootstrap of
@@ -462,8 +688,18 @@ def compare(dataset: str, expr_a: str, expr_b: str, rule: str, calibrate: str, r
     if fmt == "json":
         import json
 
-        click.echo(json.dumps({"a": a.expression, "b": b.expression, "samples": len(a.labels),
-                               "tests": result.rows, "verdict": result.verdict()}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "a": a.expression,
+                    "b": b.expression,
+                    "samples": len(a.labels),
+                    "tests": result.rows,
+                    "verdict": result.verdict(),
+                },
+                indent=2,
+            )
+        )
         return
     click.echo(render(result.rows, fmt, title=f"{name}: A = {a.expression}, B = {b.expression} ({rule} rule)"))
     click.echo(result.verdict())
@@ -482,24 +718,57 @@ def _check_out_suffix(ctx: click.Context, param: click.Parameter, value: Path | 
 @click.option("--dataset", required=True, help="The dataset the members were trained on (as for ens fuse).")
 @click.argument("expression")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=_check_out_suffix,
-              help="Write the table here (.csv, .json or .parquet) [default: CSV on standard output].")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    callback=_check_out_suffix,
+    help="Write the table here (.csv, .json or .parquet) [default: CSV on standard output].",
+)
 @click.option("--rule", type=click.Choice(["sum", "product", "max", "vote"]), default="sum", help="Fusion rule.")
-@click.option("--tta", is_flag=True, help="Average the softmax over the image, its left-right flip, its "
-                                          "top-bottom flip and both flips.")
-@click.option("--fold", type=click.IntRange(min=0), default=None,
-              help="Apply only fold K's model of each member [default: the mean of all fold models].")
+@click.option(
+    "--tta",
+    is_flag=True,
+    help="Average the softmax over the image, its left-right flip, its top-bottom flip and both flips.",
+)
+@click.option(
+    "--fold",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Apply only fold K's model of each member [default: the mean of all fold models].",
+)
 @click.option("--device", type=Device(), default="auto", help="cpu, cuda, cuda:N, mps or auto.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Images per forward pass.")
-@click.option("--masks", type=click.Path(path_type=Path), default=None, metavar="DIR",
-              help="Segmentation members: write each image's fused mask here (<name>.png, the image's size).")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("datasets"),
-              help="Where medmnist:NAME inputs are found.")
-@click.option("--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"),
-              help="The member store.")
-def predict(dataset: str, expression: str, inputs: tuple[str, ...], out: Path | None, rule: str, tta: bool,
-            fold: int | None, device: str, batch_size: int, masks: Path | None, data_dir: Path,
-            members_dir: Path) -> None:
+@click.option(
+    "--masks",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Segmentation members: write each image's fused mask here (<name>.png, the image's size).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("datasets"),
+    help="Where medmnist:NAME inputs are found.",
+)
+@click.option(
+    "--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"), help="The member store."
+)
+def predict(
+    dataset: str,
+    expression: str,
+    inputs: tuple[str, ...],
+    out: Path | None,
+    rule: str,
+    tta: bool,
+    fold: int | None,
+    device: str,
+    batch_size: int,
+    masks: Path | None,
+    data_dir: Path,
+    members_dir: Path,
+) -> None:
     """Apply the ensemble EXPRESSION to INPUTS (image files, folders, folder:PATH, seg:PATH's images,
     medmnist:NAME's test split).
 
@@ -513,8 +782,19 @@ def predict(dataset: str, expression: str, inputs: tuple[str, ...], out: Path | 
     from .predict import predict as run_predict
 
     store, name = _store_dataset(dataset, members_dir)
-    table = run_predict(store, name, expression, collect_inputs(list(inputs), data_dir), rule=rule, device=device,
-                        batch_size=batch_size, tta=tta, fold=fold, progress=sys.stderr.isatty(), masks=masks)
+    table = run_predict(
+        store,
+        name,
+        expression,
+        collect_inputs(list(inputs), data_dir),
+        rule=rule,
+        device=device,
+        batch_size=batch_size,
+        tta=tta,
+        fold=fold,
+        progress=sys.stderr.isatty(),
+        masks=masks,
+    )
     text = write_table(table, out)
     if text is not None:
         click.echo(text, nl=False)
@@ -525,8 +805,9 @@ def predict(dataset: str, expression: str, inputs: tuple[str, ...], out: Path | 
 @cli.command()
 @click.option("--dataset", default=None, help="Only this dataset [default: every dataset in the store].")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", help="Output format.")
-@click.option("--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"),
-              help="The member store.")
+@click.option(
+    "--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"), help="The member store."
+)
 def members(dataset: str | None, fmt: str, members_dir: Path) -> None:
     """The store at a glance: members per dataset and label, their recipe, accuracy, fold models and disk use.
 
@@ -549,16 +830,33 @@ def members(dataset: str | None, fmt: str, members_dir: Path) -> None:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["dataset"], r["label"]), []).append(r)
-    summary = [{"dataset": ds, "label": label, "members": len(rs), "recipe": rs[0]["recipe"],
-                "recipe_hash": (rs[0]["recipe_hash"] or "--")[:8],
-                "accuracy_mean": float(sum(r["accuracy"] or 0 for r in rs) / len(rs)),
-                **({"dice_mean": float(sum(r["dice"] for r in rs) / len(rs))}
-                   if all(r.get("dice") is not None for r in rs) else {}),
-                "fold_models": "all" if all(r["weights"] for r in rs) else
-                "none" if not any(r["weights"] for r in rs) else "some",
-                "disk_MB": round(sum(r["bytes"] for r in rs) / 2**20, 2)} for (ds, label), rs in groups.items()]
-    click.echo(render(summary, "table", title=f"members in {members_dir}") if summary else
-               f"no complete members in {members_dir}")
+    summary = [
+        {
+            "dataset": ds,
+            "label": label,
+            "members": len(rs),
+            "recipe": rs[0]["recipe"],
+            "recipe_hash": (rs[0]["recipe_hash"] or "--")[:8],
+            "accuracy_mean": float(sum(r["accuracy"] or 0 for r in rs) / len(rs)),
+            **(
+                {"dice_mean": float(sum(r["dice"] for r in rs) / len(rs))}
+                if all(r.get("dice") is not None for r in rs)
+                else {}
+            ),
+            "fold_models": "all"
+            if all(r["weights"] for r in rs)
+            else "none"
+            if not any(r["weights"] for r in rs)
+            else "some",
+            "disk_MB": round(sum(r["bytes"] for r in rs) / 2**20, 2),
+        }
+        for (ds, label), rs in groups.items()
+    ]
+    click.echo(
+        render(summary, "table", title=f"members in {members_dir}")
+        if summary
+        else f"no complete members in {members_dir}"
+    )
     for note in notes:
         click.echo(f"note: {note}")
 
@@ -568,10 +866,14 @@ def members(dataset: str | None, fmt: str, members_dir: Path) -> None:
 @click.argument("expression")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The folder to create.")
 @click.option("--rule", type=click.Choice(["sum", "product", "max", "vote"]), default="sum", help="Fusion rule.")
-@click.option("--onnx/--no-onnx", default=None,
-              help="Also write ONNX models, checked against PyTorch [default: when onnx is installed].")
-@click.option("--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"),
-              help="The member store.")
+@click.option(
+    "--onnx/--no-onnx",
+    default=None,
+    help="Also write ONNX models, checked against PyTorch [default: when onnx is installed].",
+)
+@click.option(
+    "--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"), help="The member store."
+)
 def export_cmd(dataset: str, expression: str, out: Path, rule: str, onnx: bool | None, members_dir: Path) -> None:
     """Write the ensemble EXPRESSION as a self-contained folder: fold models, manifest, ONNX."""
     from .export import export
@@ -583,12 +885,21 @@ def export_cmd(dataset: str, expression: str, out: Path, rule: str, onnx: bool |
 
 # --------------------------------------------------------------------------- report
 @cli.command()
-@click.option("--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"),
-              help="The member store.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
-              help="Where tables and figures go (one folder per dataset).")
-@click.option("--step", type=click.IntRange(min=1), default=7,
-              help="Granularity of the per-label member counts in the best-combination search.")
+@click.option(
+    "--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"), help="The member store."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports"),
+    help="Where tables and figures go (one folder per dataset).",
+)
+@click.option(
+    "--step",
+    type=click.IntRange(min=1),
+    default=7,
+    help="Granularity of the per-label member counts in the best-combination search.",
+)
 def report(members_dir: Path, out: Path, step: int) -> None:
     """Regenerate Table 1, Table 2 and figures for every dataset in the store."""
     from .report.build import report as build_report
@@ -609,8 +920,9 @@ def main() -> None:
         if isinstance(err.__cause__, EOFError):  # click turns every EOFError into Abort: a file ended early
             from .errors import first_line
 
-            click.echo(f"Error: a file ended before its end ({first_line(err.__cause__)}); it is empty or "
-                       "truncated", err=True)
+            click.echo(
+                f"Error: a file ended before its end ({first_line(err.__cause__)}); it is empty or truncated", err=True
+            )
             sys.exit(1)
         click.echo("Aborted.", err=True)
         sys.exit(130)
@@ -630,8 +942,10 @@ def main() -> None:
             raise
         from .errors import first_line
 
-        click.echo(f"Error: internal error ({first_line(err)}); rerun with ENS_DEBUG=1 for the traceback "
-                   "and report it", err=True)
+        click.echo(
+            f"Error: internal error ({first_line(err)}); rerun with ENS_DEBUG=1 for the traceback and report it",
+            err=True,
+        )
         sys.exit(1)
 
 

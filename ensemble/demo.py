@@ -17,8 +17,17 @@ from .store import Store
 from .train.trainer import TrainConfig
 
 DEMO_MEMBERS = {"SGD": {"lr": 0.02}, "DGrad": {}, "Cos1": {}}
-DEMO_EXPRESSIONS = ["SGD1", "DGrad1", "Cos1_1", "SGD2", "DGrad2", "Cos1_2", "SGD1+DGrad1", "DGrad1+Cos1_1",
-                    "SGD2+DGrad2+Cos1_2"]
+DEMO_EXPRESSIONS = [
+    "SGD1",
+    "DGrad1",
+    "Cos1_1",
+    "SGD2",
+    "DGrad2",
+    "Cos1_2",
+    "SGD1+DGrad1",
+    "DGrad1+Cos1_1",
+    "SGD2+DGrad2+Cos1_2",
+]
 
 
 def demo_config(**kw: object) -> TrainConfig:
@@ -27,17 +36,21 @@ def demo_config(**kw: object) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def run_demo(members_dir: Path, n: int = 2, progress: bool = True, echo: Callable[[str], None] = print,
-             fmt: str = "table") -> list[dict]:
+def run_demo(
+    members_dir: Path, n: int = 2, progress: bool = True, echo: Callable[[str], None] = print, fmt: str = "table"
+) -> list[dict]:
     for label, settings in DEMO_MEMBERS.items():
         cfg = demo_config(lr=settings.get("lr"))
-        train_members(TrainRequest("digits", label, n, cfg, members_dir, Path("datasets"), progress=progress),
-                      echo=echo)
+        train_members(
+            TrainRequest("digits", label, n, cfg, members_dir, Path("datasets"), progress=progress), echo=echo
+        )
     store = Store(members_dir)
     rows = [fuse(store, "digits", e).row() for e in DEMO_EXPRESSIONS if _available(store, e, n)]
     echo(render(rows, fmt, title="digits, 5-fold CV, sum rule: mixed optimizers vs one kind"))
-    echo(f"Members are in {members_dir}/digits; try: ens fuse --dataset digits \"SGD2+DGrad2\" "
-         f"--members-dir {members_dir}   and   ens report --members-dir {members_dir}")
+    echo(
+        f'Members are in {members_dir}/digits; try: ens fuse --dataset digits "SGD2+DGrad2" '
+        f"--members-dir {members_dir}   and   ens report --members-dir {members_dir}"
+    )
     return rows
 
 

@@ -49,8 +49,15 @@ def _to_onnx(model, size: int, path: Path) -> float:  # noqa: ANN001 - a torch m
     example = torch.randn(2, 3, size, size)
     with warnings.catch_warnings():  # the TorchScript exporter needs no onnxscript; torch marks it deprecated
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
+        )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -87,30 +94,54 @@ def export(store: Store, dataset: str, expr: str, out: Path, *, rule: str = "sum
                     path = tmp / rel / f"model-{k}.onnx"
                     diff = _to_onnx(load_fold_model(m, k, torch.device("cpu")), int(m.meta.recipe["size"]), path)
                     if not diff < ONNX_TOLERANCE:
-                        raise EnsError(f"{m.name} fold {k}: the ONNX model differs from PyTorch by {diff:.2e} "
-                                       f"(over {ONNX_TOLERANCE:g}); nothing was exported")
+                        raise EnsError(
+                            f"{m.name} fold {k}: the ONNX model differs from PyTorch by {diff:.2e} "
+                            f"(over {ONNX_TOLERANCE:g}); nothing was exported"
+                        )
                     worst = max(worst, diff)
                     onnx_files.append((rel / path.name).as_posix())
             norm = m.meta.recipe.get("normalisation", "imagenet")
-            entries.append({"label": m.label, "run": m.run, "recipe_hash": m.recipe_hash,
-                            "model": m.meta.recipe["model"],
-                            "folds": files, "onnx": onnx_files, "onnx_max_abs_diff": worst if with_onnx else None,
-                            "preprocessing": {"size": m.meta.recipe["size"], "resize": "bilinear",
-                                              "channels": "grey replicated to RGB, alpha dropped",
-                                              "scale": "uint8 (16-bit and float images by their own range)",
-                                              "mean": [v * 255 for v in NORMALISATIONS[norm][0]],
-                                              "std": [v * 255 for v in NORMALISATIONS[norm][1]],
-                                              "layout": "NCHW float32"}})
+            entries.append(
+                {
+                    "label": m.label,
+                    "run": m.run,
+                    "recipe_hash": m.recipe_hash,
+                    "model": m.meta.recipe["model"],
+                    "folds": files,
+                    "onnx": onnx_files,
+                    "onnx_max_abs_diff": worst if with_onnx else None,
+                    "preprocessing": {
+                        "size": m.meta.recipe["size"],
+                        "resize": "bilinear",
+                        "channels": "grey replicated to RGB, alpha dropped",
+                        "scale": "uint8 (16-bit and float images by their own range)",
+                        "mean": [v * 255 for v in NORMALISATIONS[norm][0]],
+                        "std": [v * 255 for v in NORMALISATIONS[norm][1]],
+                        "layout": "NCHW float32",
+                    },
+                }
+            )
         segmentation = members[0].meta.task == "segmentation"
-        manifest = {"ens": __version__, "dataset": dataset, "task": members[0].meta.task,
-                    "expression": format_terms(terms), "rule": rule,
-                    "classes": members[0].classes, "fingerprint": members[0].fingerprint,
-                    "member": "mean of the softmax of its fold models" + (
-                        " per pixel (one output channel: sigmoid p as [1 - p, p])" if segmentation else ""),
-                    "fusion": f"{rule} rule over members (ensemble.fusion.rules.{RULES[rule].__name__})" + (
-                        " per pixel at the largest member size, resized bilinearly to the image, argmax = the mask "
-                        "(binary: 0/255, label maps: class index)" if segmentation else ""),
-                    "tta_flips": [list(f) for f in TTA_FLIPS], "members": entries}
+        manifest = {
+            "ens": __version__,
+            "dataset": dataset,
+            "task": members[0].meta.task,
+            "expression": format_terms(terms),
+            "rule": rule,
+            "classes": members[0].classes,
+            "fingerprint": members[0].fingerprint,
+            "member": "mean of the softmax of its fold models"
+            + (" per pixel (one output channel: sigmoid p as [1 - p, p])" if segmentation else ""),
+            "fusion": f"{rule} rule over members (ensemble.fusion.rules.{RULES[rule].__name__})"
+            + (
+                " per pixel at the largest member size, resized bilinearly to the image, argmax = the mask "
+                "(binary: 0/255, label maps: class index)"
+                if segmentation
+                else ""
+            ),
+            "tta_flips": [list(f) for f in TTA_FLIPS],
+            "members": entries,
+        }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         tmp.rename(out)
     except BaseException:

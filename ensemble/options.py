@@ -66,8 +66,9 @@ class SchedulerAddress(click.ParamType):
         if not sep:
             scheme, rest = "tcp", value
         if scheme not in _SCHEMES:
-            self.fail(f"{value!r}: unknown scheme {scheme!r} (use {', '.join(s + '://' for s in _SCHEMES)})",
-                      param, ctx)
+            self.fail(
+                f"{value!r}: unknown scheme {scheme!r} (use {', '.join(s + '://' for s in _SCHEMES)})", param, ctx
+            )
         if scheme != "inproc":
             m = re.fullmatch(r"(\[[0-9A-Fa-f:]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})", rest)
             if not m or not 0 < int(m.group(2)) < 65536:

@@ -59,7 +59,8 @@ def check_dataset_identity(store: Store, dataset: str, ds: Dataset) -> dict[str,
                 raise StoreError(
                     f"{store.root / dataset} holds members of another dataset than {ds.spec} (fingerprint "
                     f"{meta.fingerprint} in {label}/{run_name(meta.run)}, this one {ds.fingerprint}); store this "
-                    "one apart with --name NAME, or use another --members-dir")
+                    "one apart with --name NAME, or use another --members-dir"
+                )
     return metas
 
 
@@ -73,8 +74,17 @@ def missing_runs(existing: list[int], n: int) -> list[int]:
     return todo
 
 
-def plan_labels(store: Store, *, dataset: str, ds: Dataset, optimizers: list[str], variant: str | None, n: int,
-                cfg: TrainConfig, runs: list[int] | None = None) -> list[LabelPlan]:
+def plan_labels(
+    store: Store,
+    *,
+    dataset: str,
+    ds: Dataset,
+    optimizers: list[str],
+    variant: str | None,
+    n: int,
+    cfg: TrainConfig,
+    runs: list[int] | None = None,
+) -> list[LabelPlan]:
     """For each optimizer: its recipe, its complete runs (which must share that recipe), the runs missing
     (to reach ``n``, or of the run indices ``runs``)."""
     stored = check_dataset_identity(store, dataset, ds)
@@ -85,11 +95,15 @@ def plan_labels(store: Store, *, dataset: str, ds: Dataset, optimizers: list[str
         metas = stored.get(key, [])
         other = [m for m in metas if m.recipe_hash != recipe_hash(recipe)]
         if other:
-            way = (f"train them apart with --variant NAME (fused as {optimizer}@NAME<count>)" if variant is None
-                   else "choose another --variant")
+            way = (
+                f"train them apart with --variant NAME (fused as {optimizer}@NAME<count>)"
+                if variant is None
+                else "choose another --variant"
+            )
             raise RecipeMismatch(
                 f"{store.label_dir(dataset, key)} holds {len(other)} member(s) trained under another recipe "
-                f"({_diff_text(other[0].recipe, recipe)}); {way}, or use another --members-dir")
+                f"({_diff_text(other[0].recipe, recipe)}); {way}, or use another --members-dir"
+            )
         existing = [m.run for m in metas]
         for run in existing:
             store.run_dir(dataset, key, run).tidy()  # leftovers of a publish killed after its rename
@@ -98,8 +112,9 @@ def plan_labels(store: Store, *, dataset: str, ds: Dataset, optimizers: list[str
     return plans
 
 
-def prepare_run(rd: RunDir, recipe: dict[str, Any], *, folds: int, restart: bool,
-                echo: Callable[[str], None] = print) -> list[int]:
+def prepare_run(
+    rd: RunDir, recipe: dict[str, Any], *, folds: int, restart: bool, echo: Callable[[str], None] = print
+) -> list[int]:
     """Stage a run under ``recipe`` (the caller holds its lock); returns the folds still to train.
 
     A staging directory from another recipe is refused, or with ``restart`` moved aside
@@ -111,7 +126,8 @@ def prepare_run(rd: RunDir, recipe: dict[str, Any], *, folds: int, restart: bool
             raise RecipeMismatch(
                 f"{rd.staging}: run {rd.name} was started under another recipe ({_diff_text(staged, recipe)}); "
                 "rerun with its original settings to finish it, or pass --restart to set it aside and start "
-                "it clean")
+                "it clean"
+            )
         echo(f"{rd.staging}: staged under another recipe; moved aside to {rd.set_aside()}")
     rd.staging.mkdir(parents=True, exist_ok=True)
     rd.stage(recipe)

@@ -127,8 +127,12 @@ def load_fold_model(member: Member, k: int, device):  # noqa: ANN001, ANN201 - a
     from .train.model import create_model, output_channels
 
     recipe = member.meta.recipe
-    model = create_model(recipe["model"], output_channels(recipe["model"], len(member.classes)), pretrained=False,
-                         stem=recipe.get("stem", "default"))
+    model = create_model(
+        recipe["model"],
+        output_channels(recipe["model"], len(member.classes)),
+        pretrained=False,
+        stem=recipe.get("stem", "default"),
+    )
     path = member.model_file(k)
     try:
         state = load_file(path)
@@ -138,8 +142,16 @@ def load_fold_model(member: Member, k: int, device):  # noqa: ANN001, ANN201 - a
     return model.to(device).eval()
 
 
-def member_probs(member: Member, inputs: Inputs, *, device, batch_size: int, tta: bool,  # noqa: ANN001
-                 fold: int | None = None, advance: Callable[[int], None] = lambda n: None) -> np.ndarray:
+def member_probs(
+    member: Member,
+    inputs: Inputs,
+    *,
+    device,
+    batch_size: int,
+    tta: bool,  # noqa: ANN001
+    fold: int | None = None,
+    advance: Callable[[int], None] = lambda n: None,
+) -> np.ndarray:
     """(N, C): the mean softmax of the member's fold models (or of fold ``fold`` alone)."""
     from .train.infer import Normaliser, nchw, probabilities
     from .train.trainer import NORMALISATIONS
@@ -153,7 +165,7 @@ def member_probs(member: Member, inputs: Inputs, *, device, batch_size: int, tta
 
         def batches():  # noqa: ANN202
             for start in range(0, len(images), batch_size):
-                chunk = images[start:start + batch_size]
+                chunk = images[start : start + batch_size]
                 yield nchw(chunk)
                 advance(len(chunk))
 
@@ -173,21 +185,36 @@ def check_members(members: list[Member], fold: int | None) -> None:
         if not m.meta.recipe:
             raise UsageError(f"{m.name} records no recipe (trained by an older ens or by hand): it cannot predict")
         if not m.has_models:
-            raise UsageError(f"{m.name} has no fold models (trained with --no-keep-weights); retrain it to "
-                             "predict with it")
+            raise UsageError(
+                f"{m.name} has no fold models (trained with --no-keep-weights); retrain it to predict with it"
+            )
         if m.meta.task != members[0].meta.task:
-            raise UsageError(f"{m.name} is a {m.meta.task} member, {members[0].name} a {members[0].meta.task} one: "
-                             "they cannot be fused")
+            raise UsageError(
+                f"{m.name} is a {m.meta.task} member, {members[0].name} a {members[0].meta.task} one: "
+                "they cannot be fused"
+            )
         if m.classes != members[0].classes:
-            raise UsageError(f"{m.name} has classes {m.classes}, {members[0].name} has {members[0].classes}: "
-                             "they cannot be fused")
+            raise UsageError(
+                f"{m.name} has classes {m.classes}, {members[0].name} has {members[0].classes}: they cannot be fused"
+            )
         if fold is not None and not 0 <= fold < m.meta.folds:
             raise UsageError(f"--fold {fold}: {m.name} has folds 0..{m.meta.folds - 1}")
 
 
-def predict(store: Store, dataset: str, expr: str, inputs: Inputs, *, rule: str = "sum", device: str = "auto",
-            batch_size: int = 64, tta: bool = False, fold: int | None = None, progress: bool = False,
-            masks: Path | None = None):  # noqa: ANN201
+def predict(
+    store: Store,
+    dataset: str,
+    expr: str,
+    inputs: Inputs,
+    *,
+    rule: str = "sum",
+    device: str = "auto",
+    batch_size: int = 64,
+    tta: bool = False,
+    fold: int | None = None,
+    progress: bool = False,
+    masks: Path | None = None,
+):  # noqa: ANN201
     """One row per input: path, fused probability per class, predicted class and the uncertainty columns
     (segmentation members: the mask written into ``masks`` and its summary, see :func:`predict_masks`)."""
     import pandas as pd
@@ -212,10 +239,32 @@ def predict(store: Store, dataset: str, expr: str, inputs: Inputs, *, rule: str 
     with Progress(*Progress.get_default_columns(), disable=not progress, transient=True) as bar:
         task = bar.add_task(f"predicting {len(inputs)} image(s) with {len(members)} member(s)", total=views)
         if segmentation:
-            return predict_masks(members, inputs, targets, shapes, rule=rule, device=dev, batch_size=batch_size,
-                                 tta=tta, fold=fold, advance=lambda n: bar.advance(task, n))
-        stacked = np.stack([member_probs(m, inputs, device=dev, batch_size=batch_size, tta=tta, fold=fold,
-                                         advance=lambda n: bar.advance(task, n)) for m in members])
+            return predict_masks(
+                members,
+                inputs,
+                targets,
+                shapes,
+                rule=rule,
+                device=dev,
+                batch_size=batch_size,
+                tta=tta,
+                fold=fold,
+                advance=lambda n: bar.advance(task, n),
+            )
+        stacked = np.stack(
+            [
+                member_probs(
+                    m,
+                    inputs,
+                    device=dev,
+                    batch_size=batch_size,
+                    tta=tta,
+                    fold=fold,
+                    advance=lambda n: bar.advance(task, n),
+                )
+                for m in members
+            ]
+        )
     fused = RULES[rule](stacked).astype(np.float64)
     predicted = fused.argmax(1)
     mean = stacked.astype(np.float64).mean(0)
@@ -240,17 +289,28 @@ def mask_targets(inputs: Inputs, folder: Path) -> list[Path]:
     seen: dict[Path, Path] = {}
     for source, target in zip(inputs.files, targets):
         if target in seen:
-            raise UsageError(f"--masks: {seen[target]} and {source} would both write {target}; predict them into "
-                             "separate folders")
+            raise UsageError(
+                f"--masks: {seen[target]} and {source} would both write {target}; predict them into separate folders"
+            )
         seen[target] = source
         if target.exists():
             raise UsageError(f"--masks: {target} already exists; predicted masks never overwrite a file")
     return targets
 
 
-def predict_masks(members: list[Member], inputs: Inputs, targets: list[Path], shapes: list[tuple[int, int]], *,
-                  rule: str, device, batch_size: int, tta: bool, fold: int | None,  # noqa: ANN001
-                  advance: Callable[[int], None]):  # noqa: ANN201
+def predict_masks(
+    members: list[Member],
+    inputs: Inputs,
+    targets: list[Path],
+    shapes: list[tuple[int, int]],
+    *,
+    rule: str,
+    device,
+    batch_size: int,
+    tta: bool,
+    fold: int | None,  # noqa: ANN001
+    advance: Callable[[int], None],
+):  # noqa: ANN201
     """Fuse the members' probability maps per pixel, a chunk of images at a time (fold models loaded once), and
     write each image's mask at its own size; returns one summary row per image."""
     import pandas as pd
@@ -264,8 +324,9 @@ def predict_masks(members: list[Member], inputs: Inputs, targets: list[Path], sh
     size = max(int(m.meta.recipe["size"]) for m in members)
     folds = {m.name: [fold] if fold is not None else list(range(m.meta.folds)) for m in members}
     models = {m.name: [load_fold_model(m, k, device) for k in folds[m.name]] for m in members}
-    normalisers = {m.name: Normaliser(device, *NORMALISATIONS[m.meta.recipe.get("normalisation", "imagenet")])
-                   for m in members}
+    normalisers = {
+        m.name: Normaliser(device, *NORMALISATIONS[m.meta.recipe.get("normalisation", "imagenet")]) for m in members
+    }
     binary = len(classes) == 2
     rows = []
     for folder in {t.parent for t in targets}:
@@ -275,11 +336,14 @@ def predict_masks(members: list[Member], inputs: Inputs, targets: list[Path], sh
         per_member = []
         for m in members:
             images = inputs.images(int(m.meta.recipe["size"]))[start:stop]
-            maps = sum(probabilities(model, [nchw(images)], normalisers[m.name], n_classes=len(classes), tta=tta)
-                       for model in models[m.name]) / len(models[m.name])
+            maps = sum(
+                probabilities(model, [nchw(images)], normalisers[m.name], n_classes=len(classes), tta=tta)
+                for model in models[m.name]
+            ) / len(models[m.name])
             if maps.shape[-1] != size:  # members trained at another size are fused at the largest
-                maps = torch.nn.functional.interpolate(torch.from_numpy(maps), size=(size, size), mode="bilinear",
-                                                       align_corners=False).numpy()
+                maps = torch.nn.functional.interpolate(
+                    torch.from_numpy(maps), size=(size, size), mode="bilinear", align_corners=False
+                ).numpy()
             per_member.append(maps)
             advance((stop - start) * len(models[m.name]))
         stacked = np.stack(per_member)  # (M, n, C, size, size)
@@ -287,13 +351,20 @@ def predict_masks(members: list[Member], inputs: Inputs, targets: list[Path], sh
         entropy = _entropy(np.moveaxis(fused, 1, -1)).mean(axis=(1, 2))
         agreement = (stacked.argmax(2) == fused.argmax(1)[None]).mean(axis=(0, 2, 3))
         for i, (target, (h, w)) in enumerate(zip(targets[start:stop], shapes[start:stop])):
-            full = torch.nn.functional.interpolate(torch.from_numpy(fused[i : i + 1]), size=(h, w), mode="bilinear",
-                                                   align_corners=False)[0]
+            full = torch.nn.functional.interpolate(
+                torch.from_numpy(fused[i : i + 1]), size=(h, w), mode="bilinear", align_corners=False
+            )[0]
             labels = full.argmax(0).numpy().astype(np.uint8)
             Image.fromarray(labels * 255 if binary else labels).save(target)
-            rows.append({"path": inputs.ids[start + i], "mask": str(target),
-                         **{f"area:{c}": float((labels == k).mean()) for k, c in enumerate(classes) if k},
-                         "entropy": float(entropy[i]), "agreement": float(agreement[i])})
+            rows.append(
+                {
+                    "path": inputs.ids[start + i],
+                    "mask": str(target),
+                    **{f"area:{c}": float((labels == k).mean()) for k, c in enumerate(classes) if k},
+                    "entropy": float(entropy[i]),
+                    "agreement": float(agreement[i]),
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -68,9 +68,15 @@ def library_versions() -> dict[str, str]:
     import sklearn
     import timm
 
-    return {"ens": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "timm": timm.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__,
-            "albumentations": albumentations.__version__}
+    return {
+        "ens": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "albumentations": albumentations.__version__,
+    }
 
 
 _DATASETS: dict[tuple, Dataset] = {}
@@ -80,8 +86,9 @@ def load_dataset(spec: str, data_dir: str, size: int, cache_dir: str | None, wor
     """Datasets are loaded once per process (workers run many tasks)."""
     key = (spec, data_dir, size, cache_dir)
     if key not in _DATASETS:
-        _DATASETS[key] = load(spec, data_dir=data_dir, size=size, cache_dir=Path(cache_dir) if cache_dir else None,
-                              workers=workers)
+        _DATASETS[key] = load(
+            spec, data_dir=data_dir, size=size, cache_dir=Path(cache_dir) if cache_dir else None, workers=workers
+        )
     return _DATASETS[key]
 
 
@@ -95,14 +102,19 @@ def check_staged_recipe(rd: RunDir, expected_hash: str) -> dict[str, Any]:
     (or publish) folds and checkpoints of another recipe."""
     staged = rd.staged_recipe()
     if not staged or recipe_hash(staged) != expected_hash:
-        raise StoreError(f"{rd.staging} was staged under another recipe than this task's; "
-                         "rerun `ens train` (it says what differs) or pass --restart")
+        raise StoreError(
+            f"{rd.staging} was staged under another recipe than this task's; "
+            "rerun `ens train` (it says what differs) or pass --restart"
+        )
     return staged
 
 
-def train_fold_task(task: FoldTask, on_start: Callable[[int], None] | None = None,
-                    on_batch: Callable[[int], None] | None = None,
-                    on_epoch: Callable[[int, float, float], None] | None = None) -> dict[str, Any]:
+def train_fold_task(
+    task: FoldTask,
+    on_start: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    on_epoch: Callable[[int, float, float], None] | None = None,
+) -> dict[str, Any]:
     """Train one fold and write ``fold-<k>.npz`` (and ``val-<k>.npz``) into the run's staging dir.
 
     Idempotent: a fold whose predictions are already staged is not trained again.
@@ -112,16 +124,27 @@ def train_fold_task(task: FoldTask, on_start: Callable[[int], None] | None = Non
     rd = task.run_dir()
     staged = check_staged_recipe(rd, task.recipe_hash)
     if staged["dataset"]["fingerprint"] != ds.fingerprint:
-        raise DataError(f"{task.spec} has changed since this run was planned (fingerprint {ds.fingerprint}, "
-                        f"planned {staged['dataset']['fingerprint']})")
+        raise DataError(
+            f"{task.spec} has changed since this run was planned (fingerprint {ds.fingerprint}, "
+            f"planned {staged['dataset']['fingerprint']})"
+        )
     if task.fold in rd.finished_folds(len(ds.folds)):
         if on_start is not None:
             on_start(task.config.epochs)
         return json.loads(rd.summary(task.fold).read_text())
     seed = run_seed(task.dataset, task.label, task.run, task.fold)
-    trainer = FoldTrainer(ds, ds.folds[task.fold], task.optimizer, task.config, seed=seed,
-                          checkpoint=rd.checkpoint(task.fold), recipe_hash=task.recipe_hash,
-                          on_start=on_start, on_batch=on_batch, on_epoch=on_epoch)
+    trainer = FoldTrainer(
+        ds,
+        ds.folds[task.fold],
+        task.optimizer,
+        task.config,
+        seed=seed,
+        checkpoint=rd.checkpoint(task.fold),
+        recipe_hash=task.recipe_hash,
+        on_start=on_start,
+        on_batch=on_batch,
+        on_epoch=on_epoch,
+    )
     result = trainer.run()
     write_fold(rd.fold_file(task.fold), result.probs, result.labels, result.ids)
     if result.val_probs is not None:
@@ -133,11 +156,19 @@ def train_fold_task(task: FoldTask, on_start: Callable[[int], None] | None = Non
 
         atomic_write_bytes(rd.model_file(task.fold), save(result.weights))
         model = {"bytes": rd.model_file(task.fold).stat().st_size, "dtype": result.weights_dtype}
-    summary = {"fold": task.fold, "seed": seed, "seconds": round(result.seconds, 3), "curves": result.curves,
-               "model": model, "accuracy": fold_score(result.probs, result.labels),
-               "train": len(ds.folds[task.fold].train), "test": len(result.labels),
-               "device": str(trainer.device), "threads": trainer.intra_op_threads() or torch.get_num_threads(),
-               "recipe_hash": task.recipe_hash}
+    summary = {
+        "fold": task.fold,
+        "seed": seed,
+        "seconds": round(result.seconds, 3),
+        "curves": result.curves,
+        "model": model,
+        "accuracy": fold_score(result.probs, result.labels),
+        "train": len(ds.folds[task.fold].train),
+        "test": len(result.labels),
+        "device": str(trainer.device),
+        "threads": trainer.intra_op_threads() or torch.get_num_threads(),
+        "recipe_hash": task.recipe_hash,
+    }
     atomic_write_json(rd.summary(task.fold), summary)
     rd.checkpoint(task.fold).unlink(missing_ok=True)
     return summary
@@ -160,14 +191,17 @@ def segmentation_learnt_nothing(ds: Dataset, dice: float) -> tuple[bool, str]:
     fg = np.asarray(ds.masks).reshape(len(ds.masks), -1) > 0
     trivial = float(np.mean(np.where(fg.any(1), 2 * fg.sum(1) / (fg.sum(1) + fg.shape[1]), 0.0)))
     if dice <= trivial + 1e-9:
-        return True, (f"learnt nothing: mean Dice {dice:.4f} is at or below that of marking every pixel as "
-                      f"foreground ({trivial:.4f}); try another --lr or more --epochs")
+        return True, (
+            f"learnt nothing: mean Dice {dice:.4f} is at or below that of marking every pixel as "
+            f"foreground ({trivial:.4f}); try another --lr or more --epochs"
+        )
     return False, ""
 
 
 def learnt_nothing(ds: Dataset, rd: RunDir, summaries: list[dict[str, Any]]) -> tuple[bool, str]:
     """Whether the member did no better than always answering the majority class: on its validation
     predictions when it has them, else on its last epoch's training accuracy (mean over folds)."""
+
     def majority(idx: np.ndarray) -> float:
         return float(np.bincount(ds.labels[idx], minlength=len(ds.classes)).max() / max(len(idx), 1))
 
@@ -185,13 +219,16 @@ def learnt_nothing(ds: Dataset, rd: RunDir, summaries: list[dict[str, Any]]) -> 
         what = "training"
     acc, rate = float(np.mean(accs)), float(np.mean(rates))
     if acc <= rate + 1e-9:
-        return True, (f"learnt nothing: {what} accuracy {acc:.4f} is at or below the majority-class rate {rate:.4f} "
-                      "(try another --lr, more --epochs, or --class-weights balanced)")
+        return True, (
+            f"learnt nothing: {what} accuracy {acc:.4f} is at or below the majority-class rate {rate:.4f} "
+            "(try another --lr, more --epochs, or --class-weights balanced)"
+        )
     return False, ""
 
 
-def assemble_run(rd: RunDir, *, ds: Dataset, dataset: str, label: str, recipe: dict[str, Any],
-                 command: str = "") -> Path:
+def assemble_run(
+    rd: RunDir, *, ds: Dataset, dataset: str, label: str, recipe: dict[str, Any], command: str = ""
+) -> Path:
     """Publish a run whose folds are all staged: member.json from the fold summaries, then the rename.
 
     Nothing staged is deleted before the rename, so a failed or killed publish is simply
@@ -217,8 +254,11 @@ def assemble_run(rd: RunDir, *, ds: Dataset, dataset: str, label: str, recipe: d
     nothing, diagnosis = segmentation_learnt_nothing(ds, dice) if segmentation else learnt_nothing(ds, rd, summaries)
     models = [s.get("model") for s in summaries]
     kept = all(m is not None and rd.model_file(k).is_file() for k, m in enumerate(models))
-    fold_models = {"present": kept, "bytes": sum(m["bytes"] for m in models if m) if kept else 0,
-                   "dtype": [m["dtype"] for m in models] if kept else []}
+    fold_models = {
+        "present": kept,
+        "bytes": sum(m["bytes"] for m in models if m) if kept else 0,
+        "dtype": [m["dtype"] for m in models] if kept else [],
+    }
     meta = MemberMeta(
         schema_version=SCHEMA_VERSION,
         dataset=dataset,

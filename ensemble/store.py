@@ -49,16 +49,19 @@ _RUN = re.compile(r"\d+")
 def check_name(value: str, what: str) -> str:
     """A dataset, label or run name that is safe as one path component, or a one-line error."""
     if not isinstance(value, str) or not _PLAIN.fullmatch(value) or ".." in value:
-        raise UsageError(f"{what} {value!r} is not a plain name (letters, digits, '_', '.', '+', '-'; "
-                         "starting with a letter or digit)")
+        raise UsageError(
+            f"{what} {value!r} is not a plain name (letters, digits, '_', '.', '+', '-'; "
+            "starting with a letter or digit)"
+        )
     return value
 
 
 def check_variant(value: str) -> str:
     """Variant names: a letter, then letters, digits or '-' (so ``DGrad@long7`` reads as long, 7)."""
     if not isinstance(value, str) or not _VARIANT.fullmatch(value):
-        raise UsageError(f"variant {value!r} is not a valid name (a letter, then letters, digits or '-', "
-                         "at most 40 characters)")
+        raise UsageError(
+            f"variant {value!r} is not a valid name (a letter, then letters, digits or '-', at most 40 characters)"
+        )
     return value
 
 
@@ -171,8 +174,9 @@ class MemberMeta:
             raise StoreError(f"{where}: expected a JSON object, found {type(obj).__name__}")
         version = obj.get("schema_version", 1)
         if not _is_int(version) or version not in (1, 2):
-            raise StoreError(f"{where}: schema_version {version!r} is not one this ens reads (1 or {SCHEMA_VERSION}); "
-                             "upgrade ens")
+            raise StoreError(
+                f"{where}: schema_version {version!r} is not one this ens reads (1 or {SCHEMA_VERSION}); upgrade ens"
+            )
         required = ["dataset", "label", "run", "fingerprint", "classes", "folds"]
         if version >= 2:
             required += ["recipe", "recipe_hash"]
@@ -191,12 +195,16 @@ class MemberMeta:
         if meta.variant is not None and not _VARIANT.fullmatch(str(meta.variant)):
             _bad(where, "variant", meta.variant)
         # fingerprints reach file names (report folders): hex for ens's own members, a plain token by hand
-        fp_ok = re.fullmatch(r"[0-9a-f]{8,64}", meta.fingerprint) if version >= 2 else \
-            re.fullmatch(r"[A-Za-z0-9_-]{1,64}", meta.fingerprint)
+        fp_ok = (
+            re.fullmatch(r"[0-9a-f]{8,64}", meta.fingerprint)
+            if version >= 2
+            else re.fullmatch(r"[A-Za-z0-9_-]{1,64}", meta.fingerprint)
+        )
         if not fp_ok:
             _bad(where, "fingerprint", meta.fingerprint)
-        if version >= 2 and (not re.fullmatch(r"[0-9a-f]{16}", meta.recipe_hash)
-                             or recipe_hash(meta.recipe) != meta.recipe_hash):
+        if version >= 2 and (
+            not re.fullmatch(r"[0-9a-f]{16}", meta.recipe_hash) or recipe_hash(meta.recipe) != meta.recipe_hash
+        ):
             raise StoreError(f"{where}: recipe_hash {_short(meta.recipe_hash)} does not match its recipe")
         if not 1 <= meta.folds <= 1000:
             _bad(where, "folds", meta.folds)
@@ -299,8 +307,7 @@ def read_fold(path: Path, n_classes: int, task: str = "classification") -> tuple
     if probs.shape[1] != n_classes:
         raise StoreError(f"{path}: probs has {probs.shape[1]} columns but member.json lists {n_classes} classes")
     if labels.ndim != 1 or ids.ndim != 1 or not (len(probs) == len(labels) == len(ids)):
-        raise StoreError(f"{path}: probs ({len(probs)} rows), labels ({labels.shape}) and ids ({ids.shape}) "
-                         "disagree")
+        raise StoreError(f"{path}: probs ({len(probs)} rows), labels ({labels.shape}) and ids ({ids.shape}) disagree")
     if not np.issubdtype(labels.dtype, np.integer):
         raise StoreError(f"{path}: labels must be integers, found {labels.dtype}")
     if ids.dtype.kind not in "USiu":
@@ -318,8 +325,9 @@ def read_fold(path: Path, n_classes: int, task: str = "classification") -> tuple
     return probs.astype(np.float32), labels.astype(np.int64), ids.astype(str)
 
 
-def _check_maps(path: Path, probs: np.ndarray, masks: np.ndarray, ids: np.ndarray,
-                n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _check_maps(
+    path: Path, probs: np.ndarray, masks: np.ndarray, ids: np.ndarray, n_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if probs.ndim != 4 or not np.issubdtype(probs.dtype, np.floating):
         raise StoreError(f"{path}: probs must be a 4-D float array (n, C, H, W), found {probs.dtype} {probs.shape}")
     if probs.shape[1] != n_classes:
@@ -381,7 +389,8 @@ class Member:
     def has_models(self) -> bool:
         """Every fold's model was kept (see :meth:`model_file`)."""
         return bool(self.meta.fold_models.get("present")) and all(
-            self.model_file(k).is_file() for k in range(self.meta.folds))
+            self.model_file(k).is_file() for k in range(self.meta.folds)
+        )
 
     def model_file(self, k: int) -> Path:
         return self.path / MODEL_FILE.format(k)
@@ -402,8 +411,11 @@ def read_meta(path: Path) -> MemberMeta:
         raise StoreError(f"{meta_path}: unreadable ({type(err).__name__}: {str(err)[:120]})") from None
     meta = MemberMeta.from_json(obj, meta_path)
     label, variant = split_key(path.parent.name)
-    expected = {"run": int(path.name) if path.name.isdigit() else path.name, "label": label,
-                "dataset": path.parent.parent.name}
+    expected = {
+        "run": int(path.name) if path.name.isdigit() else path.name,
+        "label": label,
+        "dataset": path.parent.parent.name,
+    }
     got = {"run": meta.run, "label": meta.label, "dataset": meta.dataset}
     for key in expected:
         if expected[key] != got[key]:
@@ -640,16 +652,28 @@ class Store:
                     except StoreError as err:
                         notes.append(f"unreadable: {err}")
                         continue
-                    rows.append({"dataset": ds, "label": m.label, "optimizer": m.meta.label, "variant": m.meta.variant,
-                                 "run": m.run, "recipe_hash": m.recipe_hash or None,
-                                 "recipe": recipe_summary(m.meta.recipe), "accuracy": m.meta.accuracy,
-                                 "dice": m.meta.dice,
-                                 "weights": m.has_models, "weights_bytes": int(m.meta.fold_models.get("bytes", 0)),
-                                 "bytes": sum(f.stat().st_size for f in path.rglob("*") if f.is_file()),
-                                 "path": str(path)})
+                    rows.append(
+                        {
+                            "dataset": ds,
+                            "label": m.label,
+                            "optimizer": m.meta.label,
+                            "variant": m.meta.variant,
+                            "run": m.run,
+                            "recipe_hash": m.recipe_hash or None,
+                            "recipe": recipe_summary(m.meta.recipe),
+                            "accuracy": m.meta.accuracy,
+                            "dice": m.meta.dice,
+                            "weights": m.has_models,
+                            "weights_bytes": int(m.meta.fold_models.get("bytes", 0)),
+                            "bytes": sum(f.stat().st_size for f in path.rglob("*") if f.is_file()),
+                            "path": str(path),
+                        }
+                    )
                 for run in self.staged(ds, label):
-                    notes.append(f"staged (started, not published): {label_dir / f'.{run_name(run)}.staging'}; "
-                                 "the next `ens train` of this label resumes it")
+                    notes.append(
+                        f"staged (started, not published): {label_dir / f'.{run_name(run)}.staging'}; "
+                        "the next `ens train` of this label resumes it"
+                    )
                 notes += _lock_notes(label_dir)
         return rows, notes
 
@@ -693,8 +717,9 @@ def _lock_notes(label_dir: Path) -> list[str]:
             held = True
             notes.append(f"being trained now: {label_dir} is locked by a running `ens train`")
     if (label_dir / ".lease.json").exists() and not held:
-        notes.append(f"stale lease: {label_dir / '.lease.json'} was left by an `ens train` that died; the next "
-                     "one takes it over")
+        notes.append(
+            f"stale lease: {label_dir / '.lease.json'} was left by an `ens train` that died; the next one takes it over"
+        )
     return notes
 
 
@@ -705,5 +730,7 @@ def check_one_recipe(members: list[Member]) -> None:
         first = members[0]
         other = next(m for m in members if m.recipe_hash != first.recipe_hash)
         diff = "; ".join(recipe_diff(first.meta.recipe, other.meta.recipe)[:5])
-        raise StoreError(f"{other.path}: trained under another recipe than {first.path} ({diff}); "
-                         "one label holds one recipe -- move it to a variant (Label@name) or another store")
+        raise StoreError(
+            f"{other.path}: trained under another recipe than {first.path} ({diff}); "
+            "one label holds one recipe -- move it to a variant (Label@name) or another store"
+        )

@@ -43,16 +43,36 @@ def image_folder(tmp_path) -> Path:
     return make_folder(tmp_path / "imgs")
 
 
-def write_member(root: Path, dataset: str, label: str, run: int, probs: list[np.ndarray], labels: list[np.ndarray],
-                 ids: list[list[str]], classes: list[str], fingerprint: str = "fp0") -> Path:
+def write_member(
+    root: Path,
+    dataset: str,
+    label: str,
+    run: int,
+    probs: list[np.ndarray],
+    labels: list[np.ndarray],
+    ids: list[list[str]],
+    classes: list[str],
+    fingerprint: str = "fp0",
+) -> Path:
     """A member laid out exactly as SPEC §5 says, written by hand (not by ens)."""
     d = root / dataset / label / f"{run:03d}"
     d.mkdir(parents=True)
     for k, (p, y, i) in enumerate(zip(probs, labels, ids)):
-        np.savez(d / f"fold-{k}.npz", probs=np.asarray(p, np.float32), labels=np.asarray(y, np.int64),
-                 ids=np.asarray(i))
-    meta = {"dataset": dataset, "label": label, "run": run, "fingerprint": fingerprint, "classes": classes,
-            "folds": len(probs), "optimizer": {"name": label}, "seed": [0], "model": "hand", "epochs": 0}
+        np.savez(
+            d / f"fold-{k}.npz", probs=np.asarray(p, np.float32), labels=np.asarray(y, np.int64), ids=np.asarray(i)
+        )
+    meta = {
+        "dataset": dataset,
+        "label": label,
+        "run": run,
+        "fingerprint": fingerprint,
+        "classes": classes,
+        "folds": len(probs),
+        "optimizer": {"name": label},
+        "seed": [0],
+        "model": "hand",
+        "epochs": 0,
+    }
     (d / "member.json").write_text(json.dumps(meta))
     return d
 

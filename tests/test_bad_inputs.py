@@ -18,8 +18,20 @@ import pytest
 
 from tests.conftest import make_folder, run_cli, write_member
 
-TINY = ["--model", "test_resnet", "--epochs", "1", "--size", "16", "--no-pretrained", "--device", "cpu",
-        "--workers", "0", "--no-progress"]
+TINY = [
+    "--model",
+    "test_resnet",
+    "--epochs",
+    "1",
+    "--size",
+    "16",
+    "--no-pretrained",
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +41,16 @@ def world(tmp_path_factory) -> Path:
     make_folder(root / "imgs", per_class=5)
     probs = [np.array([[0.6, 0.4], [0.4, 0.6]]), np.array([[0.3, 0.7], [0.2, 0.8]])]
     for run in (0, 1):
-        write_member(root / "M", "toy", "SGD", run, probs, [np.array([0, 1]), np.array([1, 0])],
-                     [["s0", "s1"], ["s2", "s3"]], ["x", "y"])
+        write_member(
+            root / "M",
+            "toy",
+            "SGD",
+            run,
+            probs,
+            [np.array([0, 1]), np.array([1, 0])],
+            [["s0", "s1"], ["s2", "s3"]],
+            ["x", "y"],
+        )
     (root / "a_file").write_text("not a folder")
     (root / "empty").mkdir()
     (root / "data" / "lar").mkdir(parents=True)
@@ -38,8 +58,17 @@ def world(tmp_path_factory) -> Path:
 
 
 def _train(world: Path, *extra: str) -> list[str]:
-    return ["train", "--dataset", f"folder:{world / 'imgs'}", "--opt", "sgd", *TINY,
-            "--members-dir", str(world / "T"), *extra]
+    return [
+        "train",
+        "--dataset",
+        f"folder:{world / 'imgs'}",
+        "--opt",
+        "sgd",
+        *TINY,
+        "--members-dir",
+        str(world / "T"),
+        *extra,
+    ]
 
 
 def _fuse(world: Path, *extra: str) -> list[str]:
@@ -60,8 +89,12 @@ CASES = [
     ("device cuda:x", lambda w: _train(w, "--device", "cuda:x"), 2, "'cuda:x'"),
     ("executor slurm", lambda w: _train(w, "--executor", "slurm"), 2, "'slurm'"),
     ("scheduler bogus", lambda w: _train(w, "--executor", "dask", "--scheduler", "bogus://x"), 2, "bogus"),
-    ("scheduler no port", lambda w: _train(w, "--executor", "dask", "--scheduler", "tcp://head"), 2,
-     "'tcp://head' is not SCHEME://HOST:PORT"),
+    (
+        "scheduler no port",
+        lambda w: _train(w, "--executor", "dask", "--scheduler", "tcp://head"),
+        2,
+        "'tcp://head' is not SCHEME://HOST:PORT",
+    ),
     ("scheduler without dask", lambda w: _train(w, "--scheduler", "tcp://h:8786"), 2, "--scheduler"),
     ("jobs 0", lambda w: _train(w, "--jobs", "0"), 2, "--jobs"),
     ("epochs 0", lambda w: _train(w, "--epochs", "0"), 2, "--epochs"),
@@ -76,20 +109,36 @@ CASES = [
     ("lr with clmr", lambda w: _train(w, "--opt", "clmr", "--lr", "0.1"), 2, "CLMR does not accept lr"),
     ("unknown dataset", lambda w: ["train", "--dataset", "nosuch", "--opt", "sgd", *TINY], 2, "'nosuch'"),
     ("folder without path", lambda w: ["train", "--dataset", "folder:", "--opt", "sgd", *TINY], 2, "folder:"),
-    ("missing folder", lambda w: ["train", "--dataset", f"folder:{w / 'nope'}", "--opt", "sgd", *TINY,
-                                  "--members-dir", str(w / "T")], 1, "nope"),
-    ("medmnist escape", lambda w: ["train", "--dataset", "medmnist:../../X", "--opt", "sgd", *TINY,
-                                   "--data-dir", str(w / "data")], 2, "medmnist:../../X"),
+    (
+        "missing folder",
+        lambda w: ["train", "--dataset", f"folder:{w / 'nope'}", "--opt", "sgd", *TINY, "--members-dir", str(w / "T")],
+        1,
+        "nope",
+    ),
+    (
+        "medmnist escape",
+        lambda w: ["train", "--dataset", "medmnist:../../X", "--opt", "sgd", *TINY, "--data-dir", str(w / "data")],
+        2,
+        "medmnist:../../X",
+    ),
     ("unknown model", lambda w: _train(w, "--model", "not_a_model"), 2, "'not_a_model'"),
-    ("missing weights", lambda w: [a for a in _train(w, "--weights", str(w / "w.pth")) if a != "--no-pretrained"],
-     2, "w.pth"),
+    (
+        "missing weights",
+        lambda w: [a for a in _train(w, "--weights", str(w / "w.pth")) if a != "--no-pretrained"],
+        2,
+        "w.pth",
+    ),
     ("weights and no-pretrained", lambda w: _train(w, "--weights", str(w / "a_file")), 2, "--no-pretrained"),
     ("variant with slash", lambda w: _train(w, "--variant", "a/b"), 2, "'a/b'"),
     ("name escaping", lambda w: _train(w, "--name", "../x"), 2, "'../x'"),
     ("members dir is a file", lambda w: _train(w)[:-2] + ["--members-dir", str(w / "a_file")], 2, "a_file"),
     ("cache dir is a file", lambda w: _train(w, "--cache-dir", str(w / "a_file")), 2, "a_file"),
-    ("fuse unknown dataset", lambda w: ["fuse", "--dataset", "nosuch", "SGD1", "--members-dir", str(w / "M")], 2,
-     "'nosuch'"),
+    (
+        "fuse unknown dataset",
+        lambda w: ["fuse", "--dataset", "nosuch", "SGD1", "--members-dir", str(w / "M")],
+        2,
+        "'nosuch'",
+    ),
     ("fuse no count", lambda w: _fuse(w, "SGD"), 2, "column 4"),
     ("fuse superscript", lambda w: _fuse(w, "SGD²"), 2, "column 4"),
     ("fuse huge count", lambda w: _fuse(w, "SGD" + "9" * 5000), 2, "5000 digits"),
@@ -100,32 +149,101 @@ CASES = [
     ("fuse unknown format", lambda w: _fuse(w, "SGD1", "--format", "xml"), 2, "'xml'"),
     ("fuse few resamples", lambda w: _fuse(w, "SGD1", "--ci", "--resamples", "10"), 2, "10"),
     ("fuse unknown calibration", lambda w: _fuse(w, "SGD1", "--calibrate", "platt"), 2, "'platt'"),
-    ("fuse missing store", lambda w: ["fuse", "--dataset", "toy", "SGD1", "--members-dir", str(w / "nope")], 2,
-     "no members of 'toy'"),
-    ("compare one expression", lambda w: ["compare", "--dataset", "toy", "SGD1", "--members-dir", str(w / "M")], 2,
-     "EXPR_B"),
-    ("compare unknown label", lambda w: ["compare", "--dataset", "toy", "SGD1", "Bogus1", "--members-dir",
-                                         str(w / "M")], 2, "'Bogus'"),
-    ("report empty store", lambda w: ["report", "--members-dir", str(w / "empty"), "--out", str(w / "R")], 2,
-     "no members"),
+    (
+        "fuse missing store",
+        lambda w: ["fuse", "--dataset", "toy", "SGD1", "--members-dir", str(w / "nope")],
+        2,
+        "no members of 'toy'",
+    ),
+    (
+        "compare one expression",
+        lambda w: ["compare", "--dataset", "toy", "SGD1", "--members-dir", str(w / "M")],
+        2,
+        "EXPR_B",
+    ),
+    (
+        "compare unknown label",
+        lambda w: ["compare", "--dataset", "toy", "SGD1", "Bogus1", "--members-dir", str(w / "M")],
+        2,
+        "'Bogus'",
+    ),
+    (
+        "report empty store",
+        lambda w: ["report", "--members-dir", str(w / "empty"), "--out", str(w / "R")],
+        2,
+        "no members",
+    ),
     ("report step 0", lambda w: ["report", "--members-dir", str(w / "M"), "--step", "0"], 2, "--step"),
-    ("report out is a file", lambda w: ["report", "--members-dir", str(w / "M"), "--out", str(w / "a_file")], 2,
-     "a_file"),
+    (
+        "report out is a file",
+        lambda w: ["report", "--members-dir", str(w / "M"), "--out", str(w / "a_file")],
+        2,
+        "a_file",
+    ),
     ("data list dir is a file", lambda w: ["data", "list", "--data-dir", str(w / "a_file")], 2, "a_file"),
     ("data list extra", lambda w: ["data", "list", "extra"], 2, "extra"),
     ("fetch unknown", lambda w: ["data", "fetch", "nosuch", "--data-dir", str(w / "data")], 2, "'nosuch'"),
-    ("fetch folder", lambda w: ["data", "fetch", "folder:x", "--data-dir", str(w / "data")], 2,
-     "no download source"),
-    ("fetch checksum without colon", lambda w: ["data", "fetch", "bg", "--data-dir", str(w / "data"), "--url",
-                                                "http://127.0.0.1:9/bg.zip", "--checksum", "sha256"], 2, "'sha256'"),
-    ("fetch checksum not hex", lambda w: ["data", "fetch", "bg", "--data-dir", str(w / "data"), "--url",
-                                          "http://127.0.0.1:9/bg.zip", "--checksum", "md5:nothex"], 2, "md5:nothex"),
-    ("fetch unknown algorithm", lambda w: ["data", "fetch", "bg", "--data-dir", str(w / "data"), "--url",
-                                           "http://127.0.0.1:9/bg.zip", "--checksum", "crc32:abcd"], 2, "crc32:abcd"),
-    ("fetch ftp", lambda w: ["data", "fetch", "bg", "--data-dir", str(w / "data"), "--url", "ftp://h/bg.zip"], 2,
-     "ftp://h/bg.zip"),
-    ("fetch checksum alone", lambda w: ["data", "fetch", "bg", "--data-dir", str(w / "data"), "--checksum",
-                                        "md5:" + "0" * 32], 2, "--checksum"),
+    ("fetch folder", lambda w: ["data", "fetch", "folder:x", "--data-dir", str(w / "data")], 2, "no download source"),
+    (
+        "fetch checksum without colon",
+        lambda w: [
+            "data",
+            "fetch",
+            "bg",
+            "--data-dir",
+            str(w / "data"),
+            "--url",
+            "http://127.0.0.1:9/bg.zip",
+            "--checksum",
+            "sha256",
+        ],
+        2,
+        "'sha256'",
+    ),
+    (
+        "fetch checksum not hex",
+        lambda w: [
+            "data",
+            "fetch",
+            "bg",
+            "--data-dir",
+            str(w / "data"),
+            "--url",
+            "http://127.0.0.1:9/bg.zip",
+            "--checksum",
+            "md5:nothex",
+        ],
+        2,
+        "md5:nothex",
+    ),
+    (
+        "fetch unknown algorithm",
+        lambda w: [
+            "data",
+            "fetch",
+            "bg",
+            "--data-dir",
+            str(w / "data"),
+            "--url",
+            "http://127.0.0.1:9/bg.zip",
+            "--checksum",
+            "crc32:abcd",
+        ],
+        2,
+        "crc32:abcd",
+    ),
+    (
+        "fetch ftp",
+        lambda w: ["data", "fetch", "bg", "--data-dir", str(w / "data"), "--url", "ftp://h/bg.zip"],
+        2,
+        "ftp://h/bg.zip",
+    ),
+    (
+        "fetch checksum alone",
+        lambda w: ["data", "fetch", "bg", "--data-dir", str(w / "data"), "--checksum", "md5:" + "0" * 32],
+        2,
+        "--checksum",
+    ),
     ("fetch over existing", lambda w: ["data", "fetch", "lar", "--data-dir", str(w / "data")], 2, "already exists"),
     ("optimizers extra", lambda w: ["optimizers", "extra"], 2, "extra"),
     ("optimizers plot into a folder", lambda w: ["optimizers", "--plot", str(w / "empty")], 2, "empty"),
@@ -134,8 +252,10 @@ CASES = [
 
 def snapshot(root: Path) -> dict[str, str]:
     """Every path under ``root``: files by content hash, folders by name."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(root.rglob("*"))
+    }
 
 
 @pytest.mark.parametrize(("name", "args", "code", "words"), CASES, ids=[c[0] for c in CASES])
@@ -171,23 +291,37 @@ def test_names_from_the_filesystem_are_data(capsys, tmp_path):
     code, out, err = run_cli(capsys, "data", "list", "--data-dir", str(tmp_path))
     assert code == 0, err
     members = tmp_path / "M"
-    code, out, err = run_cli(capsys, "train", "--dataset", f"folder:{folder}", "--opt", "sgd", "--n", "1", *TINY,
-                             "--members-dir", str(members))
+    code, out, err = run_cli(
+        capsys,
+        "train",
+        "--dataset",
+        f"folder:{folder}",
+        "--opt",
+        "sgd",
+        "--n",
+        "1",
+        *TINY,
+        "--members-dir",
+        str(members),
+    )
     assert code == 0, err
     code, out, err = run_cli(capsys, "fuse", "--dataset", "weird", "SGD1", "--details", "--members-dir", str(members))
     assert code == 0, err
     assert "[red]" in out and "$\\foo{" in out
-    code, out, err = run_cli(capsys, "report", "--members-dir", str(members), "--out", str(tmp_path / "R"),
-                             "--step", "1")
+    code, out, err = run_cli(
+        capsys, "report", "--members-dir", str(members), "--out", str(tmp_path / "R"), "--step", "1"
+    )
     assert code == 0, err
     assert (tmp_path / "R" / "weird" / "confusion_best.png").stat().st_size > 1000
     assert r"\$\textbackslash{}foo\{" in (tmp_path / "R" / "weird" / "per_class.tex").read_text()
 
 
 def test_cli_imports_without_fcntl():
-    code = ("import sys; sys.modules['fcntl'] = None\n"
-            "import ensemble.cli, ensemble.store, ensemble.executors, ensemble.executors.worker\n"
-            "from ensemble.cli import main; sys.argv = ['ens', '--help']; main()")
+    code = (
+        "import sys; sys.modules['fcntl'] = None\n"
+        "import ensemble.cli, ensemble.store, ensemble.executors, ensemble.executors.worker\n"
+        "from ensemble.cli import main; sys.argv = ['ens', '--help']; main()"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0 and "Usage" in res.stdout, res.stderr
 
@@ -242,16 +376,30 @@ def test_fetch_refuses_truncated_wrong_checksum_and_escaping_archives(capsys, tm
     routes["/escape.zip"] = (_zip({"g1/a.png": b"x", "../../evil.txt": b"owned"}), None)
     routes["/escape.tar"] = (_tar({"g1/a.png": b"x", "../evil.txt": b"owned"}), None)
     data = tmp_path / "data"
-    cases = [("/truncated.zip", None, "cannot download"), ("/good.zip", "sha256:" + "0" * 64, "checksum mismatch"),
-             ("/escape.zip", None, "../../evil.txt"), ("/escape.tar", None, "../evil.txt")]
+    cases = [
+        ("/truncated.zip", None, "cannot download"),
+        ("/good.zip", "sha256:" + "0" * 64, "checksum mismatch"),
+        ("/escape.zip", None, "../../evil.txt"),
+        ("/escape.tar", None, "../evil.txt"),
+    ]
     for path, checksum, words in cases:
         args = ["data", "fetch", "bg", "--data-dir", str(data), "--url", base + path]
         code, out, err = run_cli(capsys, *args, *(["--checksum", checksum] if checksum else []))
         assert code == 1 and words in err and "Traceback" not in err, (path, err)
         assert not (data / "bg").exists() and not (tmp_path / "evil.txt").exists()
         assert [p.name for p in data.iterdir()] == [] if data.exists() else True  # no partial file left
-    code, out, err = run_cli(capsys, "data", "fetch", "bg", "--data-dir", str(data), "--url", base + "/good.zip",
-                             "--checksum", f"sha256:{sha}")
+    code, out, err = run_cli(
+        capsys,
+        "data",
+        "fetch",
+        "bg",
+        "--data-dir",
+        str(data),
+        "--url",
+        base + "/good.zip",
+        "--checksum",
+        f"sha256:{sha}",
+    )
     assert code == 0, err
     assert sorted(p.name for p in (data / "bg").iterdir()) == ["g1", "g2"]
 

@@ -24,13 +24,45 @@ pytestmark = pytest.mark.slow
 
 # --threads 1: CPU results depend on the thread count, which by default differs between executors (every
 # core here, a share of them per pool worker); at one count every executor trains the same members
-TINY = ["--model", "test_resnet", "--epochs", "4", "--batch-size", "8", "--size", "16", "--no-pretrained",
-        "--device", "cpu", "--workers", "0", "--no-progress", "--threads", "1", "--checkpoint-every", "0"]
+TINY = [
+    "--model",
+    "test_resnet",
+    "--epochs",
+    "4",
+    "--batch-size",
+    "8",
+    "--size",
+    "16",
+    "--no-pretrained",
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+    "--no-progress",
+    "--threads",
+    "1",
+    "--checkpoint-every",
+    "0",
+]
 
 
 def train_args(folder: Path, members: Path, *extra: str, n: int = 2) -> list[str]:
-    return [sys.executable, "-m", "ensemble.cli", "train", "--dataset", f"folder:{folder}", "--opt", "dgrad",
-            "--n", str(n), *TINY, "--members-dir", str(members), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "ensemble.cli",
+        "train",
+        "--dataset",
+        f"folder:{folder}",
+        "--opt",
+        "dgrad",
+        "--n",
+        str(n),
+        *TINY,
+        "--members-dir",
+        str(members),
+        *extra,
+    ]
 
 
 def run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
@@ -46,9 +78,12 @@ def read_store(members: Path, folder: Path, label: str = "DGrad") -> dict[str, d
             continue
         meta = json.loads((run_dir / "member.json").read_text())
         parts = [np.load(run_dir / f"fold-{k}.npz") for k in range(meta["folds"])]
-        out[run_dir.name] = {"meta": meta, "ids": np.concatenate([p["ids"] for p in parts]),
-                             "probs": np.concatenate([p["probs"] for p in parts]),
-                             "labels": np.concatenate([p["labels"] for p in parts])}
+        out[run_dir.name] = {
+            "meta": meta,
+            "ids": np.concatenate([p["ids"] for p in parts]),
+            "probs": np.concatenate([p["probs"] for p in parts]),
+            "labels": np.concatenate([p["labels"] for p in parts]),
+        }
     return out
 
 
@@ -135,8 +170,12 @@ def kill_a_running_worker(proc: subprocess.Popen, label_dir: Path, timeout: floa
 @pytest.mark.parametrize("executor", ["dask", "processes"])
 def test_killing_a_worker_mid_run_still_completes(executor, folder, local_store, tmp_path):
     members = tmp_path / "M"
-    proc = subprocess.Popen(train_args(folder, members, "--executor", executor, "--jobs", "2"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        train_args(folder, members, "--executor", executor, "--jobs", "2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     killed = kill_a_running_worker(proc, members / folder.name / "DGrad")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
@@ -225,8 +264,9 @@ def test_flaky_task_is_retried_in_process(folder, tmp_path, monkeypatch):
     monkeypatch.setattr(job, "train_fold_task", flaky)
     cfg = TrainConfig(model="test_resnet", epochs=1, size=16, device="cpu", workers=0, pretrained=False)
     lines: list[str] = []
-    out = train_members(TrainRequest(f"folder:{folder}", "SGD", 1, cfg, tmp_path / "M", tmp_path, progress=False),
-                        echo=lines.append)
+    out = train_members(
+        TrainRequest(f"folder:{folder}", "SGD", 1, cfg, tmp_path / "M", tmp_path, progress=False), echo=lines.append
+    )
     assert [p.name for p in out] == ["000"]
     assert calls.count("SGD/000/fold-1") == 2 and calls.count("SGD/000/fold-0") == 1
 
@@ -243,8 +283,10 @@ def test_unexpected_error_keeps_its_traceback(folder, tmp_path, monkeypatch):
     monkeypatch.setattr(job, "train_fold_task", broken)
     cfg = TrainConfig(model="test_resnet", epochs=1, size=16, device="cpu", workers=0, pretrained=False)
     with pytest.raises(EnsError) as info:
-        train_members(TrainRequest(f"folder:{folder}", "SGD", 1, cfg, tmp_path / "M", tmp_path, progress=False),
-                      echo=lambda line: None)
+        train_members(
+            TrainRequest(f"folder:{folder}", "SGD", 1, cfg, tmp_path / "M", tmp_path, progress=False),
+            echo=lambda line: None,
+        )
     message = str(info.value)
     assert "1 run(s) not stored, 0 stored" in message and "ZeroDivisionError: division by zero" in message
     kept = tmp_path / "M" / folder.name / "SGD" / ".000.staging" / "scratch" / "fold-0.error.txt"
@@ -254,14 +296,17 @@ def test_unexpected_error_keeps_its_traceback(folder, tmp_path, monkeypatch):
 
 def test_gpu_claims_are_distinct_per_process(tmp_path):
     """Each worker process takes its own GPU; a third worker for two GPUs shares one."""
-    code = ("import sys, os; from ensemble.executors.worker import claim_gpu\n"
-            f"print(claim_gpu(('3', '5'), {str(tmp_path)!r}), os.environ['CUDA_VISIBLE_DEVICES'], flush=True)\n"
-            "sys.stdin.read()")
+    code = (
+        "import sys, os; from ensemble.executors.worker import claim_gpu\n"
+        f"print(claim_gpu(('3', '5'), {str(tmp_path)!r}), os.environ['CUDA_VISIBLE_DEVICES'], flush=True)\n"
+        "sys.stdin.read()"
+    )
     procs, seen = [], []
     try:
         for _ in range(3):  # one after another, each holding its claim while the next starts
-            procs.append(subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, text=True))
+            procs.append(
+                subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            )
             seen.append(procs[-1].stdout.readline().split())
     finally:
         for p in procs:
@@ -278,7 +323,12 @@ def test_scheduler_without_dask_executor_is_a_usage_error(folder, tmp_path):
 
 def test_unreachable_scheduler_is_one_clear_line(folder, tmp_path):
     env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
-    res = subprocess.run(train_args(folder, tmp_path / "M", "--executor", "dask", "--scheduler", "tcp://127.0.0.1:9"),
-                         capture_output=True, text=True, timeout=120, env=env)
+    res = subprocess.run(
+        train_args(folder, tmp_path / "M", "--executor", "dask", "--scheduler", "tcp://127.0.0.1:9"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in res.stderr and "dask scheduler" in res.stderr

@@ -25,12 +25,36 @@ IDS = [["s0", "s1"], ["s2", "s3"]]
 def store(tmp_path):
     root = tmp_path / "members"
     # SGD/000 right on s0, s1, s2, wrong on s3; SGD/001 wrong on s0 (confidently) only
-    write_member(root, "toy", "SGD", 0, [np.array([[0.6, 0.4], [0.4, 0.6]]), np.array([[0.3, 0.7], [0.2, 0.8]])],
-                 LABELS, IDS, CLASSES)
-    write_member(root, "toy", "SGD", 1, [np.array([[0.1, 0.9], [0.3, 0.7]]), np.array([[0.4, 0.6], [0.9, 0.1]])],
-                 LABELS, IDS, CLASSES)
-    write_member(root, "toy", "DGrad", 0, [np.array([[0.8, 0.2], [0.6, 0.4]]), np.array([[0.5, 0.5], [0.6, 0.4]])],
-                 LABELS, IDS, CLASSES)
+    write_member(
+        root,
+        "toy",
+        "SGD",
+        0,
+        [np.array([[0.6, 0.4], [0.4, 0.6]]), np.array([[0.3, 0.7], [0.2, 0.8]])],
+        LABELS,
+        IDS,
+        CLASSES,
+    )
+    write_member(
+        root,
+        "toy",
+        "SGD",
+        1,
+        [np.array([[0.1, 0.9], [0.3, 0.7]]), np.array([[0.4, 0.6], [0.9, 0.1]])],
+        LABELS,
+        IDS,
+        CLASSES,
+    )
+    write_member(
+        root,
+        "toy",
+        "DGrad",
+        0,
+        [np.array([[0.8, 0.2], [0.6, 0.4]]), np.array([[0.5, 0.5], [0.6, 0.4]])],
+        LABELS,
+        IDS,
+        CLASSES,
+    )
     return Store(root)
 
 
@@ -45,8 +69,9 @@ def test_sum_rule_by_hand(store):
 
 
 def test_cli_json(store):
-    res = CliRunner().invoke(cli, ["fuse", "--dataset", "toy", "SGD2", "DGrad1", "--members-dir", str(store.root),
-                                   "--format", "json"])
+    res = CliRunner().invoke(
+        cli, ["fuse", "--dataset", "toy", "SGD2", "DGrad1", "--members-dir", str(store.root), "--format", "json"]
+    )
     assert res.exit_code == 0, res.output
     rows = json.loads(res.output)
     assert [r["expression"] for r in rows] == ["SGD2", "DGrad1"]
@@ -67,14 +92,17 @@ def test_rules_vote_and_product(store):
     np.testing.assert_allclose(p.scores.sum(1), 1.0, rtol=1e-6)
 
 
-@pytest.mark.parametrize("expr, column, words", [
-    ("SGD2+", 6, "expected a term"),
-    ("Foo2", 1, "unknown label 'Foo'"),
-    ("SGD2 DGrad1", 6, "expected '+'"),
-    ("Cos12", 5, "ends in a digit"),
-    ("DGrad(2", 8, "expected ')'"),
-    ("SGD1+sgd1", 6, "appears twice"),
-])
+@pytest.mark.parametrize(
+    "expr, column, words",
+    [
+        ("SGD2+", 6, "expected a term"),
+        ("Foo2", 1, "unknown label 'Foo'"),
+        ("SGD2 DGrad1", 6, "expected '+'"),
+        ("Cos12", 5, "ends in a digit"),
+        ("DGrad(2", 8, "expected ')'"),
+        ("SGD1+sgd1", 6, "appears twice"),
+    ],
+)
 def test_malformed_expressions_name_the_column(expr, column, words):
     with pytest.raises(ExpressionError) as err:
         parse(expr)
@@ -85,13 +113,20 @@ def test_malformed_expressions_name_the_column(expr, column, words):
 
 def test_paper_spelling_parses():
     assert [(t.label, t.count) for t in parse("SGD(14) + DGrad(7) + Cos#1(7)")] == [
-        ("SGD", 14), ("DGrad", 7), ("Cos1", 7)]
+        ("SGD", 14),
+        ("DGrad", 7),
+        ("Cos1", 7),
+    ]
     assert [(t.label, t.count) for t in parse("cos2_3+diffgrad4")] == [("Cos2", 3), ("diffGrad", 4)]
 
 
 def test_over_ask_exits_2_with_train_command(store):
-    res = CliRunner().invoke(cli, ["fuse", "--dataset", "toy", "SGD5", "--members-dir", str(store.root)],
-                             standalone_mode=False, catch_exceptions=True)
+    res = CliRunner().invoke(
+        cli,
+        ["fuse", "--dataset", "toy", "SGD5", "--members-dir", str(store.root)],
+        standalone_mode=False,
+        catch_exceptions=True,
+    )
     assert isinstance(res.exception, UsageError) and res.exception.exit_code == 2
     assert "2 exist" in str(res.exception) and "ens train --dataset toy --opt SGD --n 5" in str(res.exception)
 
@@ -110,8 +145,11 @@ def test_cli_errors_exit_2_without_traceback(store, tmp_path):
     import sys
 
     for expr in ["SGD2+", "SGD9"]:
-        proc = subprocess.run([sys.executable, "-m", "ensemble.cli", "fuse", "--dataset", "toy", expr,
-                               "--members-dir", str(store.root)], capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "ensemble.cli", "fuse", "--dataset", "toy", expr, "--members-dir", str(store.root)],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and "Error:" in proc.stderr
 
@@ -125,8 +163,14 @@ def test_report_writes_tables_and_figures(store, tmp_path):
         for ext in [".md", ".csv", ".tex"]:
             assert (d / f"{stem}{ext}").stat().st_size > 0
     pngs = sorted(p.name for p in d.glob("*.png"))
-    assert pngs == ["accuracy_by_label.png", "accuracy_vs_size.png", "confusion_best.png", "disagreement.png",
-                    "diversity.png", "reliability.png"]
+    assert pngs == [
+        "accuracy_by_label.png",
+        "accuracy_vs_size.png",
+        "confusion_best.png",
+        "disagreement.png",
+        "diversity.png",
+        "reliability.png",
+    ]
     assert all((d / p).stat().st_size > 1000 for p in pngs)
     first = (d / "table2.md").read_text()
     assert "optimistic" in first and "honest" in first

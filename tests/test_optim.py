@@ -118,8 +118,9 @@ def test_sgd_equals_torch_sgd(nesterov):
     thetas, grads = make_problem(3, 20)
     ours = [torch.nn.Parameter(torch.from_numpy(t.copy())) for t in thetas]
     theirs = [torch.nn.Parameter(torch.from_numpy(t.copy())) for t in thetas]
-    opt, sched = build("sgd", ours, epochs=1, steps_per_epoch=1, lr=0.05, momentum=0.8,
-                       nesterov=nesterov, weight_decay=1e-4)
+    opt, sched = build(
+        "sgd", ours, epochs=1, steps_per_epoch=1, lr=0.05, momentum=0.8, nesterov=nesterov, weight_decay=1e-4
+    )
     assert sched is None
     ref = torch.optim.SGD(theirs, lr=0.05, momentum=0.8, nesterov=nesterov, weight_decay=1e-4)
     for step in range(20):
@@ -287,8 +288,9 @@ def test_fused_step_equals_the_eager_step_to_rounding_and_ignores_threads(name, 
         torch.set_num_threads(threads)
         try:
             params = [torch.nn.Parameter(t.clone()) for t in start]
-            opt = DiffGradFamily(params, lr=1e-2, weight_decay=1e-3, decoupled=decoupled, friction=name,
-                                 fused=fused_step)
+            opt = DiffGradFamily(
+                params, lr=1e-2, weight_decay=1e-3, decoupled=decoupled, friction=name, fused=fused_step
+            )
             for step in grads:
                 for p, g in zip(params, step):
                     p.grad = g.clone()
@@ -340,12 +342,19 @@ def test_fused_step_keeps_torch_thread_count():
     import subprocess
     import sys
 
-    code = ("import torch; torch.set_num_threads(1)\n"
-            "from ensemble.optim import build\n"
-            "p = torch.nn.Parameter(torch.zeros(1 << 17)); opt, _ = build('dgrad', [p], epochs=1, steps_per_epoch=1)\n"
-            "p.grad = torch.ones_like(p); opt.step(); opt.step()\n"
-            "print(torch.get_num_threads())")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "NUMBA_NUM_THREADS": "2"})
+    code = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from ensemble.optim import build\n"
+        "p = torch.nn.Parameter(torch.zeros(1 << 17)); opt, _ = build('dgrad', [p], epochs=1, steps_per_epoch=1)\n"
+        "p.grad = torch.ones_like(p); opt.step(); opt.step()\n"
+        "print(torch.get_num_threads())"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NUMBA_NUM_THREADS": "2"},
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "1"

@@ -14,8 +14,20 @@ from PIL import Image
 
 from tests.conftest import invoke_main, make_folder, run_cli
 
-TINY = ["--model", "test_resnet", "--epochs", "2", "--size", "16", "--no-pretrained", "--device", "cpu",
-        "--workers", "0", "--no-progress"]
+TINY = [
+    "--model",
+    "test_resnet",
+    "--epochs",
+    "2",
+    "--size",
+    "16",
+    "--no-pretrained",
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +37,12 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     folder = make_folder(root / "imgs", per_class=6)
     members = root / "M"
     for extra in (["--opt", "dgrad,sgd"], ["--opt", "cos1", "--no-keep-weights"]):
-        assert invoke_main("train", "--dataset", f"folder:{folder}", "--n", "1", *TINY, "--members-dir",
-                           str(members), *extra) == 0
+        assert (
+            invoke_main(
+                "train", "--dataset", f"folder:{folder}", "--n", "1", *TINY, "--members-dir", str(members), *extra
+            )
+            == 0
+        )
     return folder, members
 
 
@@ -39,8 +55,20 @@ def test_one_fold_model_reproduces_its_stored_probabilities(capsys, trained):
     for k in (0, 3):
         with np.load(members / "imgs" / "DGrad" / "000" / f"fold-{k}.npz") as z:
             ids, stored = list(z["ids"]), z["probs"]
-        code, out, err = run_cli(capsys, "predict", "--dataset", "imgs", "DGrad1", *[str(folder / i) for i in ids],
-                                 "--fold", str(k), "--device", "cpu", "--members-dir", str(members))
+        code, out, err = run_cli(
+            capsys,
+            "predict",
+            "--dataset",
+            "imgs",
+            "DGrad1",
+            *[str(folder / i) for i in ids],
+            "--fold",
+            str(k),
+            "--device",
+            "cpu",
+            "--members-dir",
+            str(members),
+        )
         assert code == 0, err
         table = _table(out)
         assert list(table["path"]) == [str(folder / i) for i in ids]
@@ -51,8 +79,9 @@ def test_fused_rows_follow_the_rule_and_entropy(capsys, trained):
     folder, members = trained
     runs = {}
     for expr in ("DGrad1", "SGD1", "DGrad1+SGD1"):
-        code, out, err = run_cli(capsys, "predict", "--dataset", "imgs", expr, str(folder), "--members-dir",
-                                 str(members))
+        code, out, err = run_cli(
+            capsys, "predict", "--dataset", "imgs", expr, str(folder), "--members-dir", str(members)
+        )
         assert code == 0, err
         runs[expr] = _table(out)
     fused = runs["DGrad1+SGD1"]
@@ -76,8 +105,19 @@ def test_tta_is_flip_invariant(capsys, trained, tmp_path):
     image = np.asarray(Image.open(src))
     Image.fromarray(image[:, ::-1].copy()).save(tmp_path / "flipped.png")
     Image.fromarray(image[::-1, ::-1].copy()).save(tmp_path / "rotated.png")
-    code, out, err = run_cli(capsys, "predict", "--dataset", "imgs", "DGrad1", str(src), str(tmp_path / "flipped.png"),
-                             str(tmp_path / "rotated.png"), "--tta", "--members-dir", str(members))
+    code, out, err = run_cli(
+        capsys,
+        "predict",
+        "--dataset",
+        "imgs",
+        "DGrad1",
+        str(src),
+        str(tmp_path / "flipped.png"),
+        str(tmp_path / "rotated.png"),
+        "--tta",
+        "--members-dir",
+        str(members),
+    )
     assert code == 0, err
     p = _table(out)[["a", "b", "c"]].to_numpy()
     np.testing.assert_allclose(p[1], p[0], atol=1e-5)
@@ -86,8 +126,9 @@ def test_tta_is_flip_invariant(capsys, trained, tmp_path):
 
 def test_member_without_fold_models_is_named(capsys, trained):
     folder, members = trained
-    code, out, err = run_cli(capsys, "predict", "--dataset", "imgs", "DGrad1+Cos1_1", str(folder), "--members-dir",
-                             str(members))
+    code, out, err = run_cli(
+        capsys, "predict", "--dataset", "imgs", "DGrad1+Cos1_1", str(folder), "--members-dir", str(members)
+    )
     assert code == 2 and "imgs/Cos1/000" in err and "--no-keep-weights" in err and "Traceback" not in err
 
 
@@ -95,30 +136,54 @@ def test_bad_inputs_are_named(capsys, trained, tmp_path):
     folder, members = trained
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG not really")
-    for args, words in [([str(broken)], "broken.png"), ([str(tmp_path / "nope.png")], "nope.png"),
-                        ([str(folder), "--fold", "9"], "--fold 9"), ([str(folder), "--out", str(tmp_path / "x.txt")],
-                                                                     "x.txt"),
-                        ([str(folder), "--masks", str(tmp_path / "m")], "classification members")]:
-        code, out, err = run_cli(capsys, "predict", "--dataset", "imgs", "DGrad1", *args, "--members-dir",
-                                 str(members))
+    for args, words in [
+        ([str(broken)], "broken.png"),
+        ([str(tmp_path / "nope.png")], "nope.png"),
+        ([str(folder), "--fold", "9"], "--fold 9"),
+        ([str(folder), "--out", str(tmp_path / "x.txt")], "x.txt"),
+        ([str(folder), "--masks", str(tmp_path / "m")], "classification members"),
+    ]:
+        code, out, err = run_cli(capsys, "predict", "--dataset", "imgs", "DGrad1", *args, "--members-dir", str(members))
         assert code != 0 and words in err and "Traceback" not in err, (args, err)
 
 
 def test_outputs_json_and_medmnist_test_split(capsys, trained, tmp_path):
     folder, members = trained
-    code, out, err = run_cli(capsys, "predict", "--dataset", "imgs", "SGD1", str(folder), "--out",
-                             str(tmp_path / "p.json"), "--members-dir", str(members))
+    code, out, err = run_cli(
+        capsys,
+        "predict",
+        "--dataset",
+        "imgs",
+        "SGD1",
+        str(folder),
+        "--out",
+        str(tmp_path / "p.json"),
+        "--members-dir",
+        str(members),
+    )
     assert code == 0, err
     rows = json.loads((tmp_path / "p.json").read_text())
     assert {"path", "a", "b", "c", "predicted", "entropy", "mutual_information", "agreement"} <= set(rows[0])
     rng = np.random.default_rng(0)
-    arrays = {f"{s}_images": rng.integers(0, 255, (n, 12, 12), dtype=np.uint8) for s, n in
-              (("train", 6), ("val", 2), ("test", 5))}
+    arrays = {
+        f"{s}_images": rng.integers(0, 255, (n, 12, 12), dtype=np.uint8)
+        for s, n in (("train", 6), ("val", 2), ("test", 5))
+    }
     arrays.update({f"{s}_labels": rng.integers(0, 3, n) for s, n in (("train", 6), ("val", 2), ("test", 5))})
     (tmp_path / "d" / "medmnist").mkdir(parents=True)
     np.savez(tmp_path / "d" / "medmnist" / "toymnist.npz", **arrays)
-    code, out, err = run_cli(capsys, "predict", "--dataset", "imgs", "SGD1", "medmnist:toymnist", "--data-dir",
-                             str(tmp_path / "d"), "--members-dir", str(members))
+    code, out, err = run_cli(
+        capsys,
+        "predict",
+        "--dataset",
+        "imgs",
+        "SGD1",
+        "medmnist:toymnist",
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--members-dir",
+        str(members),
+    )
     assert code == 0, err
     assert list(_table(out)["path"]) == [f"medmnist:toymnist/test/{i}" for i in range(5)]
 
@@ -143,8 +208,9 @@ def test_export_writes_a_self_contained_folder(capsys, trained, tmp_path):
 
     _, members = trained
     out_dir = tmp_path / "ens-export"
-    code, out, err = run_cli(capsys, "export", "--dataset", "imgs", "DGrad1+SGD1", "--out", str(out_dir),
-                             "--members-dir", str(members))
+    code, out, err = run_cli(
+        capsys, "export", "--dataset", "imgs", "DGrad1+SGD1", "--out", str(out_dir), "--members-dir", str(members)
+    )
     assert code == 0, err
     manifest = json.loads((out_dir / "manifest.json").read_text())
     assert manifest["classes"] == ["a", "b", "c"] and manifest["rule"] == "sum"
@@ -154,6 +220,7 @@ def test_export_writes_a_self_contained_folder(capsys, trained, tmp_path):
         assert m["preprocessing"]["size"] == 16
         if onnx_available():
             assert len(m["onnx"]) == 5 and m["onnx_max_abs_diff"] < 1e-4
-    code, out, err = run_cli(capsys, "export", "--dataset", "imgs", "DGrad1", "--out", str(out_dir),
-                             "--members-dir", str(members))
+    code, out, err = run_cli(
+        capsys, "export", "--dataset", "imgs", "DGrad1", "--out", str(out_dir), "--members-dir", str(members)
+    )
     assert code == 2 and "already exists" in err

@@ -14,8 +14,21 @@ from ensemble.train.recipe import RECIPE_KEYS, RECIPES, compose_config
 from ensemble.train.trainer import TrainConfig
 from tests.conftest import invoke_main, make_folder, run_cli
 
-TINY = ["--model", "test_resnet", "--epochs", "2", "--size", "16", "--no-pretrained", "--device", "cpu",
-        "--workers", "0", "--no-progress", "--no-keep-weights"]
+TINY = [
+    "--model",
+    "test_resnet",
+    "--epochs",
+    "2",
+    "--size",
+    "16",
+    "--no-pretrained",
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+    "--no-progress",
+    "--no-keep-weights",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,30 +42,52 @@ def _meta(members: Path, label: str, run: int = 0) -> dict:
 
 def test_set_changes_exactly_the_named_setting(folder, tmp_path):
     members = tmp_path / "M"
-    assert invoke_main("train", "--dataset", f"folder:{folder}", "--opt", "dgrad,adam", *TINY, "--members-dir",
-                       str(members), "--set", "dgrad.eps=1e-6", "--set", "betas=[0.8, 0.99]") == 0
+    assert (
+        invoke_main(
+            "train",
+            "--dataset",
+            f"folder:{folder}",
+            "--opt",
+            "dgrad,adam",
+            *TINY,
+            "--members-dir",
+            str(members),
+            "--set",
+            "dgrad.eps=1e-6",
+            "--set",
+            "betas=[0.8, 0.99]",
+        )
+        == 0
+    )
     dgrad, adam = _meta(members, "DGrad")["recipe"]["optimizer"], _meta(members, "Adam")["recipe"]["optimizer"]
     assert dgrad["eps"] == 1e-6 and adam["eps"] == 1e-8  # dgrad.eps reached DGrad alone
     assert dgrad["betas"] == adam["betas"] == [0.8, 0.99]  # an unprefixed key reaches every optimizer
     assert dgrad["lr"] == adam["lr"] == 1e-3 and dgrad["weight_decay"] == 1e-4
 
 
-@pytest.mark.parametrize(("args", "words"), [
-    (["--opt", "dgrad", "--set", "dgrad.momentum=0.9"], "DGrad has no setting 'momentum'; its settings are lr, betas"),
-    (["--opt", "sgd", "--set", "dgrad.lr=0.1"], "DGrad is not among this job's optimizers"),
-    (["--opt", "sgd,dgrad", "--set", "nesterov=true"], "DGrad has no setting 'nesterov'"),
-    (["--opt", "dgrad", "--set", "lr"], "expected KEY=VALUE"),
-    (["--opt", "dgrad", "--set", "lr=fast"], "'fast' is not a finite number"),
-    (["--opt", "dgrad", "--set", "lr=.nan"], "not a finite number"),
-    (["--opt", "clmr", "--lr", "0.1"], "CLMR does not accept lr"),
-    (["--opt", "clmr", "--milestones", "5"], "CLMR sets its learning rate by its own schedule"),
-    (["--opt", "sgd", "--recipe", "fast"], "unknown recipe 'fast'"),
-    (["--opt", "sgd", "--n", "2", "--run", "1"], "--n and --run exclude each other"),
-    (["--opt", "sgd", "--milestones", "9,3"], "increasing"),
-])
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (
+            ["--opt", "dgrad", "--set", "dgrad.momentum=0.9"],
+            "DGrad has no setting 'momentum'; its settings are lr, betas",
+        ),
+        (["--opt", "sgd", "--set", "dgrad.lr=0.1"], "DGrad is not among this job's optimizers"),
+        (["--opt", "sgd,dgrad", "--set", "nesterov=true"], "DGrad has no setting 'nesterov'"),
+        (["--opt", "dgrad", "--set", "lr"], "expected KEY=VALUE"),
+        (["--opt", "dgrad", "--set", "lr=fast"], "'fast' is not a finite number"),
+        (["--opt", "dgrad", "--set", "lr=.nan"], "not a finite number"),
+        (["--opt", "clmr", "--lr", "0.1"], "CLMR does not accept lr"),
+        (["--opt", "clmr", "--milestones", "5"], "CLMR sets its learning rate by its own schedule"),
+        (["--opt", "sgd", "--recipe", "fast"], "unknown recipe 'fast'"),
+        (["--opt", "sgd", "--n", "2", "--run", "1"], "--n and --run exclude each other"),
+        (["--opt", "sgd", "--milestones", "9,3"], "increasing"),
+    ],
+)
 def test_bad_settings_fail_before_training(capsys, folder, tmp_path, args, words):
-    code, out, err = run_cli(capsys, "train", "--dataset", f"folder:{folder}", *TINY, "--members-dir",
-                             str(tmp_path / "M"), *args)
+    code, out, err = run_cli(
+        capsys, "train", "--dataset", f"folder:{folder}", *TINY, "--members-dir", str(tmp_path / "M"), *args
+    )
     assert code == 2 and words in err and "Traceback" not in err, err
     assert not (tmp_path / "M").exists()
 
@@ -69,8 +104,9 @@ def test_recipes_list_every_value(capsys):
 def test_config_file_then_flags_then_set(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("epochs: 7\nbatch_size: 16\nset:\n  dgrad.eps: 1.0e-5\n")
-    cfg = compose_config("medmnist", config_file=str(path), explicit={"epochs": 3, "size": None}, sets=["lr=0.5"],
-                         labels=["DGrad"])
+    cfg = compose_config(
+        "medmnist", config_file=str(path), explicit={"epochs": 3, "size": None}, sets=["lr=0.5"], labels=["DGrad"]
+    )
     assert (cfg.epochs, cfg.batch_size, cfg.size, cfg.stem) == (3, 16, 28, "small")
     assert cfg.optimizer_overrides("DGrad") == {"eps": 1e-5, "lr": 0.5, "weight_decay": 0.0}
     path.write_text("epoch: 7\n")
@@ -103,8 +139,16 @@ def test_milestones_multiply_the_rate_by_gamma(folder):
     from ensemble.train.trainer import FoldTrainer
 
     ds = load_dataset(f"folder:{folder}", "datasets", 16, None, 0)
-    cfg = TrainConfig(model="test_resnet", size=16, pretrained=False, device="cpu", workers=0, head_lr_factor=1.0,
-                      milestones=(2, 4), gamma=0.1)
+    cfg = TrainConfig(
+        model="test_resnet",
+        size=16,
+        pretrained=False,
+        device="cpu",
+        workers=0,
+        head_lr_factor=1.0,
+        milestones=(2, 4),
+        gamma=0.1,
+    )
     trainer = FoldTrainer(ds, ds.folds[0], "Adam", cfg, seed=0, checkpoint=Path("unused"))
     _, opt, _, _ = trainer._make()
     rates = []
@@ -151,8 +195,24 @@ def test_precision_choices():
 
 def test_selection_on_an_inner_split_and_the_recorded_command_reproduces(folder, tmp_path):
     members = tmp_path / "M"
-    args = ["train", "--dataset", f"folder:{folder}", "--opt", "dgrad", *TINY, "--epochs", "3", "--select",
-            "best-val-loss", "--val-fraction", "0.2", "--members-dir", str(members), "--run", "2"]
+    args = [
+        "train",
+        "--dataset",
+        f"folder:{folder}",
+        "--opt",
+        "dgrad",
+        *TINY,
+        "--epochs",
+        "3",
+        "--select",
+        "best-val-loss",
+        "--val-fraction",
+        "0.2",
+        "--members-dir",
+        str(members),
+        "--run",
+        "2",
+    ]
     assert invoke_main(*args) == 0
     meta = _meta(members, "DGrad", 2)
     assert [p.name for p in (members / "imgs" / "DGrad").iterdir() if not p.name.startswith(".")] == ["002"]
@@ -163,8 +223,10 @@ def test_selection_on_an_inner_split_and_the_recorded_command_reproduces(folder,
     again = tmp_path / "again"
     assert invoke_main(*command[1:], "--members-dir", str(again), "--no-keep-weights") == 0
     for k in range(meta["folds"]):
-        with np.load(members / "imgs" / "DGrad" / "002" / f"fold-{k}.npz") as a, \
-                np.load(again / "imgs" / "DGrad" / "002" / f"fold-{k}.npz") as b:
+        with (
+            np.load(members / "imgs" / "DGrad" / "002" / f"fold-{k}.npz") as a,
+            np.load(again / "imgs" / "DGrad" / "002" / f"fold-{k}.npz") as b,
+        ):
             np.testing.assert_allclose(a["probs"], b["probs"], atol=1e-4)
     assert _meta(again, "DGrad", 2)["recipe_hash"] == meta["recipe_hash"]
 

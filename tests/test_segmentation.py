@@ -15,9 +15,16 @@ from tests.conftest import SHARED, run_cli
 
 # the lightweight U-Net paper's Table 2 (3 input channels, 1 output channel)
 TABLE_2 = {
-    "unet": 17_267_393, "light-unet": 11_000_257, "lighter-unet@128": 7_944_661, "lighter-unet@64": 4_995_541,
-    "lighter-unet@32": 3_465_685, "lighter-unet@16": 2_700_757, "lighter-unet@8": 2_318_293,
-    "lighter-unet@4": 2_127_061, "lighter-unet@2": 2_031_445, "lighter-unet@1": 1_983_583,
+    "unet": 17_267_393,
+    "light-unet": 11_000_257,
+    "lighter-unet@128": 7_944_661,
+    "lighter-unet@64": 4_995_541,
+    "lighter-unet@32": 3_465_685,
+    "lighter-unet@16": 2_700_757,
+    "lighter-unet@8": 2_318_293,
+    "lighter-unet@4": 2_127_061,
+    "lighter-unet@2": 2_031_445,
+    "lighter-unet@1": 1_983_583,
 }
 
 
@@ -63,9 +70,28 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("seg")
     data = make_seg_folder(root / "lesions")
     members = root / "M"
-    code = invoke_main("train", "--dataset", f"seg:{data}", "--model", "lighter-unet@16", "--opt", "dgrad",
-                       "--n", "2", "--epochs", "1", "--size", "32", "--device", "cpu", "--members-dir",
-                       str(members), "--no-progress", "--workers", "0")
+    code = invoke_main(
+        "train",
+        "--dataset",
+        f"seg:{data}",
+        "--model",
+        "lighter-unet@16",
+        "--opt",
+        "dgrad",
+        "--n",
+        "2",
+        "--epochs",
+        "1",
+        "--size",
+        "32",
+        "--device",
+        "cpu",
+        "--members-dir",
+        str(members),
+        "--no-progress",
+        "--workers",
+        "0",
+    )
     assert code == 0
     return data, members
 
@@ -106,8 +132,9 @@ def _dice_by_hand(members_dir: Path, runs: list[str]) -> float:
 
 def test_fuse_json_dice_equals_the_dice_computed_by_hand(trained, capsys):
     _, members = trained
-    code, out, _ = run_cli(capsys, "fuse", "--members-dir", str(members), "--dataset", "lesions", "DGrad2",
-                           "--format", "json")
+    code, out, _ = run_cli(
+        capsys, "fuse", "--members-dir", str(members), "--dataset", "lesions", "DGrad2", "--format", "json"
+    )
     assert code == 0
     row = json.loads(out)[0]
     assert {"dice", "iou", "hd95"} <= set(row)
@@ -119,8 +146,9 @@ def test_report_of_segmentation_members_regenerates_identically(trained, tmp_pat
     for out in (tmp_path / "a", tmp_path / "b"):
         assert run_cli(capsys, "report", "--members-dir", str(members), "--out", str(out))[0] == 0
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert {"lesions/table1.md", "lesions/table2.md", "lesions/overlays.png", "lesions/dice_vs_size.png"} <= \
-        {str(f) for f in files}
+    assert {"lesions/table1.md", "lesions/table2.md", "lesions/overlays.png", "lesions/dice_vs_size.png"} <= {
+        str(f) for f in files
+    }
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     table1 = (tmp_path / "a" / "lesions" / "table1.md").read_text()
@@ -128,8 +156,24 @@ def test_report_of_segmentation_members_regenerates_identically(trained, tmp_pat
 
 
 def _train_args(data: Path, members: Path) -> list[str]:
-    return ["train", "--dataset", f"seg:{data}", "--model", "lighter-unet@1", "--opt", "adam", "--epochs", "1",
-            "--size", "16", "--device", "cpu", "--members-dir", str(members), "--no-progress"]
+    return [
+        "train",
+        "--dataset",
+        f"seg:{data}",
+        "--model",
+        "lighter-unet@1",
+        "--opt",
+        "adam",
+        "--epochs",
+        "1",
+        "--size",
+        "16",
+        "--device",
+        "cpu",
+        "--members-dir",
+        str(members),
+        "--no-progress",
+    ]
 
 
 def test_a_mask_of_another_size_is_one_line_naming_the_file(tmp_path, capsys):
@@ -163,8 +207,17 @@ def test_a_missing_or_unreadable_mask_names_the_file(tmp_path, capsys, fault):
 
 def test_an_image_mask_folder_given_as_folder_points_to_seg(tmp_path, capsys):
     data = make_seg_folder(tmp_path / "d", n=6)
-    code, _, err = run_cli(capsys, "train", "--dataset", f"folder:{data}", "--opt", "adam", "--no-pretrained",
-                           "--members-dir", str(tmp_path / "M"))
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--dataset",
+        f"folder:{data}",
+        "--opt",
+        "adam",
+        "--no-pretrained",
+        "--members-dir",
+        str(tmp_path / "M"),
+    )
     assert code != 0 and f"seg:{data}" in err
 
 
@@ -224,8 +277,22 @@ def test_predict_writes_masks_that_fold_models_reproduce_from_the_store(trained,
     names = sorted(stored[0])
     inputs = [str(data / "images" / n) for n in names]
     out = tmp_path / "masks"
-    code, table, err = run_cli(capsys, "predict", "--members-dir", str(members), "--dataset", "lesions", "DGrad2",
-                               *inputs, "--fold", "1", "--masks", str(out), "--device", "cpu")
+    code, table, err = run_cli(
+        capsys,
+        "predict",
+        "--members-dir",
+        str(members),
+        "--dataset",
+        "lesions",
+        "DGrad2",
+        *inputs,
+        "--fold",
+        "1",
+        "--masks",
+        str(out),
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     import io
 
@@ -259,8 +326,9 @@ def test_predict_masks_refuses_what_would_be_lost_or_unclear(trained, tmp_path, 
     twin = tmp_path / "twin"
     twin.mkdir()
     (twin / "case04.png").write_bytes((data / "images" / "case04.png").read_bytes())
-    code, _, err = run_cli(capsys, *base, str(data / "images" / "case04.png"), str(twin / "case04.png"),
-                           "--masks", str(tmp_path / "other"))
+    code, _, err = run_cli(
+        capsys, *base, str(data / "images" / "case04.png"), str(twin / "case04.png"), "--masks", str(tmp_path / "other")
+    )
     assert code != 0 and "would both write" in err and not (tmp_path / "other").exists()
     code, _, err = run_cli(capsys, *base, f"seg:{data}", "--masks", str(tmp_path / "all"))
     assert code == 0, err
@@ -270,8 +338,18 @@ def test_predict_masks_refuses_what_would_be_lost_or_unclear(trained, tmp_path, 
 def test_export_of_segmentation_members_says_how_maps_are_fused(trained, tmp_path, capsys):
     _, members = trained
     out = tmp_path / "lesions-ensemble"
-    code, _, err = run_cli(capsys, "export", "--members-dir", str(members), "--dataset", "lesions", "DGrad2",
-                           "--out", str(out), "--no-onnx")
+    code, _, err = run_cli(
+        capsys,
+        "export",
+        "--members-dir",
+        str(members),
+        "--dataset",
+        "lesions",
+        "DGrad2",
+        "--out",
+        str(out),
+        "--no-onnx",
+    )
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["task"] == "segmentation" and "per pixel" in manifest["fusion"]
@@ -309,7 +387,9 @@ def test_unet_weights_load_from_a_state_dict_or_safetensors_and_a_wrong_file_is_
     loaded = create_model("lighter-unet@1", 1, weights=tmp_path / "w.pt").state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
     half = create_model("lighter-unet@1", 1, weights=tmp_path / "w.safetensors").state_dict()
-    assert all(half[k].dtype == v.dtype and torch.equal(half[k], v.half().to(v.dtype) if v.is_floating_point() else v)
-               for k, v in state.items())
+    assert all(
+        half[k].dtype == v.dtype and torch.equal(half[k], v.half().to(v.dtype) if v.is_floating_point() else v)
+        for k, v in state.items()
+    )
     with pytest.raises(EnsError, match="cannot load weights .*w.pt into lighter-unet@4"):
         create_model("lighter-unet@4", 1, weights=tmp_path / "w.pt")

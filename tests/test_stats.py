@@ -23,8 +23,17 @@ from ensemble.store import Store
 from tests.conftest import write_member
 
 
-def random_store(root, *, n: int = 60, classes: int = 2, labels=("SGD", "DGrad"), runs: int = 2, folds: int = 3,
-                 seed: int = 0, repeat: int = 1) -> Store:
+def random_store(
+    root,
+    *,
+    n: int = 60,
+    classes: int = 2,
+    labels=("SGD", "DGrad"),
+    runs: int = 2,
+    folds: int = 3,
+    seed: int = 0,
+    repeat: int = 1,
+) -> Store:
     """Members with informative but noisy probabilities; ``repeat`` copies every sample (more data, same kind)."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, classes, n)
@@ -38,9 +47,16 @@ def random_store(root, *, n: int = 60, classes: int = 2, labels=("SGD", "DGrad")
             logits = np.tile(logits, (repeat, 1))
             logits[np.arange(len(y)), y] += 1.0 + 0.5 * li
             p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-            write_member(root, "toy", label, r, [p[fold_of == k] for k in range(folds)],
-                         [y[fold_of == k] for k in range(folds)], [list(ids[fold_of == k]) for k in range(folds)],
-                         [f"c{c}" for c in range(classes)])
+            write_member(
+                root,
+                "toy",
+                label,
+                r,
+                [p[fold_of == k] for k in range(folds)],
+                [y[fold_of == k] for k in range(folds)],
+                [list(ids[fold_of == k]) for k in range(folds)],
+                [f"c{c}" for c in range(classes)],
+            )
     return Store(root)
 
 
@@ -71,8 +87,9 @@ def ece_by_hand(y, p, bins=15):
 
 def test_fuse_json_reports_nll_brier_ece(tmp_path):
     store = random_store(tmp_path / "M", classes=3)
-    res = CliRunner().invoke(cli, ["fuse", "--dataset", "toy", "SGD2+DGrad1", "--members-dir", str(store.root),
-                                   "--format", "json"])
+    res = CliRunner().invoke(
+        cli, ["fuse", "--dataset", "toy", "SGD2+DGrad1", "--members-dir", str(store.root), "--format", "json"]
+    )
     assert res.exit_code == 0, res.output
     row = json.loads(res.output)[0]
     p, y = fused(store, "SGD2+DGrad1")
@@ -92,11 +109,18 @@ def test_batched_metrics_equal_sklearn():
         got_auc = auc_batch(y[idx], scores[idx])
         got_f1 = _macro_f1_batch(y[idx], scores.argmax(1)[idx], classes)
         for i, rows in enumerate(idx):
-            want = (roc_auc_score(y[rows], scores[rows][:, 1]) if classes == 2 else
-                    roc_auc_score(y[rows], scores[rows], multi_class="ovr", average="macro"))
+            want = (
+                roc_auc_score(y[rows], scores[rows][:, 1])
+                if classes == 2
+                else roc_auc_score(y[rows], scores[rows], multi_class="ovr", average="macro")
+            )
             assert got_auc[i] == pytest.approx(want, abs=1e-12)
-            assert got_f1[i] == pytest.approx(f1_score(y[rows], scores[rows].argmax(1), average="macro",
-                                                       labels=list(range(classes)), zero_division=0), abs=1e-12)
+            assert got_f1[i] == pytest.approx(
+                f1_score(
+                    y[rows], scores[rows].argmax(1), average="macro", labels=list(range(classes)), zero_division=0
+                ),
+                abs=1e-12,
+            )
             assert np.array_equal(np.bincount(y[rows], minlength=classes), np.bincount(y, minlength=classes))
 
 
@@ -107,8 +131,20 @@ def test_ci_contains_estimate_is_reproducible_and_shrinks(tmp_path):
     for name, store in (("small", small), ("large", large)):
         outs = []
         for _ in range(2):
-            res = CliRunner().invoke(cli, ["fuse", "--dataset", "toy", "SGD2+DGrad2", "--ci", "--members-dir",
-                                           str(store.root), "--format", "json"])
+            res = CliRunner().invoke(
+                cli,
+                [
+                    "fuse",
+                    "--dataset",
+                    "toy",
+                    "SGD2+DGrad2",
+                    "--ci",
+                    "--members-dir",
+                    str(store.root),
+                    "--format",
+                    "json",
+                ],
+            )
             assert res.exit_code == 0, res.output
             outs.append(json.loads(res.output)[0])
         assert outs[0] == outs[1]  # same seed, same interval
@@ -158,8 +194,10 @@ def test_compare_matches_statsmodels_and_delong(tmp_path):
     from statsmodels.stats.contingency_tables import mcnemar
 
     store = random_store(tmp_path / "M", classes=2, n=120)
-    res = CliRunner().invoke(cli, ["compare", "--dataset", "toy", "SGD1+DGrad1", "SGD2", "--members-dir",
-                                   str(store.root), "--format", "json"])
+    res = CliRunner().invoke(
+        cli,
+        ["compare", "--dataset", "toy", "SGD1+DGrad1", "SGD2", "--members-dir", str(store.root), "--format", "json"],
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     tests = {t["metric"]: t for t in out["tests"]}
@@ -172,8 +210,9 @@ def test_compare_matches_statsmodels_and_delong(tmp_path):
     auc_a, auc_b, p = delong_by_definition(y, pa[:, 1], pb[:, 1])
     assert tests["auc"]["test"] == "DeLong" and tests["auc"]["p"] == pytest.approx(p, abs=1e-4)
     assert tests["auc"]["difference"] == pytest.approx(auc_a - auc_b, abs=1e-9)
-    text = CliRunner().invoke(cli, ["compare", "--dataset", "toy", "SGD1+DGrad1", "SGD2", "--members-dir",
-                                    str(store.root)])
+    text = CliRunner().invoke(
+        cli, ["compare", "--dataset", "toy", "SGD1+DGrad1", "SGD2", "--members-dir", str(store.root)]
+    )
     assert text.exit_code == 0
     verdict = text.output.strip().splitlines()[-1]
     assert "McNemar exact p =" in verdict and "DeLong p =" in verdict
@@ -182,8 +221,9 @@ def test_compare_matches_statsmodels_and_delong(tmp_path):
 
 def test_verdict_never_calls_an_insignificant_difference_better(tmp_path):
     store = random_store(tmp_path / "M", classes=3, n=30, runs=1)
-    res = CliRunner().invoke(cli, ["compare", "--dataset", "toy", "SGD1", "DGrad1", "--members-dir",
-                                   str(store.root), "--format", "json"])
+    res = CliRunner().invoke(
+        cli, ["compare", "--dataset", "toy", "SGD1", "DGrad1", "--members-dir", str(store.root), "--format", "json"]
+    )
     out = json.loads(res.output)
     for t in out["tests"]:
         if t["p"] >= 0.05:
@@ -224,8 +264,9 @@ def test_temperature_on_validation_split_when_there_is_one(tmp_path):
     vy = rng.integers(0, 2, 40)
     vp = np.clip(np.eye(2)[vy] * 0.9 + rng.uniform(0, 0.3, (40, 2)), 0, None)
     vp /= vp.sum(1, keepdims=True)
-    np.savez(member.path / "val-0.npz", probs=vp.astype(np.float32), labels=vy, ids=np.array([f"v{i}" for i in
-                                                                                                range(40)]))
+    np.savez(
+        member.path / "val-0.npz", probs=vp.astype(np.float32), labels=vy, ids=np.array([f"v{i}" for i in range(40)])
+    )
     val = read_member(member.path, "val")
     assert np.allclose(row_temperatures(member, val), fit_temperature(vy, vp.astype(np.float32)))
 
@@ -234,8 +275,21 @@ def test_calibrate_option_changes_nll_not_accuracy_of_one_member(tmp_path):
     store = random_store(tmp_path / "M", classes=3, runs=1)
     rows = {}
     for how in ("none", "temperature"):
-        res = CliRunner().invoke(cli, ["fuse", "--dataset", "toy", "SGD1", "--calibrate", how, "--members-dir",
-                                       str(store.root), "--format", "json"])
+        res = CliRunner().invoke(
+            cli,
+            [
+                "fuse",
+                "--dataset",
+                "toy",
+                "SGD1",
+                "--calibrate",
+                how,
+                "--members-dir",
+                str(store.root),
+                "--format",
+                "json",
+            ],
+        )
         assert res.exit_code == 0, res.output
         rows[how] = json.loads(res.output)[0]
     assert rows["none"]["accuracy"] == rows["temperature"]["accuracy"]  # T > 0 keeps each row's argmax
@@ -264,8 +318,10 @@ def test_learned_fusion_is_cross_fitted(tmp_path, method):
     # relabel fold 0's samples: what fold 0 gets must not change (it is fitted on folds 1 and 2 only)
     from dataclasses import replace
 
-    moved = {lab: [replace(m, labels=np.where(m.fold_of == 0, (m.labels + 1) % 3, m.labels)) for m in ms]
-             for lab, ms in by_label.items()}
+    moved = {
+        lab: [replace(m, labels=np.where(m.fold_of == 0, (m.labels + 1) % 3, m.labels)) for m in ms]
+        for lab, ms in by_label.items()
+    }
     again, _, _, _ = learned_fusion(method, moved)
     assert np.allclose(again[fold_of == 0], scores[fold_of == 0])
     assert not np.allclose(again[fold_of != 0], scores[fold_of != 0])
@@ -273,8 +329,9 @@ def test_learned_fusion_is_cross_fitted(tmp_path, method):
 
 def test_report_shows_calibration_and_mixed_vs_single(tmp_path):
     store = random_store(tmp_path / "M", classes=2, runs=4)
-    res = CliRunner().invoke(cli, ["report", "--members-dir", str(store.root), "--out", str(tmp_path / "R"),
-                                   "--step", "1"])
+    res = CliRunner().invoke(
+        cli, ["report", "--members-dir", str(store.root), "--out", str(tmp_path / "R"), "--step", "1"]
+    )
     assert res.exit_code == 0, res.output
     d = tmp_path / "R" / "toy"
     page = (d / "index.html").read_text()

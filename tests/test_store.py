@@ -18,14 +18,29 @@ from tests.conftest import make_folder, run_cli, stage_run, write_member
 
 cli = run_cli
 
-TINY = ["--model", "test_resnet", "--epochs", "1", "--size", "16", "--no-pretrained", "--device", "cpu",
-        "--workers", "0", "--no-progress"]
+TINY = [
+    "--model",
+    "test_resnet",
+    "--epochs",
+    "1",
+    "--size",
+    "16",
+    "--no-pretrained",
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+    "--no-progress",
+]
 
 
 def snapshot(root: Path) -> dict[str, str]:
     """Every file under ``root`` (hidden ones too) and the hash of its bytes."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +49,32 @@ def folder(tmp_path_factory) -> Path:
 
 
 def train(capsys, folder: Path, members: Path, *extra: str, n: int = 1) -> tuple[int, str, str]:
-    return cli(capsys, "train", "--dataset", f"folder:{folder}", "--opt", "dgrad", "--n", str(n), *TINY,
-               "--members-dir", str(members), *extra)
+    return cli(
+        capsys,
+        "train",
+        "--dataset",
+        f"folder:{folder}",
+        "--opt",
+        "dgrad",
+        "--n",
+        str(n),
+        *TINY,
+        "--members-dir",
+        str(members),
+        *extra,
+    )
 
 
 # --------------------------------------------------------------------------- recipe identity
-@pytest.mark.parametrize(("change", "field"), [(["--epochs", "2"], "epochs: 1 -> 2"),
-                                               (["--lr", "0.01"], "optimizer.lr: 0.001 -> 0.01"),
-                                               (["--size", "24"], "size: 16 -> 24"),
-                                               (["--model", "resnet10t"], "model: test_resnet -> resnet10t")])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (["--epochs", "2"], "epochs: 1 -> 2"),
+        (["--lr", "0.01"], "optimizer.lr: 0.001 -> 0.01"),
+        (["--size", "24"], "size: 16 -> 24"),
+        (["--model", "resnet10t"], "model: test_resnet -> resnet10t"),
+    ],
+)
 def test_changed_setting_is_refused_naming_the_field(capsys, folder, tmp_path, change, field):
     members = tmp_path / "M"
     assert train(capsys, folder, members, n=2)[0] == 0
@@ -53,8 +85,19 @@ def test_changed_setting_is_refused_naming_the_field(capsys, folder, tmp_path, c
         args[i + 1] = change[1]
     else:
         args += change
-    code, out, err = cli(capsys, "train", "--dataset", f"folder:{folder}", "--opt", "dgrad", "--n", "2", *args,
-                         "--members-dir", str(members))
+    code, out, err = cli(
+        capsys,
+        "train",
+        "--dataset",
+        f"folder:{folder}",
+        "--opt",
+        "dgrad",
+        "--n",
+        "2",
+        *args,
+        "--members-dir",
+        str(members),
+    )
     assert code == 1 and "nothing to train" not in out
     assert field in err and "--variant" in err and "Traceback" not in err
     assert snapshot(members) == before  # the old members' files are unchanged, nothing added
@@ -64,15 +107,41 @@ def test_variant_is_trained_apart_and_fused(capsys, folder, tmp_path):
     members = tmp_path / "M"
     assert train(capsys, folder, members)[0] == 0
     before = snapshot(members / "imgs" / "DGrad")
-    code, out, err = cli(capsys, "train", "--dataset", f"folder:{folder}", "--opt", "dgrad", "--n", "1", *TINY[:2],
-                         "--epochs", "2", *TINY[4:], "--members-dir", str(members), "--variant", "long")
+    code, out, err = cli(
+        capsys,
+        "train",
+        "--dataset",
+        f"folder:{folder}",
+        "--opt",
+        "dgrad",
+        "--n",
+        "1",
+        *TINY[:2],
+        "--epochs",
+        "2",
+        *TINY[4:],
+        "--members-dir",
+        str(members),
+        "--variant",
+        "long",
+    )
     assert code == 0, err
     assert snapshot(members / "imgs" / "DGrad") == before
     meta = json.loads((members / "imgs" / "DGrad@long" / "000" / "member.json").read_text())
     assert meta["variant"] == "long" and meta["recipe"]["epochs"] == 2 and meta["schema_version"] == 2
     assert meta["recipe_hash"] == recipe_hash(meta["recipe"])
-    code, out, err = cli(capsys, "fuse", "--dataset", "imgs", "DGrad1+DGrad@long1", "DGrad@long(1)",
-                         "--members-dir", str(members), "--format", "json")
+    code, out, err = cli(
+        capsys,
+        "fuse",
+        "--dataset",
+        "imgs",
+        "DGrad1+DGrad@long1",
+        "DGrad@long(1)",
+        "--members-dir",
+        str(members),
+        "--format",
+        "json",
+    )
     assert code == 0, err
     rows = json.loads(out)
     assert [r["expression"] for r in rows] == ["DGrad1+DGrad@long1", "DGrad@long1"]
@@ -84,11 +153,18 @@ def test_variant_is_trained_apart_and_fused(capsys, folder, tmp_path):
 
 
 def test_expressions_with_variants_parse():
-    assert [(t.label, t.count) for t in parse("SGD14+DGrad@long7+Cos1_7")] == \
-        [("SGD", 14), ("DGrad@long", 7), ("Cos1", 7)]
+    assert [(t.label, t.count) for t in parse("SGD14+DGrad@long7+Cos1_7")] == [
+        ("SGD", 14),
+        ("DGrad@long", 7),
+        ("Cos1", 7),
+    ]
     assert [(t.label, t.count) for t in parse("DGrad@v2_7 + Cos1@fast-2(3)")] == [("DGrad@v2", 7), ("Cos1@fast-2", 3)]
-    for bad, words in [("DGrad@7", "variant name"), ("DGrad@long", "member count"), ("SGD²", "member count"),
-                       ("SGD" + "9" * 5000, "digits")]:
+    for bad, words in [
+        ("DGrad@7", "variant name"),
+        ("DGrad@long", "member count"),
+        ("SGD²", "member count"),
+        ("SGD" + "9" * 5000, "digits"),
+    ]:
         with pytest.raises(ExpressionError, match=words):
             parse(bad)
 
@@ -199,14 +275,16 @@ def test_two_folders_with_one_name_never_share_the_store(capsys, tmp_path):
     assert (members / "images-b" / "DGrad" / "000" / "member.json").exists()
 
 
-@pytest.mark.parametrize("args", [["--dataset", "medmnist:../../X"], ["--name", "../x"], ["--variant", "a/b"],
-                                  ["--variant", "7up"]])
+@pytest.mark.parametrize(
+    "args", [["--dataset", "medmnist:../../X"], ["--name", "../x"], ["--variant", "a/b"], ["--variant", "7up"]]
+)
 def test_names_that_are_not_plain_are_refused(capsys, folder, tmp_path, args):
     base = {"--dataset": f"folder:{folder}"}
     extra = [] if args[0] == "--dataset" else args
     dataset = args[1] if args[0] == "--dataset" else base["--dataset"]
-    code, out, err = cli(capsys, "train", "--dataset", dataset, "--opt", "sgd", *TINY,
-                         "--members-dir", str(tmp_path / "M"), *extra)
+    code, out, err = cli(
+        capsys, "train", "--dataset", dataset, "--opt", "sgd", *TINY, "--members-dir", str(tmp_path / "M"), *extra
+    )
     assert code == 2 and "Traceback" not in err
     assert not (tmp_path / "M").exists() and not (tmp_path.parent / "X").exists()
 
@@ -278,13 +356,10 @@ CORRUPTIONS = {
     "schema 2 without recipe": (lambda r: _meta(r, schema_version=2), "recipe"),
     "truncated npz": (lambda r: _truncate(r / "fold-1.npz"), "fold-1.npz"),
     "fold file missing": (lambda r: (r / "fold-1.npz").unlink(), "fold-1.npz"),
-    "npz without probs": (lambda r: np.savez(r / "fold-0.npz", labels=LABELS[0], ids=np.array(IDS[0])),
-                          "fold-0.npz"),
+    "npz without probs": (lambda r: np.savez(r / "fold-0.npz", labels=LABELS[0], ids=np.array(IDS[0])), "fold-0.npz"),
     "NaN probabilities": (lambda r: _npz(r, probs=np.array([[np.nan, 1], [0.5, 0.5]], np.float32)), "NaN"),
-    "rows not summing to 1": (lambda r: _npz(r, probs=np.array([[0.9, 0.9], [0.5, 0.5]], np.float32)),
-                              "sums to"),
-    "negative probabilities": (lambda r: _npz(r, probs=np.array([[1.5, -0.5], [0.5, 0.5]], np.float32)),
-                               "negative"),
+    "rows not summing to 1": (lambda r: _npz(r, probs=np.array([[0.9, 0.9], [0.5, 0.5]], np.float32)), "sums to"),
+    "negative probabilities": (lambda r: _npz(r, probs=np.array([[1.5, -0.5], [0.5, 0.5]], np.float32)), "negative"),
     "labels out of range": (lambda r: _npz(r, labels=np.array([0, 5])), "out of range"),
     "columns not matching classes": (lambda r: _npz(r, probs=np.full((2, 3), 1 / 3, np.float32)), "columns"),
     "ids of another length": (lambda r: _npz(r, ids=np.array(["s0"])), "fold-0.npz"),
@@ -303,8 +378,10 @@ def test_corrupted_store_fails_fuse_and_report_with_one_line(capsys, tmp_path, k
     corrupt(run)
     out_dir = tmp_path / "work" / "reports"
     outside_before = sorted(p.as_posix() for p in tmp_path.rglob("*"))
-    for args in (["fuse", "--dataset", "toy", "SGD2", "--members-dir", str(root)],
-                 ["report", "--members-dir", str(root), "--out", str(out_dir)]):
+    for args in (
+        ["fuse", "--dataset", "toy", "SGD2", "--members-dir", str(root)],
+        ["report", "--members-dir", str(root), "--out", str(out_dir)],
+    ):
         code, out, err = cli(capsys, *args)
         assert code != 0, (kind, args, out)
         assert words in err and "Traceback" not in err and "internal error" not in err, (kind, err)
@@ -318,8 +395,13 @@ def test_members_of_two_recipes_in_one_label_are_not_fused(tmp_path):
     root = _good_store(tmp_path / "members")
     for run, epochs in [(0, 1), (1, 2)]:
         recipe = {"epochs": epochs}
-        _meta(root / "toy" / "SGD" / f"{run:03d}", schema_version=2, recipe=recipe, recipe_hash=recipe_hash(recipe),
-              fingerprint="0123abcd0123abcd")
+        _meta(
+            root / "toy" / "SGD" / f"{run:03d}",
+            schema_version=2,
+            recipe=recipe,
+            recipe_hash=recipe_hash(recipe),
+            fingerprint="0123abcd0123abcd",
+        )
     with pytest.raises(StoreError, match="epochs: 1 -> 2"):
         Store(root).members("toy", "SGD")
 

@@ -14,13 +14,26 @@ import pytest
 
 from tests.conftest import SHARED, make_folder
 
-TINY = ["--model", "test_resnet", "--epochs", "1", "--size", "16", "--no-pretrained", "--device", "cpu",
-        "--workers", "0", "--no-progress"]
+TINY = [
+    "--model",
+    "test_resnet",
+    "--epochs",
+    "1",
+    "--size",
+    "16",
+    "--no-pretrained",
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+    "--no-progress",
+]
 
 
 def ens(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ensemble.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "ensemble.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
 
 
 def complete_runs(label_dir: Path) -> list[Path]:
@@ -48,9 +61,28 @@ def check_members(members: Path, folder: Path, n: int) -> None:
 @pytest.mark.slow
 def test_train_folder_two_members(image_folder, tmp_path):
     members = tmp_path / "M"
-    res = ens("train", "--dataset", f"folder:{image_folder}", "--opt", "dgrad", "--n", "2", "--model", "resnet18",
-              "--epochs", "1", "--size", "32", "--no-pretrained", "--device", "cpu", "--members-dir", str(members),
-              "--workers", "0")
+    res = ens(
+        "train",
+        "--dataset",
+        f"folder:{image_folder}",
+        "--opt",
+        "dgrad",
+        "--n",
+        "2",
+        "--model",
+        "resnet18",
+        "--epochs",
+        "1",
+        "--size",
+        "32",
+        "--no-pretrained",
+        "--device",
+        "cpu",
+        "--members-dir",
+        str(members),
+        "--workers",
+        "0",
+    )
     assert res.returncode == 0, res.stderr
     check_members(members, image_folder, 2)
     assert "accuracy" in res.stdout
@@ -59,10 +91,32 @@ def test_train_folder_two_members(image_folder, tmp_path):
 
     meta = json.loads((members / image_folder.name / "DGrad" / "000" / "member.json").read_text())
     assert meta["command"].endswith(f"--threads {usable_cores()}") and meta["fold_threads"][0] == usable_cores()
-    same = ["--model", "resnet18", "--epochs", "1", "--size", "32", "--no-pretrained", "--device", "cpu",
-            "--workers", "0", "--no-progress"]
-    again = ens("train", "--dataset", f"folder:{image_folder}", "--opt", "DGrad", "--n", "2", *same,
-                "--members-dir", str(members))
+    same = [
+        "--model",
+        "resnet18",
+        "--epochs",
+        "1",
+        "--size",
+        "32",
+        "--no-pretrained",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
+    again = ens(
+        "train",
+        "--dataset",
+        f"folder:{image_folder}",
+        "--opt",
+        "DGrad",
+        "--n",
+        "2",
+        *same,
+        "--members-dir",
+        str(members),
+    )
     assert again.returncode == 0 and "nothing to train" in again.stdout
 
 
@@ -70,16 +124,43 @@ def test_train_folder_two_members(image_folder, tmp_path):
 def test_kill_9_then_resume(tmp_path):
     folder = make_folder(tmp_path / "imgs", per_class=10)
     members = tmp_path / "M"
-    args = [sys.executable, "-m", "ensemble.cli", "train", "--dataset", f"folder:{folder}", "--opt", "dgrad",
-            "--n", "2", "--model", "test_resnet", "--epochs", "3", "--size", "16", "--no-pretrained",
-            "--device", "cpu", "--workers", "0", "--no-progress", "--checkpoint-every", "0",
-            "--members-dir", str(members)]
+    args = [
+        sys.executable,
+        "-m",
+        "ensemble.cli",
+        "train",
+        "--dataset",
+        f"folder:{folder}",
+        "--opt",
+        "dgrad",
+        "--n",
+        "2",
+        "--model",
+        "test_resnet",
+        "--epochs",
+        "3",
+        "--size",
+        "16",
+        "--no-pretrained",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--checkpoint-every",
+        "0",
+        "--members-dir",
+        str(members),
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     label_dir = members / folder.name / "DGrad"
     deadline = time.time() + 120
     # wait until some fold work is staged, then kill without warning
-    while time.time() < deadline and not list(label_dir.glob(".*.staging/fold-*")) \
-            and not list(label_dir.glob(".*.staging/scratch/*.ckpt")):
+    while (
+        time.time() < deadline
+        and not list(label_dir.glob(".*.staging/fold-*"))
+        and not list(label_dir.glob(".*.staging/scratch/*.ckpt"))
+    ):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -95,8 +176,18 @@ def test_truncated_image_names_the_file(tmp_path):
     bad = folder / "b" / "b0.png"
     data = bad.read_bytes()
     bad.write_bytes(data[: len(data) // 2])
-    res = ens("train", "--dataset", f"folder:{folder}", "--opt", "sgd", "--n", "1", *TINY,
-              "--members-dir", str(tmp_path / "M"))
+    res = ens(
+        "train",
+        "--dataset",
+        f"folder:{folder}",
+        "--opt",
+        "sgd",
+        "--n",
+        "1",
+        *TINY,
+        "--members-dir",
+        str(tmp_path / "M"),
+    )
     assert res.returncode != 0
     assert str(bad) in res.stderr and "Traceback" not in res.stderr
 
@@ -111,9 +202,28 @@ def test_unknown_opt_lists_valid_names(image_folder, tmp_path):
 
 def test_missing_weights_offline_error_names_both_ways_out(image_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    res = ens("train", "--dataset", f"folder:{image_folder}", "--opt", "sgd", "--n", "1", "--model", "resnet18",
-              "--epochs", "1", "--size", "16", "--device", "cpu", "--workers", "0", "--no-progress",
-              "--members-dir", str(tmp_path / "M"))
+    res = ens(
+        "train",
+        "--dataset",
+        f"folder:{image_folder}",
+        "--opt",
+        "sgd",
+        "--n",
+        "1",
+        "--model",
+        "resnet18",
+        "--epochs",
+        "1",
+        "--size",
+        "16",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--members-dir",
+        str(tmp_path / "M"),
+    )
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "--weights PATH" in res.stderr and "--no-pretrained" in res.stderr
 
@@ -138,8 +248,10 @@ def test_two_processes_never_train_the_same_run(tmp_path):
     store = Store(tmp_path / "M")
     with store.try_lock("d", "SGD") as first:
         assert first
-        code = ("from ensemble.store import Store; import sys\n"
-                f"with Store({str(tmp_path / 'M')!r}).try_lock('d', 'SGD') as got: sys.exit(0 if got else 3)")
+        code = (
+            "from ensemble.store import Store; import sys\n"
+            f"with Store({str(tmp_path / 'M')!r}).try_lock('d', 'SGD') as got: sys.exit(0 if got else 3)"
+        )
         assert subprocess.run([sys.executable, "-c", code]).returncode == 3
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # released: free again
 
@@ -290,8 +402,18 @@ def test_resume_after_an_interrupt_gives_the_same_fold(image_folder, tmp_path, e
     from ensemble.train.trainer import FoldTrainer, TrainConfig
 
     ds = load(f"folder:{image_folder}", size=16, cache_dir=tmp_path)
-    cfg = TrainConfig(model="test_resnet", epochs=3, size=16, device="cpu", pretrained=False, batch_size=6,
-                      workers=0, threads=1, keep_weights=False, checkpoint_every=every)
+    cfg = TrainConfig(
+        model="test_resnet",
+        epochs=3,
+        size=16,
+        device="cpu",
+        pretrained=False,
+        batch_size=6,
+        workers=0,
+        threads=1,
+        keep_weights=False,
+        checkpoint_every=every,
+    )
     whole = FoldTrainer(ds, ds.folds[0], "DGrad", cfg, seed=3, checkpoint=tmp_path / "whole.pt").run()
     assert not (tmp_path / "whole.pt").exists() or every == 0
 

@@ -37,8 +37,18 @@ class DatasetInfo:
     citation: str = ""
 
 
-HELA_CLASSES = ("actin", "dap", "endosome", "er", "golgia", "golgpp", "lysosome", "microtubules",
-                "mitochondria", "nucleolus")
+HELA_CLASSES = (
+    "actin",
+    "dap",
+    "endosome",
+    "er",
+    "golgia",
+    "golgpp",
+    "lysosome",
+    "microtubules",
+    "mitochondria",
+    "nucleolus",
+)
 
 CATALOG: dict[str, DatasetInfo] = {
     "hela": DatasetInfo(
@@ -47,8 +57,19 @@ CATALOG: dict[str, DatasetInfo] = {
         "cv5",
         "classes",
         # the archive's own counts (the paper says 832 in all; the archive has 862)
-        {"actin": 98, "dap": 87, "endosome": 91, "er": 86, "golgia": 87, "golgpp": 85, "lysosome": 84,
-         "microtubules": 91, "mitochondria": 73, "nucleolus": 80, "_total": 862},
+        {
+            "actin": 98,
+            "dap": 87,
+            "endosome": 91,
+            "er": 86,
+            "golgia": 87,
+            "golgpp": 85,
+            "lysosome": 84,
+            "microtubules": 91,
+            "mitochondria": 73,
+            "nucleolus": 80,
+            "_total": 862,
+        },
         (Source("https://ome.grc.nia.nih.gov/iicbu2008/hela.tar.gz", None, "hela.tar.gz"),),
         "Boland & Murphy (2001); Shamir et al., IICBU 2008",
     ),
@@ -68,8 +89,7 @@ CATALOG: dict[str, DatasetInfo] = {
         "folds",
         {"He": 330, "Hbv": 330, "IPCL": 330, "Le": 330, "_total": 1320},
         # the record's file is a tar archive, "laryngeal dataset.tar"; Zenodo publishes no checksum we could reach
-        (Source("https://zenodo.org/record/1003200/files/laryngeal%20dataset.tar?download=1", None,
-                "lar.tar"),),
+        (Source("https://zenodo.org/record/1003200/files/laryngeal%20dataset.tar?download=1", None, "lar.tar"),),
         "Moccia et al. (2017)",
     ),
     "digits": DatasetInfo(
@@ -131,8 +151,8 @@ def resolve(spec: str, data_dir: Path | str = "datasets") -> DatasetRef:
     data_dir = Path(data_dir)
     for prefix, layout in (("folder:", "folder"), ("seg:", "seg")):
         if spec.startswith(prefix):
-            path = Path(spec[len(prefix):]).expanduser()
-            if not spec[len(prefix):]:
+            path = Path(spec[len(prefix) :]).expanduser()
+            if not spec[len(prefix) :]:
                 raise UsageError(f"{prefix} needs a path, e.g. {prefix}/data/my_images")
             name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.resolve().name).lstrip("._").replace("..", "_") or "folder"
             if layout == "seg":
@@ -145,8 +165,9 @@ def resolve(spec: str, data_dir: Path | str = "datasets") -> DatasetRef:
         if not sub:
             raise UsageError(f"medmnist: needs a name, e.g. medmnist:breastmnist ({', '.join(MEDMNIST)})")
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", sub):
-            raise UsageError(f"{spec} is not a MedMNIST name (letters, digits, '_' or '-'; known: "
-                             f"{', '.join(MEDMNIST)})")
+            raise UsageError(
+                f"{spec} is not a MedMNIST name (letters, digits, '_' or '-'; known: {', '.join(MEDMNIST)})"
+            )
         md5, n_train, n_val, n_test = MEDMNIST.get(sub, (None, 0, 0, 0))
         info = DatasetInfo(
             f"medmnist-{sub}",

@@ -110,8 +110,15 @@ def _decode(listing: Listing, size: int, workers: int, progress: bool, kind: str
     return np.stack(results) if results else np.zeros(shape, np.uint8)
 
 
-def load_images(ref: DatasetRef, listing: Listing, size: int, cache_dir: Path | None,
-                workers: int = 2, progress: bool = False, kind: str = "images") -> np.ndarray:
+def load_images(
+    ref: DatasetRef,
+    listing: Listing,
+    size: int,
+    cache_dir: Path | None,
+    workers: int = 2,
+    progress: bool = False,
+    kind: str = "images",
+) -> np.ndarray:
     """The decoded images (or masks), from the cache when there (memory-mapped), else decoded and cached."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     suffix = "-masks" if kind == "masks" else ""
@@ -142,8 +149,15 @@ def load_images(ref: DatasetRef, listing: Listing, size: int, cache_dir: Path | 
     return images
 
 
-def load(spec: str, *, data_dir: Path | str = "datasets", size: int = 224, cache_dir: Path | None = None,
-         workers: int = 2, progress: bool = False) -> Dataset:
+def load(
+    spec: str,
+    *,
+    data_dir: Path | str = "datasets",
+    size: int = 224,
+    cache_dir: Path | None = None,
+    workers: int = 2,
+    progress: bool = False,
+) -> Dataset:
     """Resolve, scan, decode (or read the cache) and split a dataset."""
     ref = resolve(spec, data_dir)
     listing = scan(ref)
@@ -167,8 +181,9 @@ def load(spec: str, *, data_dir: Path | str = "datasets", size: int = 224, cache
     )
 
 
-def load_masks(ref: DatasetRef, listing: Listing, size: int, cache_dir: Path | None, workers: int,
-               progress: bool) -> tuple[np.ndarray, list[str]]:
+def load_masks(
+    ref: DatasetRef, listing: Listing, size: int, cache_dir: Path | None, workers: int, progress: bool
+) -> tuple[np.ndarray, list[str]]:
     """The masks as class indices (N, size, size) uint8, and the class names (background first)."""
     raw = load_images(ref, listing, size, cache_dir, workers, progress, kind="masks")
     counts = np.bincount(np.asarray(raw).reshape(-1), minlength=256)
@@ -178,7 +193,9 @@ def load_masks(ref: DatasetRef, listing: Listing, size: int, cache_dir: Path | N
         for path, mask in zip(listing.masks, raw):  # name the first file at fault
             extra = set(np.unique(mask).tolist()) - {0, 255}
             if extra and max(extra) >= MAX_LABELS:
-                raise DataError(f"mask {path} holds values {sorted(extra)[:5]} besides 0/255; a mask is binary "
-                                f"(0/255) or a label map of class indices below {MAX_LABELS}") from None
+                raise DataError(
+                    f"mask {path} holds values {sorted(extra)[:5]} besides 0/255; a mask is binary "
+                    f"(0/255) or a label map of class indices below {MAX_LABELS}"
+                ) from None
         raise
     return lut[np.asarray(raw)], classes

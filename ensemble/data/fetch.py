@@ -32,8 +32,10 @@ def parse_checksum(text: str) -> str:
     algo, sep, digest = text.partition(":")
     algo, digest = algo.lower(), digest.lower()
     if not sep or algo not in _HEX or not re.fullmatch(f"[0-9a-f]{{{_HEX[algo]}}}", digest):
-        raise UsageError(f"checksum {text!r} is not ALGO:HEX with ALGO one of {', '.join(_HEX)} "
-                         f"(e.g. sha256:{'0' * 8}...; {_HEX.get(algo, 64)} hex digits)")
+        raise UsageError(
+            f"checksum {text!r} is not ALGO:HEX with ALGO one of {', '.join(_HEX)} "
+            f"(e.g. sha256:{'0' * 8}...; {_HEX.get(algo, 64)} hex digits)"
+        )
     return f"{algo}:{digest}"
 
 
@@ -65,8 +67,7 @@ class _Progress:
         pass
 
 
-def download(url: str, dest: Path, checksum: str | None,
-             on_progress: Callable[[int, int], None] | None = None) -> None:
+def download(url: str, dest: Path, checksum: str | None, on_progress: Callable[[int, int], None] | None = None) -> None:
     """``url`` to ``dest`` through pooch: length and checksum verified, two retries."""
     import pooch
     import requests
@@ -75,8 +76,9 @@ def download(url: str, dest: Path, checksum: str | None,
         raise UsageError(f"--url {url!r}: only http:// and https:// addresses are downloaded")
     progress = _Progress(on_progress) if on_progress else False
     pooch.get_logger().setLevel("WARNING")  # its "Downloading ..." lines would tear our progress bar
-    fetcher = pooch.create(path=dest.parent, base_url="", registry={dest.name: checksum}, urls={dest.name: url},
-                           retry_if_failed=2)
+    fetcher = pooch.create(
+        path=dest.parent, base_url="", registry={dest.name: checksum}, urls={dest.name: url}, retry_if_failed=2
+    )
     try:
         fetcher.fetch(dest.name, downloader=pooch.HTTPDownloader(progressbar=progress, timeout=30))
     except ValueError as err:  # pooch's hash mismatch
@@ -91,12 +93,15 @@ def _check_members(archive: Path, names_sizes: list[tuple[str, int, bool]], limi
     for name, size, is_link in names_sizes:
         parts = PurePosixPath(name.replace("\\", "/")).parts
         if not parts or name.startswith(("/", "\\")) or ".." in parts or re.match(r"[A-Za-z]:", name) or is_link:
-            raise DataError(f"{archive}: member {name!r} would be written outside the dataset folder; "
-                            "nothing was installed")
+            raise DataError(
+                f"{archive}: member {name!r} would be written outside the dataset folder; nothing was installed"
+            )
         total += size
     if total > limit:
-        raise DataError(f"{archive} would unpack to {total / 2**30:.1f} GiB, over the limit of "
-                        f"{limit / 2**30:.1f} GiB; nothing was installed")
+        raise DataError(
+            f"{archive} would unpack to {total / 2**30:.1f} GiB, over the limit of "
+            f"{limit / 2**30:.1f} GiB; nothing was installed"
+        )
 
 
 def _unpack(archive: Path, target: Path, limit: int = MAX_UNPACKED_BYTES) -> None:
@@ -106,14 +111,21 @@ def _unpack(archive: Path, target: Path, limit: int = MAX_UNPACKED_BYTES) -> Non
         try:
             if zipfile.is_zipfile(archive):
                 with zipfile.ZipFile(archive) as z:
-                    _check_members(archive, [(i.filename, i.file_size, (i.external_attr >> 16) & 0o170000 ==
-                                              0o120000) for i in z.infolist()], limit)
+                    _check_members(
+                        archive,
+                        [
+                            (i.filename, i.file_size, (i.external_attr >> 16) & 0o170000 == 0o120000)
+                            for i in z.infolist()
+                        ],
+                        limit,
+                    )
                     z.extractall(tmp)
             elif tarfile.is_tarfile(archive):
                 with tarfile.open(archive) as t:
                     members = t.getmembers()
-                    _check_members(archive, [(m.name, m.size, m.issym() or m.islnk() or m.isdev())
-                                             for m in members], limit)
+                    _check_members(
+                        archive, [(m.name, m.size, m.issym() or m.islnk() or m.isdev()) for m in members], limit
+                    )
                     t.extractall(tmp, filter="data")
             else:
                 raise DataError(f"{archive} is neither a zip nor a tar archive; nothing was installed")
@@ -126,8 +138,13 @@ def _unpack(archive: Path, target: Path, limit: int = MAX_UNPACKED_BYTES) -> Non
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def fetch(ref: DatasetRef, *, source: Source | None = None, limit: int = MAX_UNPACKED_BYTES,
-          on_progress: Callable[[int, int], None] | None = None) -> Path:
+def fetch(
+    ref: DatasetRef,
+    *,
+    source: Source | None = None,
+    limit: int = MAX_UNPACKED_BYTES,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Path:
     """Download and install ``ref``; an existing copy is never overwritten."""
     if not ref.info.sources and source is None:
         raise UsageError(f"{ref.spec} has no download source (folder: datasets are yours; digits is built in)")
@@ -144,8 +161,10 @@ def fetch(ref: DatasetRef, *, source: Source | None = None, limit: int = MAX_UNP
         except DataError as err:
             if "checksum" in str(err):
                 raise
-            raise DataError(f"{err}; offline? download it elsewhere and put it by hand at {target} "
-                            f"({ref.info.layout} layout, see `ens data list`)") from None
+            raise DataError(
+                f"{err}; offline? download it elsewhere and put it by hand at {target} "
+                f"({ref.info.layout} layout, see `ens data list`)"
+            ) from None
         if ref.info.layout == "npz":
             part.rename(target)
         else:

@@ -114,7 +114,9 @@ def mask_classes(values: np.ndarray, where: str) -> tuple[np.ndarray, list[str]]
         return lut, ["background", "foreground"]
     top = max(present)
     if top >= MAX_LABELS:
-        raise DataError(f"{where}: masks hold values up to {top} besides 0/255; a mask must be binary (0/255) "
-                        f"or a label map of class indices below {MAX_LABELS}")
+        raise DataError(
+            f"{where}: masks hold values up to {top} besides 0/255; a mask must be binary (0/255) "
+            f"or a label map of class indices below {MAX_LABELS}"
+        )
     lut[: top + 1] = np.arange(top + 1)
     return lut, ["background", *(f"class {k}" for k in range(1, top + 1))]

@@ -70,8 +70,10 @@ def scan_seg(root: Path) -> Listing:
     folders = {name: root / name for name in ("images", "masks")}
     for name, folder in folders.items():
         if not folder.is_dir():
-            raise DataError(f"{root} is not a segmentation folder: it has no {name}/ folder "
-                            "(expected images/<name> and masks/<name>)")
+            raise DataError(
+                f"{root} is not a segmentation folder: it has no {name}/ folder "
+                "(expected images/<name> and masks/<name>)"
+            )
     images = _images(folders["images"])
     if not images:
         raise DataError(f"{folders['images']} holds no images")
@@ -88,12 +90,13 @@ def scan_seg(root: Path) -> Listing:
             raise DataError(f"mask {mask} is {mw}x{mh} but its image {img} is {w}x{h}")
         masks.append(mask)
     if masks_by_stem:
-        warnings.append(f"{len(masks_by_stem)} mask(s) in {folders['masks']} have no image and are ignored "
-                        f"(e.g. {sorted(masks_by_stem.values())[0].name})")
+        warnings.append(
+            f"{len(masks_by_stem)} mask(s) in {folders['masks']} have no image and are ignored "
+            f"(e.g. {sorted(masks_by_stem.values())[0].name})"
+        )
     ids = [p.name for p in images]
     # classes come from the masks' values when they are decoded (see dataset.load_masks)
-    return Listing(ids, np.zeros(len(ids), dtype=np.int64), [], None, files=images, masks=masks,
-                   warnings=warnings)
+    return Listing(ids, np.zeros(len(ids), dtype=np.int64), [], None, files=images, masks=masks, warnings=warnings)
 
 
 def scan_folder(root: Path) -> Listing:
@@ -176,8 +179,7 @@ def scan_digits() -> Listing:
     digits = load_digits()
     images = np.clip(digits.images * 16, 0, 255).astype(np.uint8)
     ids = [str(i) for i in range(len(images))]
-    return Listing(ids, digits.target.astype(np.int64), [str(c) for c in digits.target_names],
-                   None, pixels=images)
+    return Listing(ids, digits.target.astype(np.int64), [str(c) for c in digits.target_names], None, pixels=images)
 
 
 def scan(ref: DatasetRef) -> Listing:

@@ -76,8 +76,16 @@ def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> lis
         echo(f"warning: {w}")
     dataset = req.name or ds.name
     store = Store(req.store_root)
-    plans = plan_labels(store, dataset=dataset, ds=ds, optimizers=req.labels, variant=req.variant, n=req.n,
-                        cfg=req.config, runs=req.runs)
+    plans = plan_labels(
+        store,
+        dataset=dataset,
+        ds=ds,
+        optimizers=req.labels,
+        variant=req.variant,
+        n=req.n,
+        cfg=req.config,
+        runs=req.runs,
+    )
     for p in plans:
         if not p.todo:
             echo(f"{dataset}/{p.label}: {len(p.existing)} complete member(s) already; nothing to train")
@@ -107,25 +115,39 @@ def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> lis
                     continue
                 folds = prepare_run(rd, p.recipe, folds=len(ds.folds), restart=req.restart, echo=echo)
                 runs.append((p, run))
-                tasks += [FoldTask(spec, dataset, p.label, run, k, cfg, p.recipe_hash, root, data_dir, cache)
-                          for k in folds]
+                tasks += [
+                    FoldTask(spec, dataset, p.label, run, k, cfg, p.recipe_hash, root, data_dir, cache) for k in folds
+                ]
         if not runs:
             return []
         where = req.executor + (f" ({req.scheduler})" if req.scheduler else "")
         for p in plans:
             names = [run_name(r) for q, r in runs if q is p]
             if names:
-                echo(f"{dataset}/{p.label}: training run(s) {', '.join(names)} ({len(ds.folds)} fold(s) each, "
-                     f"{cfg.epochs} epoch(s), {cfg.model}) on {where} ...")
+                echo(
+                    f"{dataset}/{p.label}: training run(s) {', '.join(names)} ({len(ds.folds)} fold(s) each, "
+                    f"{cfg.epochs} epoch(s), {cfg.model}) on {where} ..."
+                )
         lease = None
         if req.scheduler and tasks:  # remote workers cannot watch our pid: they watch this lease instead
             labels = {p.label for p, _ in runs}
-            lease = stack.enter_context(contextlib.closing(
-                take_over(Lease([store.label_dir(dataset, label) for label in labels]), echo)))
+            lease = stack.enter_context(
+                contextlib.closing(take_over(Lease([store.label_dir(dataset, label) for label in labels]), echo))
+            )
         bar = JobProgress(len(tasks), req.progress)
-        commands = {(p.label, r): train_command(spec=req.spec, data_dir=str(req.data_dir), label=p.label, run=r,
-                                                cfg=req.config, name=req.name, device=device, threads=cfg.threads)
-                    for p, r in runs}
+        commands = {
+            (p.label, r): train_command(
+                spec=req.spec,
+                data_dir=str(req.data_dir),
+                label=p.label,
+                run=r,
+                cfg=req.config,
+                name=req.name,
+                device=device,
+                threads=cfg.threads,
+            )
+            for p, r in runs
+        }
         job = Job(ds, dataset, cfg, store, tasks, {(p.label, r): p.recipe for p, r in runs}, bar, commands)
         with bar:
             job.publish_staged()  # runs whose folds were all staged already (a publish interrupted earlier)
@@ -134,13 +156,21 @@ def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> lis
                     echo("note: --jobs has no effect with --executor local")
                 run_local(job)
             elif tasks:
-                pool = make_pool(req.executor, req.jobs, req.scheduler, cfg.device,
-                                 str(store.label_dir(dataset, runs[0][0].label).resolve()), bar.print,
-                                 lease_token=lease.token if lease else None)
+                pool = make_pool(
+                    req.executor,
+                    req.jobs,
+                    req.scheduler,
+                    cfg.device,
+                    str(store.label_dir(dataset, runs[0][0].label).resolve()),
+                    bar.print,
+                    lease_token=lease.token if lease else None,
+                )
                 run_pool(job, pool)
         if bar.status.errors:
-            raise EnsError(f"{len(job.failed_runs)} run(s) not stored, {len(job.published)} stored; "
-                           "failures:\n  " + "\n  ".join(bar.status.errors))
+            raise EnsError(
+                f"{len(job.failed_runs)} run(s) not stored, {len(job.published)} stored; "
+                "failures:\n  " + "\n  ".join(bar.status.errors)
+            )
         return job.published
 
 
@@ -168,5 +198,6 @@ def _preflight(req: TrainRequest, ds: Dataset) -> None:
         return
     cfg = req.config
     resolve_device(cfg.device)
-    create_model(cfg.model, len(ds.classes), pretrained=cfg.pretrained,
-                 weights=Path(cfg.weights) if cfg.weights else None)
+    create_model(
+        cfg.model, len(ds.classes), pretrained=cfg.pretrained, weights=Path(cfg.weights) if cfg.weights else None
+    )

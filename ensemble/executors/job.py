@@ -34,9 +34,17 @@ POLL_SECONDS = 0.5
 class Job:
     """Bookkeeping of one job: tasks, their attempts and progress, runs assembled or failed."""
 
-    def __init__(self, ds: Dataset, dataset: str, cfg: TrainConfig, store: Store, tasks: list[FoldTask],
-                 recipes: dict[tuple[str, int], dict[str, Any]], bar: JobProgress,
-                 commands: dict[tuple[str, int], str] | None = None) -> None:
+    def __init__(
+        self,
+        ds: Dataset,
+        dataset: str,
+        cfg: TrainConfig,
+        store: Store,
+        tasks: list[FoldTask],
+        recipes: dict[tuple[str, int], dict[str, Any]],
+        bar: JobProgress,
+        commands: dict[tuple[str, int], str] | None = None,
+    ) -> None:
         """``recipes``: every run of the job (label key, run) -> its recipe, also runs with no task left;
         ``commands``: the `ens train` command that retrains each run, recorded in its member.json."""
         self.ds, self.dataset, self.cfg, self.store, self.tasks, self.bar = ds, dataset, cfg, store, tasks, bar
@@ -85,8 +93,9 @@ class Job:
             self.set_images(t, int(record.get("images", 0)))
             where, before = record.get("where"), self.where.get(t.key)
             if before and where != before:  # Dask moved it after its worker died; it resumed from a checkpoint
-                self.bar.event(f"{self.name(t)}: worker {before} was lost; continuing on {where} "
-                               "from the last checkpoint")
+                self.bar.event(
+                    f"{self.name(t)}: worker {before} was lost; continuing on {where} from the last checkpoint"
+                )
             self.where[t.key] = where
         self.bar.status.running = running
         self.redraw()
@@ -131,8 +140,10 @@ class Job:
             reason += f" (traceback: {self._keep_traceback(task, err.detail)})"
         message = f"{self.dataset}/{self.name(task)}{where}: {reason}"
         self.bar.status.errors.append(message)
-        self.bar.event(f"{self.name(task)} failed again{where}: {reason}; run {run_name(task.run)} "
-                       "is left in staging for the next `ens train`")
+        self.bar.event(
+            f"{self.name(task)} failed again{where}: {reason}; run {run_name(task.run)} "
+            "is left in staging for the next `ens train`"
+        )
         self.redraw()
         return False
 
@@ -144,8 +155,14 @@ class Job:
 
     def _assemble(self, label: str, run: int) -> None:
         try:
-            path = assemble_run(self.run_dir(label, run), ds=self.ds, dataset=self.dataset, label=label,
-                                recipe=self.recipes[(label, run)], command=self.commands.get((label, run), ""))
+            path = assemble_run(
+                self.run_dir(label, run),
+                ds=self.ds,
+                dataset=self.dataset,
+                label=label,
+                recipe=self.recipes[(label, run)],
+                command=self.commands.get((label, run), ""),
+            )
         except Exception as err:  # noqa: BLE001 -- reported with the job's failures, others go on
             self.failed_runs.add((label, run))
             self.bar.status.errors.append(f"{self.dataset}/{label}/{run_name(run)}: assembling failed: {err}")
@@ -154,8 +171,10 @@ class Job:
         meta = read_meta(path)
         warning = f"  WARNING: {meta.diagnosis}" if meta.learnt_nothing else ""
         score = f"Dice {meta.dice:.4f}" if meta.dice is not None else f"accuracy {meta.accuracy:.4f}"
-        self.bar.print(f"{meta.dataset}/{meta.key}/{run_name(run)}: {score} over "
-                       f"{meta.folds} fold(s) in {sum(meta.fold_seconds):.0f} s -> {path}{warning}")
+        self.bar.print(
+            f"{meta.dataset}/{meta.key}/{run_name(run)}: {score} over "
+            f"{meta.folds} fold(s) in {sum(meta.fold_seconds):.0f} s -> {path}{warning}"
+        )
 
 
 def run_local(job: Job) -> None:

@@ -85,8 +85,9 @@ class Lease:
 class LeaseCheck:
     """Task side: raises :class:`CoordinatorGone` once the job's lease is lost."""
 
-    def __init__(self, label_dir: Path, token: str, timeout: float = LEASE_SECONDS,
-                 every: float = CHECK_SECONDS) -> None:
+    def __init__(
+        self, label_dir: Path, token: str, timeout: float = LEASE_SECONDS, every: float = CHECK_SECONDS
+    ) -> None:
         self.path, self.token, self.timeout, self.every = Path(label_dir) / LEASE_FILE, token, timeout, every
         self._beat, self._seen, self._checked = None, time.monotonic(), 0.0
 
@@ -97,13 +98,17 @@ class LeaseCheck:
         self._checked = now
         lease = read_lease(self.path)
         if lease is None or lease.get("token") != self.token:
-            raise CoordinatorGone(f"the ens train that started this task (pid {os.getpid()} saw it at "
-                                  f"{self.path}) was replaced or ended; the task stops")
+            raise CoordinatorGone(
+                f"the ens train that started this task (pid {os.getpid()} saw it at "
+                f"{self.path}) was replaced or ended; the task stops"
+            )
         if lease.get("beat") != self._beat:
             self._beat, self._seen = lease.get("beat"), now
         elif now - self._seen > self.timeout:
-            raise CoordinatorGone(f"the ens train that started this task ({lease.get('owner')}) has not renewed "
-                                  f"its lease for {self.timeout:.0f} s; the task stops")
+            raise CoordinatorGone(
+                f"the ens train that started this task ({lease.get('owner')}) has not renewed "
+                f"its lease for {self.timeout:.0f} s; the task stops"
+            )
 
 
 def take_over(lease: Lease, echo: Callable[[str], None], timeout: float = LEASE_SECONDS) -> Lease:
@@ -111,7 +116,9 @@ def take_over(lease: Lease, echo: Callable[[str], None], timeout: float = LEASE_
     holders = lease.previous_holders()
     lease.start()  # our token replaces theirs: their tasks stop at their next check
     if holders:
-        echo(f"a previous ens train ({', '.join(sorted(set(holders)))}) left its lease; waiting "
-             f"{timeout + 2 * CHECK_SECONDS:.0f} s for any of its remote tasks to stop")
+        echo(
+            f"a previous ens train ({', '.join(sorted(set(holders)))}) left its lease; waiting "
+            f"{timeout + 2 * CHECK_SECONDS:.0f} s for any of its remote tasks to stop"
+        )
         time.sleep(timeout + 2 * CHECK_SECONDS)
     return lease

@@ -82,8 +82,9 @@ def local_setup(jobs: int, device: str, gpus: tuple[str, ...]) -> WorkerSetup:
     threads = max(1, usable_cores() // jobs)
     if device not in ("auto", "cuda") or not gpus:
         return WorkerSetup(threads=threads, coordinator=os.getpid())
-    return WorkerSetup(threads=threads, gpus=gpus, claim_dir=tempfile.mkdtemp(prefix="ens-gpu-claims-"),
-                       coordinator=os.getpid())
+    return WorkerSetup(
+        threads=threads, gpus=gpus, claim_dir=tempfile.mkdtemp(prefix="ens-gpu-claims-"), coordinator=os.getpid()
+    )
 
 
 def _forget_claims(setup: WorkerSetup) -> None:
@@ -156,22 +157,26 @@ class DaskPool:
     name = "dask"
     capacity = None
 
-    def __init__(self, scheduler: str | None, jobs: int, setup: WorkerSetup, store_dir: str,
-                 echo: Callable[[str], None]) -> None:
+    def __init__(
+        self, scheduler: str | None, jobs: int, setup: WorkerSetup, store_dir: str, echo: Callable[[str], None]
+    ) -> None:
         try:
             import dask
             from dask.distributed import Client, LocalCluster
         except ImportError:
-            raise EnsError("--executor dask needs dask.distributed: pip install 'ens[dask]' "
-                           "(or pip install 'dask[distributed]')") from None
+            raise EnsError(
+                "--executor dask needs dask.distributed: pip install 'ens[dask]' (or pip install 'dask[distributed]')"
+            ) from None
         self.cluster = None
         self.token = uuid.uuid4().hex[:8]
         if scheduler:
             try:
                 self.client = Client(scheduler)  # waits distributed.comm.timeouts.connect (Dask's config)
             except (OSError, TimeoutError) as err:
-                raise EnsError(f"cannot reach the Dask scheduler at {scheduler} ({err}); start one with "
-                               "`dask scheduler` and its workers with `dask worker ADDRESS`") from None
+                raise EnsError(
+                    f"cannot reach the Dask scheduler at {scheduler} ({err}); start one with "
+                    "`dask scheduler` and its workers with `dask worker ADDRESS`"
+                ) from None
             self.setup = setup  # remote workers bring their own GPU (CUDA_VISIBLE_DEVICES / dask-cuda)
             self._check_workers(scheduler, store_dir, echo)
         else:
@@ -180,8 +185,14 @@ class DaskPool:
             with dask.config.set({"distributed.worker.daemon": False}):
                 # Dask's own log lines (a task's traceback, a nanny restarting a worker) would tear the
                 # progress display; the coordinator reports both itself
-                self.cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
-                                            dashboard_address=None, memory_limit=0, silence_logs=logging.CRITICAL)
+                self.cluster = LocalCluster(
+                    n_workers=jobs,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    memory_limit=0,
+                    silence_logs=logging.CRITICAL,
+                )
             self.client = Client(self.cluster)
             self.setup = setup
 
@@ -195,12 +206,16 @@ class DaskPool:
         try:
             seen = self.client.run(probe, store_dir)
         except Exception as err:  # noqa: BLE001 -- typically: ens is not importable on a worker
-            raise EnsError(f"the Dask workers of {scheduler} cannot run ens tasks ({first_line(err)}); "
-                           "install ens in the workers' Python environment") from None
+            raise EnsError(
+                f"the Dask workers of {scheduler} cannot run ens tasks ({first_line(err)}); "
+                "install ens in the workers' Python environment"
+            ) from None
         blind = [w for w, info in seen.items() if not info["store"]]
         if blind:
-            raise EnsError(f"{len(blind)} Dask worker(s) do not see the member store {store_dir} "
-                           f"(e.g. {blind[0]}): workers must share the store and dataset paths")
+            raise EnsError(
+                f"{len(blind)} Dask worker(s) do not see the member store {store_dir} "
+                f"(e.g. {blind[0]}): workers must share the store and dataset paths"
+            )
         other = sorted({info["ens"] for info in seen.values()} - {__version__})
         if other:
             echo(f"warning: Dask workers run ens {', '.join(other)}, this process {__version__}")
@@ -234,8 +249,16 @@ class DaskPool:
             _forget_claims(self.setup)
 
 
-def make_pool(executor: str, jobs: int | None, scheduler: str | None, device: str, store_dir: str,
-              echo: Callable[[str], None], *, lease_token: str | None = None) -> Pool:
+def make_pool(
+    executor: str,
+    jobs: int | None,
+    scheduler: str | None,
+    device: str,
+    store_dir: str,
+    echo: Callable[[str], None],
+    *,
+    lease_token: str | None = None,
+) -> Pool:
     """The pool of ``--executor processes`` or ``--executor dask`` (local cluster, or ``scheduler``)."""
     if executor == "dask" and scheduler:
         if jobs:

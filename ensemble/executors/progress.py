@@ -51,8 +51,16 @@ class ProgressWriter:
 
     def write(self) -> None:
         self._last = time.monotonic()
-        atomic_write_json(self.path, {"images": self.images, "epoch": self.epoch, "loss": self.loss,
-                                      "where": worker_name(), "time": time.time()})
+        atomic_write_json(
+            self.path,
+            {
+                "images": self.images,
+                "epoch": self.epoch,
+                "loss": self.loss,
+                "where": worker_name(),
+                "time": time.time(),
+            },
+        )
 
 
 def read_progress(path: Path) -> dict[str, Any] | None:
@@ -93,9 +101,16 @@ class JobProgress:
         self.enabled = enabled
         self.status = JobStatus(total=total_tasks)
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-            _Speed(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            TextColumn("{task.fields[status]}"), disable=not enabled, transient=False,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            _Speed(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+            disable=not enabled,
+            transient=False,
         )
         self.task = self.progress.add_task("training", total=None, status=self.status.line())
 

@@ -48,8 +48,10 @@ class FusionResult:
         from .stats import bootstrap_ci
 
         if self.task == "segmentation":
-            raise UsageError("--ci: bootstrap intervals are for classification members; segmentation tables give "
-                             "the std over images (dice_std, hd95_std) and over folds")
+            raise UsageError(
+                "--ci: bootstrap intervals are for classification members; segmentation tables give "
+                "the std over images (dice_std, hd95_std) and over folds"
+            )
         self.metrics.update(bootstrap_ci(self.labels, self.scores, resamples=resamples))
 
 
@@ -61,15 +63,22 @@ def select(store: Store, dataset: str, expr: str, split: str = "fold") -> tuple[
         runs = store.runs(dataset, t.label)
         if len(runs) < t.count:
             # the spec the members were trained from (seg:PATH, folder:PATH), else the catalog's spelling
-            recorded = [m.dataset_spec for label in store.labels(dataset) for m in store.metas(dataset, label)
-                        if m.dataset_spec]
-            spec = recorded[0] if recorded else (
-                dataset.replace("medmnist-", "medmnist:", 1) if dataset.startswith("medmnist-") else dataset)
+            recorded = [
+                m.dataset_spec for label in store.labels(dataset) for m in store.metas(dataset, label) if m.dataset_spec
+            ]
+            spec = (
+                recorded[0]
+                if recorded
+                else (dataset.replace("medmnist-", "medmnist:", 1) if dataset.startswith("medmnist-") else dataset)
+            )
             optimizer, variant = split_key(t.label)
             commands = [m.command for m in store.metas(dataset, t.label) if m.command] if runs else []
-            command = (more_runs_command(commands[0], n=t.count, members_dir=str(store.root)) if commands else
-                       f"ens train --dataset {spec} --opt {optimizer}{f' --variant {variant}' if variant else ''} "
-                       f"--n {t.count} --members-dir {store.root}")
+            command = (
+                more_runs_command(commands[0], n=t.count, members_dir=str(store.root))
+                if commands
+                else f"ens train --dataset {spec} --opt {optimizer}{f' --variant {variant}' if variant else ''} "
+                f"--n {t.count} --members-dir {store.root}"
+            )
             raise UsageError(
                 f"{term_text(t.label, t.count)} (column {t.column}) asks for {t.count} "
                 f"{t.label} members of {dataset}, but {len(runs)} exist in {store.root}; add the rest (with the "
@@ -84,13 +93,17 @@ def aligned(members: list[Member]) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     ref = members[0]
     for m in members[1:]:
         if m.fingerprint != ref.fingerprint:
-            raise IncompatibleMembers(f"{m.name} was trained on another version of the dataset than {ref.name} "
-                                      f"(fingerprint {m.fingerprint} vs {ref.fingerprint}); they cannot be fused")
+            raise IncompatibleMembers(
+                f"{m.name} was trained on another version of the dataset than {ref.name} "
+                f"(fingerprint {m.fingerprint} vs {ref.fingerprint}); they cannot be fused"
+            )
         if m.classes != ref.classes:
             raise IncompatibleMembers(f"{m.name} and {ref.name} have different classes")
         if m.probs.shape[1:] != ref.probs.shape[1:]:
-            raise IncompatibleMembers(f"{m.name} predicted maps of shape {m.probs.shape[2:]} and {ref.name} of "
-                                      f"{ref.probs.shape[2:]} (another --size); they cannot be fused")
+            raise IncompatibleMembers(
+                f"{m.name} predicted maps of shape {m.probs.shape[2:]} and {ref.name} of "
+                f"{ref.probs.shape[2:]} (another --size); they cannot be fused"
+            )
     order0 = np.argsort(ref.ids, kind="stable")
     ids = ref.ids[order0]
     stack = [ref.probs[order0]]
@@ -106,8 +119,9 @@ def aligned(members: list[Member]) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return np.stack(stack), ref.labels[order0], ref.fold_of[order0], ids
 
 
-def fuse_members(members: list[Member], rule: str = "sum", expression: str = "",
-                 calibration: str = "none") -> FusionResult:
+def fuse_members(
+    members: list[Member], rule: str = "sum", expression: str = "", calibration: str = "none"
+) -> FusionResult:
     """Apply ``rule`` to the members (temperature-scaled first when ``calibration`` says so) and score it."""
     from .calibrate import calibrate
 

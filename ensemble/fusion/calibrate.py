@@ -41,8 +41,7 @@ def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
         z -= z.max(axis=1, keepdims=True)
         return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[rows, labels]))
 
-    return float(np.exp(minimize_scalar(loss, bounds=(-3.0, 3.0), method="bounded",
-                                        options={"xatol": 1e-6}).x))
+    return float(np.exp(minimize_scalar(loss, bounds=(-3.0, 3.0), method="bounded", options={"xatol": 1e-6}).x))
 
 
 def row_temperatures(member: Member, val: Member | None = None) -> np.ndarray:
@@ -51,8 +50,10 @@ def row_temperatures(member: Member, val: Member | None = None) -> np.ndarray:
         return np.full(len(member.labels), fit_temperature(val.labels, val.probs))
     folds = np.unique(member.fold_of)
     if len(folds) < 2:
-        raise UsageError(f"{member.name}: temperature scaling needs a validation split or at least 2 folds "
-                         "(it is never fitted on the rows it scores)")
+        raise UsageError(
+            f"{member.name}: temperature scaling needs a validation split or at least 2 folds "
+            "(it is never fitted on the rows it scores)"
+        )
     out = np.empty(len(member.labels))
     for k in folds:
         rows = member.fold_of == k

@@ -31,13 +31,17 @@ class Comparison:
             if math.isnan(r["p"]):
                 parts.append(f"{r['metric']} {r['A']:.4f} vs {r['B']:.4f} (no test: {r['test']})")
                 continue
-            parts.append(f"{r['metric']} {r['A']:.4f} vs {r['B']:.4f} ({r['difference']:+.4f}, {r['test']} "
-                         f"p = {r['p']:.4g})")
+            parts.append(
+                f"{r['metric']} {r['A']:.4f} vs {r['B']:.4f} ({r['difference']:+.4f}, {r['test']} p = {r['p']:.4g})"
+            )
             if r["p"] < ALPHA and r["difference"] != 0:
                 significant.append(f"{'A' if r['difference'] > 0 else 'B'} has the higher {r['metric']}")
         head = f"A = {self.a.expression} vs B = {self.b.expression} on {len(self.a.labels)} samples: "
-        tail = ("; ".join(significant) + f" (p < {ALPHA})") if significant else \
-            f"no difference is significant at the {ALPHA:g} level"
+        tail = (
+            ("; ".join(significant) + f" (p < {ALPHA})")
+            if significant
+            else f"no difference is significant at the {ALPHA:g} level"
+        )
         return head + "; ".join(parts) + ". " + tail[0].upper() + tail[1:] + "."
 
 
@@ -53,16 +57,37 @@ def compare_results(a: FusionResult, b: FusionResult, resamples: int = CI_RESAMP
     pred_a, pred_b = a.scores.argmax(1), b.scores.argmax(1)
     _, _, p_acc = mcnemar_exact(y, pred_a, pred_b)
     boot = paired_bootstrap(y, a.scores, b.scores, resamples=resamples)
-    rows = [{"metric": "accuracy", "A": float(np.mean(pred_a == y)), "B": float(np.mean(pred_b == y)),
-             "test": "McNemar exact", "p": p_acc}]
+    rows = [
+        {
+            "metric": "accuracy",
+            "A": float(np.mean(pred_a == y)),
+            "B": float(np.mean(pred_b == y)),
+            "test": "McNemar exact",
+            "p": p_acc,
+        }
+    ]
     if a.scores.shape[1] == 2:
         auc_a, auc_b, p_auc = delong(y, a.scores[:, 1], b.scores[:, 1])
         rows.append({"metric": "auc", "A": auc_a, "B": auc_b, "test": "DeLong", "p": p_auc})
     else:
-        rows.append({"metric": "auc", "A": a.metrics["auc"], "B": b.metrics["auc"], "test": "paired bootstrap",
-                     "p": boot["auc"][1]})
-    rows.append({"metric": "f1_macro", "A": a.metrics["f1_macro"], "B": b.metrics["f1_macro"],
-                 "test": "paired bootstrap", "p": boot["f1_macro"][1]})
+        rows.append(
+            {
+                "metric": "auc",
+                "A": a.metrics["auc"],
+                "B": b.metrics["auc"],
+                "test": "paired bootstrap",
+                "p": boot["auc"][1],
+            }
+        )
+    rows.append(
+        {
+            "metric": "f1_macro",
+            "A": a.metrics["f1_macro"],
+            "B": b.metrics["f1_macro"],
+            "test": "paired bootstrap",
+            "p": boot["f1_macro"][1],
+        }
+    )
     for r in rows:
         r["difference"] = r["A"] - r["B"]
     return Comparison(a, b, [{k: r[k] for k in ("metric", "A", "B", "difference", "test", "p")} for r in rows])
@@ -81,6 +106,14 @@ def _segmentation_rows(a: FusionResult, b: FusionResult) -> list[dict]:
         diff = va[metric] - vb[metric]
         p = float(wilcoxon(va[metric], vb[metric]).pvalue) if np.any(diff != 0) else 1.0
         # HD95 is better lower: the difference is kept as A - B, the verdict reads it as "higher"
-        rows.append({"metric": metric, "A": float(va[metric].mean()), "B": float(vb[metric].mean()),
-                     "difference": float(diff.mean()), "test": "Wilcoxon signed-rank", "p": p})
+        rows.append(
+            {
+                "metric": metric,
+                "A": float(va[metric].mean()),
+                "B": float(vb[metric].mean()),
+                "difference": float(diff.mean()),
+                "test": "Wilcoxon signed-rank",
+                "p": p,
+            }
+        )
     return rows

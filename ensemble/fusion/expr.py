@@ -62,8 +62,9 @@ def parse(expr: str) -> list[Term]:
         while pos < n and expr[pos].isspace():
             pos += 1
         if pos >= n:
-            raise _fail(expr, pos, "expected a term such as SGD7 or DGrad(7)" if not terms
-                        else "expected a term after '+'")
+            raise _fail(
+                expr, pos, "expected a term such as SGD7 or DGrad(7)" if not terms else "expected a term after '+'"
+            )
         start = pos
         low = expr.lower()
         match = next(((s, lab) for s, lab in spellings if low.startswith(s, pos)), None)
@@ -78,7 +79,9 @@ def parse(expr: str) -> list[Term]:
         if glued is not None:
             count_text = glued
         elif pos < n and expr[pos] == "_":
-            count_text, pos = _count(expr, pos + 1, r"[0-9]+", f"expected a member count after '{expr[start:pos + 1]}'")
+            count_text, pos = _count(
+                expr, pos + 1, r"[0-9]+", f"expected a member count after '{expr[start : pos + 1]}'"
+            )
         elif pos < n and expr[pos] == "(":
             count_text, pos = _count(expr, pos + 1, r"\s*([0-9]+)\s*", f"expected a member count inside '{label}( )'")
             if pos >= n or expr[pos] != ")":
@@ -90,8 +93,11 @@ def parse(expr: str) -> list[Term]:
             count_text = re.match(r"[0-9]+", expr[pos:]).group(0)
             pos += len(count_text)
         else:
-            raise _fail(expr, pos, f"expected a member count after '{expr[start:pos]}' "
-                        f"(e.g. {term_text(label, 7)} or {label}(7))")
+            raise _fail(
+                expr,
+                pos,
+                f"expected a member count after '{expr[start:pos]}' (e.g. {term_text(label, 7)} or {label}(7))",
+            )
         if len(count_text.lstrip("0")) > MAX_COUNT_DIGITS:
             raise _fail(expr, start, f"{label}: a count of {len(count_text)} digits is not a member count")
         count = int(count_text)
@@ -99,8 +105,12 @@ def parse(expr: str) -> list[Term]:
             raise _fail(expr, start, f"{label} needs at least 1 member")
         previous = next((t for t in terms if t.label == label), None)
         if previous is not None:
-            raise _fail(expr, start, f"{label} appears twice (also at column {previous.column}): its first "
-                        f"members would be fused twice; write one term {term_text(label, '<N>')}")
+            raise _fail(
+                expr,
+                start,
+                f"{label} appears twice (also at column {previous.column}): its first "
+                f"members would be fused twice; write one term {term_text(label, '<N>')}",
+            )
         terms.append(Term(label, count, start + 1))
         while pos < n and expr[pos].isspace():
             pos += 1
@@ -125,8 +135,9 @@ def _variant(expr: str, start: int, pos: int, label: str) -> tuple[str, int, str
         return f"{label}@{name}", end, None
     glued = re.fullmatch(r"(.*?[A-Za-z-])([0-9]+)", name)
     if not glued:
-        raise _fail(expr, end, f"expected a member count after '{expr[start:end]}' "
-                    f"(e.g. {label}@{name}_7 or {label}@{name}(7))")
+        raise _fail(
+            expr, end, f"expected a member count after '{expr[start:end]}' (e.g. {label}@{name}_7 or {label}@{name}(7))"
+        )
     return f"{label}@{glued.group(1)}", end, glued.group(2)
 
 

@@ -26,8 +26,11 @@ from .stats import nll
 
 LEARNED = ("weighted", "greedy", "stacking")
 GREEDY_ROUNDS = 25
-NAMES = {"weighted": "weighted sum, one weight per label", "greedy": "greedy selection with replacement (Caruana)",
-         "stacking": "stacking (logistic regression)"}
+NAMES = {
+    "weighted": "weighted sum, one weight per label",
+    "greedy": "greedy selection with replacement (Caruana)",
+    "stacking": "stacking (logistic regression)",
+}
 
 Fitter = Callable[[np.ndarray, np.ndarray, list[int]], Callable[[np.ndarray], np.ndarray]]
 

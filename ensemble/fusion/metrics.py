@@ -31,10 +31,15 @@ def scores_table(labels: np.ndarray, scores: np.ndarray, fold_of: np.ndarray | N
         for k in np.unique(fold_of):
             m = fold_of == k
             accs.append(float((pred[m] == labels[m]).mean()))
-            f1s.append(float(f1_score(labels[m], pred[m], average="macro", labels=list(range(n_classes)),
-                                      zero_division=0)))
-        out.update(accuracy_fold_mean=float(np.mean(accs)), accuracy_fold_std=float(np.std(accs, ddof=1)),
-                   f1_fold_mean=float(np.mean(f1s)), f1_fold_std=float(np.std(f1s, ddof=1)))
+            f1s.append(
+                float(f1_score(labels[m], pred[m], average="macro", labels=list(range(n_classes)), zero_division=0))
+            )
+        out.update(
+            accuracy_fold_mean=float(np.mean(accs)),
+            accuracy_fold_std=float(np.std(accs, ddof=1)),
+            f1_fold_mean=float(np.mean(f1s)),
+            f1_fold_std=float(np.std(f1s, ddof=1)),
+        )
     return out
 
 
@@ -43,6 +48,8 @@ def per_class(labels: np.ndarray, scores: np.ndarray, classes: list[str]) -> tup
     pred = scores.argmax(axis=1)
     idx = list(range(len(classes)))
     p, r, f, s = precision_recall_fscore_support(labels, pred, labels=idx, zero_division=0)
-    rows = [{"class": c, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-            for i, c in enumerate(classes)]
+    rows = [
+        {"class": c, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        for i, c in enumerate(classes)
+    ]
     return rows, confusion_matrix(labels, pred, labels=idx)

@@ -17,8 +17,9 @@ def count_grid(n: int, step: int) -> list[int]:
     return sorted({0, n, *range(step, n + 1, step)})
 
 
-def search(by_label: dict[str, list[Member]], step: int,
-           mask: np.ndarray | None = None) -> list[tuple[float, dict[str, int]]]:
+def search(
+    by_label: dict[str, list[Member]], step: int, mask: np.ndarray | None = None
+) -> list[tuple[float, dict[str, int]]]:
     """Every combination of per-label counts (from :func:`count_grid`), scored by sum-rule accuracy.
 
     Cumulative sums per label give each label's contribution in one lookup, and a depth-first
@@ -34,7 +35,7 @@ def search(by_label: dict[str, list[Member]], step: int,
     probs = np.ascontiguousarray(probs.transpose(0, 2, 1))  # (members, C, N): one class is one row
     cums = []
     for i in range(len(labels)):
-        block = probs[starts[i]:starts[i + 1]]
+        block = probs[starts[i] : starts[i + 1]]
         cums.append(np.concatenate([np.zeros((1, *block.shape[1:]), block.dtype), np.cumsum(block, axis=0)]))
     grids = [count_grid(len(by_label[lab]), step) for lab in labels]
     results: list[tuple[float, dict[str, int]]] = []

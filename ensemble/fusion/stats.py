@@ -102,7 +102,7 @@ def stratified_resamples(labels: np.ndarray, resamples: int = CI_RESAMPLES, seed
     pos = 0
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
-        out[:, pos:pos + len(members)] = members[rng.integers(0, len(members), size=(resamples, len(members)))]
+        out[:, pos : pos + len(members)] = members[rng.integers(0, len(members), size=(resamples, len(members)))]
         pos += len(members)
     return out
 
@@ -110,12 +110,16 @@ def stratified_resamples(labels: np.ndarray, resamples: int = CI_RESAMPLES, seed
 def _batched(labels: np.ndarray, scores: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
     y = labels[idx]
     pred = scores.argmax(axis=1)[idx]
-    return {"accuracy": (y == pred).mean(axis=1), "f1_macro": _macro_f1_batch(y, pred, scores.shape[1]),
-            "auc": auc_batch(y, scores[idx])}
+    return {
+        "accuracy": (y == pred).mean(axis=1),
+        "f1_macro": _macro_f1_batch(y, pred, scores.shape[1]),
+        "auc": auc_batch(y, scores[idx]),
+    }
 
 
-def bootstrap_ci(labels: np.ndarray, scores: np.ndarray, *, resamples: int = CI_RESAMPLES,
-                 seed: int = CI_SEED, level: float = 0.95) -> dict[str, float]:
+def bootstrap_ci(
+    labels: np.ndarray, scores: np.ndarray, *, resamples: int = CI_RESAMPLES, seed: int = CI_SEED, level: float = 0.95
+) -> dict[str, float]:
     """``{metric}_lo`` and ``{metric}_hi`` for accuracy, f1_macro and auc: stratified percentile bootstrap."""
     idx = stratified_resamples(labels, resamples, seed)
     out = {}
@@ -165,8 +169,14 @@ def delong(labels: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> tupl
     return float(aucs[0]), float(aucs[1]), float(2 * norm.sf(abs(z)))
 
 
-def paired_bootstrap(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, *,
-                     resamples: int = CI_RESAMPLES, seed: int = CI_SEED) -> dict[str, tuple[float, float]]:
+def paired_bootstrap(
+    labels: np.ndarray,
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    *,
+    resamples: int = CI_RESAMPLES,
+    seed: int = CI_SEED,
+) -> dict[str, tuple[float, float]]:
     """metric -> (difference A - B, two-sided p) from the same stratified resamples for both."""
     idx = stratified_resamples(labels, resamples, seed)
     a, b = _batched(labels, scores_a, idx), _batched(labels, scores_b, idx)
@@ -187,6 +197,8 @@ def pair_diversity(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, fl
     n10, n01 = float(np.sum(a & ~b)), float(np.sum(~a & b))
     q_den = n11 * n00 + n01 * n10
     r_den = math.sqrt((n11 + n10) * (n01 + n00) * (n11 + n01) * (n10 + n00))
-    return {"yule_q": (n11 * n00 - n01 * n10) / q_den if q_den else math.nan,
-            "double_fault": n00 / len(a) if len(a) else math.nan,
-            "error_correlation": (n11 * n00 - n01 * n10) / r_den if r_den else math.nan}
+    return {
+        "yule_q": (n11 * n00 - n01 * n10) / q_den if q_den else math.nan,
+        "double_fault": n00 / len(a) if len(a) else math.nan,
+        "error_correlation": (n11 * n00 - n01 * n10) / r_den if r_den else math.nan,
+    }

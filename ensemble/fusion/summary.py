@@ -37,9 +37,21 @@ from .seg_summary import SegSummary, is_segmentation, summarise_segmentation
 from .stats import bootstrap_ci, pair_diversity
 
 SEED_ENSEMBLES = [
-    "Adam7", "diffGrad7", "DGrad7", "Cos1_7", "Cos2_7", "DGrad7+Cos1_7", "DGrad7+Cos1_7+Cos2_7",
-    "DGrad7+Cos1_7+diffGrad7", "DGrad14", "DGrad14+Cos1_7", "SGD14", "SGD7", "SGD7+DGrad7",
-    "SGD14+DGrad7+Cos1_7", "SGD14+DGrad7+Cos1_7+diffGrad7",
+    "Adam7",
+    "diffGrad7",
+    "DGrad7",
+    "Cos1_7",
+    "Cos2_7",
+    "DGrad7+Cos1_7",
+    "DGrad7+Cos1_7+Cos2_7",
+    "DGrad7+Cos1_7+diffGrad7",
+    "DGrad14",
+    "DGrad14+Cos1_7",
+    "SGD14",
+    "SGD7",
+    "SGD7+DGrad7",
+    "SGD14+DGrad7+Cos1_7",
+    "SGD14+DGrad7+Cos1_7+diffGrad7",
 ]
 
 
@@ -49,14 +61,22 @@ def table1(by_label: dict[str, list[Member]]) -> list[dict]:
     for label, members in by_label.items():
         s = [scores_table(m.labels, m.probs) for m in members]
         acc, f1 = np.array([x["accuracy"] for x in s]), np.array([x["f1_macro"] for x in s])
-        rows.append({"label": label, "members": len(members), "accuracy_mean": acc.mean(),
-                     "accuracy_std": acc.std(ddof=1) if len(acc) > 1 else 0.0, "f1_mean": f1.mean(),
-                     "f1_std": f1.std(ddof=1) if len(f1) > 1 else 0.0,
-                     "nll_mean": float(np.mean([x["nll"] for x in s])),
-                     "ece_mean": float(np.mean([x["ece"] for x in s])),
-                     "ece_temperature_mean": _calibrated_ece(members),
-                     "learnt_nothing": sum(m.meta.learnt_nothing for m in members),
-                     "recipe": members[0].recipe_hash[:8] or "--", "setup": recipe_summary(members[0].meta.recipe)})
+        rows.append(
+            {
+                "label": label,
+                "members": len(members),
+                "accuracy_mean": acc.mean(),
+                "accuracy_std": acc.std(ddof=1) if len(acc) > 1 else 0.0,
+                "f1_mean": f1.mean(),
+                "f1_std": f1.std(ddof=1) if len(f1) > 1 else 0.0,
+                "nll_mean": float(np.mean([x["nll"] for x in s])),
+                "ece_mean": float(np.mean([x["ece"] for x in s])),
+                "ece_temperature_mean": _calibrated_ece(members),
+                "learnt_nothing": sum(m.meta.learnt_nothing for m in members),
+                "recipe": members[0].recipe_hash[:8] or "--",
+                "setup": recipe_summary(members[0].meta.recipe),
+            }
+        )
     return rows
 
 
@@ -78,20 +98,26 @@ def _fused(by_label: dict[str, list[Member]], counts: dict[str, int]):
     return sum_rule(probs), y, fold_of, len(members)
 
 
-def table2(by_label: dict[str, list[Member]], step: int, top: int = 5,
-           val_by_label: dict[str, list[Member]] | None = None) -> list[dict]:
+def table2(
+    by_label: dict[str, list[Member]], step: int, top: int = 5, val_by_label: dict[str, list[Member]] | None = None
+) -> list[dict]:
     rows = []
     for expr in SEED_ENSEMBLES:
         terms = parse(expr)
         if all(t.label in by_label and len(by_label[t.label]) >= t.count for t in terms):
             scores, y, fold_of, n = _fused(by_label, {t.label: t.count for t in terms})
-            rows.append({"ensemble": expr, "selection": "seed's list", "members": n,
-                         **_metrics(y, scores, fold_of)})
+            rows.append({"ensemble": expr, "selection": "seed's list", "members": n, **_metrics(y, scores, fold_of)})
     found = search(by_label, step)
     for _, counts in found[:top]:
         scores, y, fold_of, n = _fused(by_label, counts)
-        rows.append({"ensemble": _expr(counts), "selection": "best on test folds (optimistic)", "members": n,
-                     **_metrics(y, scores, fold_of)})
+        rows.append(
+            {
+                "ensemble": _expr(counts),
+                "selection": "best on test folds (optimistic)",
+                "members": n,
+                **_metrics(y, scores, fold_of),
+            }
+        )
     rows.append(_honest(by_label, step, val_by_label))
     for method in LEARNED:
         if sum(len(ms) for ms in by_label.values()) < 2:
@@ -100,17 +126,30 @@ def table2(by_label: dict[str, list[Member]], step: int, top: int = 5,
             scores, y, fold_of, how = learned_fusion(method, by_label)
         except UsageError:
             continue
-        rows.append({"ensemble": f"all {sum(len(ms) for ms in by_label.values())} members: {NAMES[method]}",
-                     "selection": f"learned, {how} (honest)", "members": sum(len(ms) for ms in by_label.values()),
-                     **_metrics(y, scores, fold_of)})
+        rows.append(
+            {
+                "ensemble": f"all {sum(len(ms) for ms in by_label.values())} members: {NAMES[method]}",
+                "selection": f"learned, {how} (honest)",
+                "members": sum(len(ms) for ms in by_label.values()),
+                **_metrics(y, scores, fold_of),
+            }
+        )
     return rows
 
 
 def _metrics(y: np.ndarray, scores: np.ndarray, fold_of: np.ndarray) -> dict[str, float]:
     m = scores_table(y, scores, fold_of)
     ci = bootstrap_ci(y, scores)
-    return {"accuracy": m["accuracy"], "accuracy_lo": ci["accuracy_lo"], "accuracy_hi": ci["accuracy_hi"],
-            "f1_macro": m["f1_macro"], "auc": m["auc"], "nll": m["nll"], "brier": m["brier"], "ece": m["ece"]}
+    return {
+        "accuracy": m["accuracy"],
+        "accuracy_lo": ci["accuracy_lo"],
+        "accuracy_hi": ci["accuracy_hi"],
+        "f1_macro": m["f1_macro"],
+        "auc": m["auc"],
+        "nll": m["nll"],
+        "brier": m["brier"],
+        "ece": m["ece"],
+    }
 
 
 def mixed_vs_single(by_label: dict[str, list[Member]], resamples: int = 1000) -> list[dict]:
@@ -124,13 +163,23 @@ def mixed_vs_single(by_label: dict[str, list[Member]], resamples: int = 1000) ->
             if a == b or k < 1:
                 continue
             mixed = fuse_members(ms_a[:k] + ms_b[:k], "sum", f"{term_text(a, k)}+{term_text(b, k)}")
-            single = fuse_members(ms_a[:2 * k], "sum", term_text(a, 2 * k))
+            single = fuse_members(ms_a[: 2 * k], "sum", term_text(a, 2 * k))
             cmp = compare_results(mixed, single, resamples)
             acc, auc = cmp.rows[0], cmp.rows[1]
-            rows.append({"mixed": mixed.expression, "single": single.expression, "accuracy_mixed": acc["A"],
-                         "accuracy_single": acc["B"], "difference": acc["difference"], "p_mcnemar": acc["p"],
-                         "auc_mixed": auc["A"], "auc_single": auc["B"], f"p_auc ({auc['test']})": auc["p"],
-                         "verdict": _short_verdict(acc["difference"], acc["p"])})
+            rows.append(
+                {
+                    "mixed": mixed.expression,
+                    "single": single.expression,
+                    "accuracy_mixed": acc["A"],
+                    "accuracy_single": acc["B"],
+                    "difference": acc["difference"],
+                    "p_mcnemar": acc["p"],
+                    "auc_mixed": auc["A"],
+                    "auc_single": auc["B"],
+                    f"p_auc ({auc['test']})": auc["p"],
+                    "verdict": _short_verdict(acc["difference"], acc["p"]),
+                }
+            )
     return rows
 
 
@@ -150,12 +199,22 @@ def diversity(by_label: dict[str, list[Member]]) -> list[dict]:
     labels = list(by_label)
     for i, a in enumerate(labels):
         for b in labels[i:]:
-            pairs = [pair_diversity(ca, cb) for x, ca in enumerate(correct[a]) for z, cb in enumerate(correct[b])
-                     if a != b or x < z]
+            pairs = [
+                pair_diversity(ca, cb)
+                for x, ca in enumerate(correct[a])
+                for z, cb in enumerate(correct[b])
+                if a != b or x < z
+            ]
             if not pairs:
                 continue
-            rows.append({"label_a": a, "label_b": b, "pairs": len(pairs),
-                         **{k: _nanmean([p[k] for p in pairs]) for k in pairs[0]}})
+            rows.append(
+                {
+                    "label_a": a,
+                    "label_b": b,
+                    "pairs": len(pairs),
+                    **{k: _nanmean([p[k] for p in pairs]) for k in pairs[0]},
+                }
+            )
     return rows
 
 
@@ -170,8 +229,12 @@ def _honest(by_label: dict[str, list[Member]], step: int, val_by_label: dict[str
     if val_by_label:
         counts = search(val_by_label, step)[0][1]
         scores, y, fold_of, n = _fused(by_label, counts)
-        return {"ensemble": _expr(counts), "selection": "chosen on validation split (honest)", "members": n,
-                **_metrics(y, scores, fold_of)}
+        return {
+            "ensemble": _expr(counts),
+            "selection": "chosen on validation split (honest)",
+            "members": n,
+            **_metrics(y, scores, fold_of),
+        }
     probs, y, fold_of, _ = aligned([m for ms in by_label.values() for m in ms])
     pred = np.empty_like(y)
     chosen = []
@@ -182,8 +245,12 @@ def _honest(by_label: dict[str, list[Member]], step: int, val_by_label: dict[str
         scores, _, _, _ = _fused(by_label, counts)
         full[fold_of == k] = scores[fold_of == k]
         pred[fold_of == k] = scores[fold_of == k].argmax(1)
-    return {"ensemble": " | ".join(dict.fromkeys(chosen)), "selection": "cross-validated over folds (honest)",
-            "members": "per fold", **_metrics(y, full, fold_of)}
+    return {
+        "ensemble": " | ".join(dict.fromkeys(chosen)),
+        "selection": "cross-validated over folds (honest)",
+        "members": "per fold",
+        **_metrics(y, full, fold_of),
+    }
 
 
 @dataclass
@@ -240,9 +307,17 @@ def summarise(store: Store, step: int = 7) -> list[GroupSummary | SegSummary]:
             if is_segmentation(by_label):
                 out.append(summarise_segmentation(name, fp, by_label))
                 continue
-            out.append(GroupSummary(name, fp, by_label, table1(by_label),
-                                    table2(by_label, step, val_by_label=val_members(by_label)),
-                                    mixed_vs_single(by_label), diversity(by_label)))
+            out.append(
+                GroupSummary(
+                    name,
+                    fp,
+                    by_label,
+                    table1(by_label),
+                    table2(by_label, step, val_by_label=val_members(by_label)),
+                    mixed_vs_single(by_label),
+                    diversity(by_label),
+                )
+            )
     return out
 
 

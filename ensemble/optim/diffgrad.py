@@ -274,11 +274,23 @@ class DiffGradFamily(Optimizer):
                     idx = [i for i, c in enumerate(counts) if c == step]
                     lists = [[lst[i] for i in idx] for lst in tensors]
                     prev = lists[5] if prev_grads else []
-                    if group.get("fused") and group["friction"] in FUSED_SCALES and fused.can_fuse(
-                            [t for lst in lists[:4] + [prev] for t in lst]):
+                    if (
+                        group.get("fused")
+                        and group["friction"] in FUSED_SCALES
+                        and fused.can_fuse([t for lst in lists[:4] + [prev] for t in lst])
+                    ):
                         scale, offset = FUSED_SCALES[group["friction"]](step, group["period"])
-                        fused.fused_step(params=lists[0], grads=lists[1], exp_avgs=lists[2], exp_avg_sqs=lists[3],
-                                         prev_grads=prev, step=step, group=group, scale=scale, offset=offset)
+                        fused.fused_step(
+                            params=lists[0],
+                            grads=lists[1],
+                            exp_avgs=lists[2],
+                            exp_avg_sqs=lists[3],
+                            prev_grads=prev,
+                            step=step,
+                            group=group,
+                            scale=scale,
+                            offset=offset,
+                        )
                     else:
                         self._step_fn(*lists[:4], prev, step, group)
         return loss

@@ -41,8 +41,9 @@ def available() -> bool:
 
 def can_fuse(tensors: list[Tensor]) -> bool:
     """Whether every tensor can be handed to the kernels as a flat float32 numpy view."""
-    return available() and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
-                               for t in tensors)
+    return available() and all(
+        t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors
+    )
 
 
 PARALLEL_MIN_SIZE = 1 << 16  # smaller tensors: a parallel launch costs more than it saves
@@ -91,8 +92,7 @@ def _diffgrad_step(p, g, m, v, prev, decay, wd, w1, b2, w2, step_size, eps):  # 
 
 def _renamed(fn, suffix: str):  # noqa: ANN001, ANN202
     """A copy of ``fn`` under another name, so numba caches its two compilations in two files."""
-    copy = types.FunctionType(fn.__code__.replace(co_name=fn.__name__ + suffix), fn.__globals__,
-                              fn.__name__ + suffix)
+    copy = types.FunctionType(fn.__code__.replace(co_name=fn.__name__ + suffix), fn.__globals__, fn.__name__ + suffix)
     copy.__qualname__ = fn.__qualname__ + suffix
     return copy
 
@@ -124,8 +124,18 @@ def _flat(t: Tensor) -> np.ndarray:
     return t.detach().view(-1).numpy()
 
 
-def fused_step(*, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-               prev_grads: list[Tensor], step: int, group: dict, scale: float, offset: float) -> None:
+def fused_step(
+    *,
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    prev_grads: list[Tensor],
+    step: int,
+    group: dict,
+    scale: float,
+    offset: float,
+) -> None:
     """One step over CPU float32 tensors; ``scale``/``offset`` are the friction's (DGrad: 4, 0)."""
     f32 = np.float32
     beta1, beta2 = group["betas"]

@@ -150,9 +150,7 @@ def resolve(name: str, **overrides: Any) -> dict[str, Any]:
     info = get(name)
     unknown = sorted(set(overrides) - set(info.defaults))
     if unknown:
-        raise ValueError(
-            f"{info.label} does not accept {', '.join(unknown)}; it accepts: {', '.join(info.defaults)}"
-        )
+        raise ValueError(f"{info.label} does not accept {', '.join(unknown)}; it accepts: {', '.join(info.defaults)}")
     settings = dict(info.defaults)
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if "betas" in settings:

@@ -43,8 +43,11 @@ def report(store: Store, out: Path, step: int = 7) -> list[Path]:
         write_tables(target, "mixed_vs_single", group.comparison)
         write_tables(target, "diversity", group.diversity)
         figs = write_figures(target, group.by_label, group.best)
-        figs += [f for f in (reliability_figure(target, group.by_label, group.best),
-                             diversity_figure(target, group.diversity)) if f is not None]
+        figs += [
+            f
+            for f in (reliability_figure(target, group.by_label, group.best), diversity_figure(target, group.diversity))
+            if f is not None
+        ]
         pages.append(_html(target, group, per_class, figs))
     return pages
 
@@ -73,8 +76,11 @@ def _table(rows: list[dict]) -> str:
 
 
 def _page(target: Path, name: str, fingerprint: str, body: str, figs: list[Path]) -> Path:
-    imgs = "\n".join(f'<figure><img src="{html.escape(f.name)}" alt="{html.escape(f.stem)}">'
-                     f"<figcaption>{html.escape(f.stem)}</figcaption></figure>" for f in figs)
+    imgs = "\n".join(
+        f'<figure><img src="{html.escape(f.name)}" alt="{html.escape(f.stem)}">'
+        f"<figcaption>{html.escape(f.stem)}</figcaption></figure>"
+        for f in figs
+    )
     name = html.escape(name)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>ens report: {name}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} table{{border-collapse:collapse}}

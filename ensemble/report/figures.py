@@ -37,7 +37,7 @@ def reliability_figure(out: Path, by_label: dict[str, list[Member]], best: str) 
     from ..fusion.expr import parse
     from ..fusion.stats import ECE_BINS, reliability
 
-    members = [m for t in parse(best) for m in by_label[t.label][:t.count]]
+    members = [m for t in parse(best) for m in by_label[t.label][: t.count]]
     panels = [("as stored", fuse_members(members, "sum", best))]
     with contextlib.suppress(UsageError):  # one fold and no validation split: nothing to fit on honestly
         panels.append(("temperature-scaled members", fuse_members(members, "sum", best, "temperature")))
@@ -49,8 +49,13 @@ def reliability_figure(out: Path, by_label: dict[str, list[Member]], best: str) 
         ax.bar(centres[filled], acc[filled], width=1 / ECE_BINS, edgecolor="k", alpha=0.7, label="accuracy")
         ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
         ax.plot(conf[filled], acc[filled], "o", color="C3", ms=4, label="bin (confidence, accuracy)")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="top-class confidence (15 bins)", ylabel="accuracy",
-               title=plain(f"{title}: ECE {result.metrics['ece']:.3f}, NLL {result.metrics['nll']:.3f}"))
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1),
+            xlabel="top-class confidence (15 bins)",
+            ylabel="accuracy",
+            title=plain(f"{title}: ECE {result.metrics['ece']:.3f}, NLL {result.metrics['nll']:.3f}"),
+        )
         ax.legend(loc="upper left", fontsize=7)
     fig.suptitle(plain(f"Reliability of {best}"))
     return _save(fig, out / "reliability.png")
@@ -62,8 +67,11 @@ def diversity_figure(out: Path, rows: list[dict]) -> Path | None:
     if len(labels) < 2:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-    for ax, key, title in zip(axes, ("yule_q", "double_fault"), ("Yule's Q (lower: more diverse)",
-                                                                 "double-fault (lower: fewer shared errors)")):
+    for ax, key, title in zip(
+        axes,
+        ("yule_q", "double_fault"),
+        ("Yule's Q (lower: more diverse)", "double-fault (lower: fewer shared errors)"),
+    ):
         grid = np.full((len(labels), len(labels)), np.nan)
         for r in rows:
             i, j = labels.index(r["label_a"]), labels.index(r["label_b"])
@@ -145,8 +153,13 @@ def segmentation_figures(out: Path, summary) -> list[Path]:  # noqa: ANN001 - a 
     rows = summary.table1
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar([plain(r["label"]) for r in rows], [r["dice_mean"] for r in rows],
-           yerr=[r["dice_std"] for r in rows], capsize=4, color="C0")
+    ax.bar(
+        [plain(r["label"]) for r in rows],
+        [r["dice_mean"] for r in rows],
+        yerr=[r["dice_std"] for r in rows],
+        capsize=4,
+        color="C0",
+    )
     ax.set(ylabel="Dice", title="Stand-alone members (mean ± std)")
     ax.set_ylim(max(0, min(r["dice_mean"] for r in rows) - 0.1), 1)
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
@@ -170,7 +183,6 @@ def segmentation_figures(out: Path, summary) -> list[Path]:  # noqa: ANN001 - a 
         ax.contour(fused[i].argmax(0) > 0, levels=[0.5], colors="lime", linewidths=1.2)
         ax.set_title(plain(f"{ids[i]}\nDice {values['dice'][i]:.2f}"), fontsize=7)
         ax.axis("off")
-    fig.suptitle(plain(f"{summary.best}: truth (red), fused (green) on the fused foreground probability"),
-                 fontsize=8)
+    fig.suptitle(plain(f"{summary.best}: truth (red), fused (green) on the fused foreground probability"), fontsize=8)
     paths.append(_save(fig, out / "overlays.png"))
     return paths

@@ -17,6 +17,7 @@ def _clean(value: object) -> object:
 
 def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
     """A GitHub Markdown table (pandas' own needs the extra 'tabulate' package)."""
+
     def cell(v: object) -> str:
         if isinstance(v, float):
             return "" if math.isnan(v) else f"{v:.{digits}f}"
@@ -28,9 +29,20 @@ def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
     return "\n".join([head, sep, *body])
 
 
-_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
-          ">": r"\textgreater{}"}
+_LATEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+}
 
 
 def latex_escape(text: str) -> str:
@@ -63,8 +75,18 @@ def render(rows: list[dict], fmt: str, title: str = "", digits: int = 4) -> str:
     for col in df.columns:
         table.add_column(Text(str(col)), justify="right" if pd.api.types.is_numeric_dtype(df[col]) else "left")
     for row in df.itertuples(index=False):
-        table.add_row(*(Text("--" if isinstance(v, float) and math.isnan(v) else f"{v:.{digits}f}"
-                             if isinstance(v, float) else str(v)) for v in row))
+        table.add_row(
+            *(
+                Text(
+                    "--"
+                    if isinstance(v, float) and math.isnan(v)
+                    else f"{v:.{digits}f}"
+                    if isinstance(v, float)
+                    else str(v)
+                )
+                for v in row
+            )
+        )
     buf = StringIO()
     Console(file=buf, width=200, force_terminal=False).print(table)
     return buf.getvalue().rstrip("\n")

@@ -20,8 +20,9 @@ TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
 class Normaliser:
     """uint8 NCHW batches -> normalised float batches on ``device`` (channels-last on CUDA)."""
 
-    def __init__(self, device: torch.device, mean: tuple[float, ...] = IMAGENET_MEAN,
-                 std: tuple[float, ...] = IMAGENET_STD) -> None:
+    def __init__(
+        self, device: torch.device, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+    ) -> None:
         self.device = device
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
@@ -46,8 +47,15 @@ def to_probabilities(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def probabilities(model: nn.Module, batches: Iterable[torch.Tensor], normalise: Normaliser, *, n_classes: int,
-                  tta: bool = False, autocast: bool = False) -> np.ndarray:
+def probabilities(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    normalise: Normaliser,
+    *,
+    n_classes: int,
+    tta: bool = False,
+    autocast: bool = False,
+) -> np.ndarray:
     """Softmax probabilities (float32) of every image of ``batches`` (uint8 NCHW): (N, C), or (N, C, H, W)
     for a segmentation network; with ``tta`` the mean over :data:`TTA_FLIPS` (maps flipped back)."""
     model.eval()

@@ -32,8 +32,9 @@ def soft_dice(probs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return ((2 * inter + SMOOTH) / (total + SMOOTH)).mean()
 
 
-def segmentation_loss(output: torch.Tensor, masks: torch.Tensor, kind: str, *,
-                      probabilities: bool = False) -> torch.Tensor:
+def segmentation_loss(
+    output: torch.Tensor, masks: torch.Tensor, kind: str, *, probabilities: bool = False
+) -> torch.Tensor:
     """``dice`` (1 - soft Dice) or ``bce-dice`` (cross-entropy + 1 - soft Dice) of logits -- or of class
     probabilities when ``probabilities`` (the validation loss, from stored predictions)."""
     if kind not in ("dice", "bce-dice"):

@@ -17,8 +17,9 @@ def is_segmentation_model(name: str) -> bool:
     return is_unet(name)
 
 
-def create_model(name: str, num_classes: int, *, pretrained: bool = True, weights: Path | None = None,
-                 stem: str = "default") -> nn.Module:
+def create_model(
+    name: str, num_classes: int, *, pretrained: bool = True, weights: Path | None = None, stem: str = "default"
+) -> nn.Module:
     """:func:`build_model`, with the small-input stem when ``stem`` is ``small``.
 
     For a segmentation network (``unet``, ``light-unet``, ``lighter-unet@C``) ``num_classes`` is its number
@@ -88,8 +89,9 @@ def build_model(name: str, num_classes: int, *, pretrained: bool = True, weights
         if not weights.is_file():
             raise UsageError(f"--weights {weights}: no such file")
         try:
-            return timm.create_model(name, pretrained=True, num_classes=num_classes,
-                                     pretrained_cfg_overlay={"file": str(weights)})
+            return timm.create_model(
+                name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay={"file": str(weights)}
+            )
         except Exception as err:  # a wrong file: bad keys, bad shapes, not a state dict
             raise EnsError(f"cannot load weights {weights} into {name}: {first_line(err)}") from None
     if not pretrained:

@@ -23,34 +23,79 @@ from .trainer import TrainConfig
 # Every key is a TrainConfig field; a recipe sets all of them, so a preset is a complete protocol.
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {  # SPEC §2: Nanni et al.'s fine-tuning protocol, MATLAB's resnet50 weights
-        "model": "resnet50.tv_in1k", "pretrained": True, "size": 224, "epochs": 20, "batch_size": 30,
-        "lr": None, "head_lr_factor": 20.0, "weight_decay": 1e-4, "augment": "paper", "normalise": "imagenet",
-        "stem": "default", "select": "last", "val_fraction": 0.1, "milestones": [], "gamma": 0.1,
-        "class_weights": "none", "precision": "auto", "loss": "auto", "plateau": 0,
+        "model": "resnet50.tv_in1k",
+        "pretrained": True,
+        "size": 224,
+        "epochs": 20,
+        "batch_size": 30,
+        "lr": None,
+        "head_lr_factor": 20.0,
+        "weight_decay": 1e-4,
+        "augment": "paper",
+        "normalise": "imagenet",
+        "stem": "default",
+        "select": "last",
+        "val_fraction": 0.1,
+        "milestones": [],
+        "gamma": 0.1,
+        "class_weights": "none",
+        "precision": "auto",
+        "loss": "auto",
+        "plateau": 0,
     },
     "medmnist": {  # MedMNIST v2's baseline protocol (Yang et al. 2023): ResNet-18 (28) from scratch
-        "model": "resnet18", "pretrained": False, "size": 28, "epochs": 100, "batch_size": 128,
-        "lr": 1e-3, "head_lr_factor": 1.0, "weight_decay": 0.0, "augment": "none", "normalise": "half",
-        "stem": "small", "select": "best-val-auc", "val_fraction": 0.1, "milestones": [50, 75], "gamma": 0.1,
-        "class_weights": "none", "precision": "auto", "loss": "auto", "plateau": 0,
+        "model": "resnet18",
+        "pretrained": False,
+        "size": 28,
+        "epochs": 100,
+        "batch_size": 128,
+        "lr": 1e-3,
+        "head_lr_factor": 1.0,
+        "weight_decay": 0.0,
+        "augment": "none",
+        "normalise": "half",
+        "stem": "small",
+        "select": "best-val-auc",
+        "val_fraction": 0.1,
+        "milestones": [50, 75],
+        "gamma": 0.1,
+        "class_weights": "none",
+        "precision": "auto",
+        "loss": "auto",
+        "plateau": 0,
     },
     "unet": {  # the lightweight U-Net paper's tuned U-Net recipe (its section 4.2); segmentation datasets
-        "model": "lighter-unet@128", "pretrained": False, "size": 256, "epochs": 100, "batch_size": 8,
-        "lr": 1e-4, "head_lr_factor": 1.0, "weight_decay": 1e-4, "augment": "paper", "normalise": "half",
-        "stem": "default", "select": "last", "val_fraction": 0.1, "milestones": [], "gamma": 0.1,
-        "class_weights": "none", "precision": "auto", "loss": "dice", "plateau": 5,
+        "model": "lighter-unet@128",
+        "pretrained": False,
+        "size": 256,
+        "epochs": 100,
+        "batch_size": 8,
+        "lr": 1e-4,
+        "head_lr_factor": 1.0,
+        "weight_decay": 1e-4,
+        "augment": "paper",
+        "normalise": "half",
+        "stem": "default",
+        "select": "last",
+        "val_fraction": 0.1,
+        "milestones": [],
+        "gamma": 0.1,
+        "class_weights": "none",
+        "precision": "auto",
+        "loss": "dice",
+        "plateau": 5,
     },
 }
 DEFAULT_RECIPE = {"classification": "paper", "segmentation": "unet"}
 RECIPE_HELP = {
     "paper": "SPEC §2 (Nanni et al. 2021): torchvision's ImageNet ResNet50 fine-tuned, head x20, L2 1e-4, "
-             "flips + x/y scale, 20 epochs, batch 30, constant lr",
+    "flips + x/y scale, 20 epochs, batch 30, constant lr",
     "medmnist": "MedMNIST v2 baseline: ResNet-18 with a 3x3 stride-1 stem at 28 px from scratch, Adam 1e-3, "
-                "batch 128, 100 epochs, lr x0.1 at 50 and 75, no augmentation, 0.5/0.5 normalisation, "
-                "model chosen on validation AUC",
+    "batch 128, 100 epochs, lr x0.1 at 50 and 75, no augmentation, 0.5/0.5 normalisation, "
+    "model chosen on validation AUC",
     "unet": "lightweight U-Net paper (segmentation; the default for seg:PATH): Lighter U-net@128 from scratch at "
-            "256 px, Dice loss, Adam 1e-4, lr halved after 5 epochs without a better validation loss (10% inner "
-            "split), batch 8, L2 1e-4, flips/rotation/scale/translation/shear on image and mask, 100 epochs",
+    "256 px, Dice loss, Adam 1e-4, lr halved after 5 epochs without a better validation loss (10% inner "
+    "split), batch 8, L2 1e-4, flips/rotation/scale/translation/shear on image and mask, 100 epochs",
 }
 
 
@@ -81,8 +126,10 @@ def weight_source(cfg: TrainConfig) -> str:
 def build_recipe(cfg: TrainConfig, label: str, ds: Dataset) -> dict[str, Any]:
     """The recipe of a member of optimizer ``label`` trained with ``cfg`` on ``ds``, as stored JSON."""
     if cfg.milestones and get(label).kind == "schedule":
-        raise UsageError(f"--milestones: {label} sets its learning rate by its own schedule; milestones apply to "
-                         "the constant-rate optimizers")
+        raise UsageError(
+            f"--milestones: {label} sets its learning rate by its own schedule; milestones apply to "
+            "the constant-rate optimizers"
+        )
     try:
         optimizer = {"name": label, **resolve(label, **cfg.optimizer_overrides(label))}
     except ValueError as err:  # e.g. --lr with CLMR, whose schedule sets the learning rate
@@ -117,8 +164,12 @@ def build_recipe(cfg: TrainConfig, label: str, ds: Dataset) -> dict[str, Any]:
         "select": cfg.select,
         "val_fraction": cfg.val_fraction if cfg.select != "last" else None,
         "precision": cfg.precision,
-        "dataset": {"fingerprint": ds.fingerprint, "protocol": ds.protocol, "folds": len(ds.folds),
-                    "classes": list(ds.classes)},
+        "dataset": {
+            "fingerprint": ds.fingerprint,
+            "protocol": ds.protocol,
+            "folds": len(ds.folds),
+            "classes": list(ds.classes),
+        },
     }
     # keys only where they differ from what every earlier member was, so earlier recipes keep their hash
     if segmentation or loss != "ce":
@@ -163,19 +214,28 @@ def parse_sets(items: list[str], labels: list[str], where: str = "--set") -> dic
                 raise UsageError(f"{where} {item!r}: {text!r} is not a value") from None
         numbers = value if isinstance(value, list) else [value]
         if not all(isinstance(v, (int, float, bool)) or v is None for v in numbers) or any(
-                isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            isinstance(v, float) and not math.isfinite(v) for v in numbers
+        ):
             raise UsageError(f"{where} {item!r}: {text!r} is not a finite number, a boolean or a list of numbers")
         for label in [target] if target else labels:
             accepted = get(label).defaults
             if name not in accepted:
-                raise UsageError(f"{where} {item!r}: {label} has no setting {name!r}; its settings are "
-                                 f"{', '.join(accepted)}")
+                raise UsageError(
+                    f"{where} {item!r}: {label} has no setting {name!r}; its settings are {', '.join(accepted)}"
+                )
         out.setdefault(target or "*", {})[name] = value
     return out
 
 
-def compose_config(recipe: str, *, config_file: str | None, explicit: dict[str, Any], sets: list[str],
-                   labels: list[str], **execution: Any) -> TrainConfig:
+def compose_config(
+    recipe: str,
+    *,
+    config_file: str | None,
+    explicit: dict[str, Any],
+    sets: list[str],
+    labels: list[str],
+    **execution: Any,
+) -> TrainConfig:
     """The effective options: the named recipe, then the YAML file's keys, then explicit flags, then --set."""
     import yaml
 
@@ -192,8 +252,10 @@ def compose_config(recipe: str, *, config_file: str | None, explicit: dict[str, 
             raise UsageError(f"--config {config_file}: expected KEY: VALUE lines")
         unknown = sorted(set(loaded) - set(RECIPE_KEYS) - {"set"})
         if unknown:
-            raise UsageError(f"--config {config_file}: unknown key(s) {', '.join(map(str, unknown))}; valid: "
-                             f"{', '.join(RECIPE_KEYS)}, set")
+            raise UsageError(
+                f"--config {config_file}: unknown key(s) {', '.join(map(str, unknown))}; valid: "
+                f"{', '.join(RECIPE_KEYS)}, set"
+            )
         raw = loaded.pop("set", {}) or {}
         file_sets = [f"{k}={v}" for k, v in raw.items()] if isinstance(raw, dict) else list(raw)
         values.update(loaded)
@@ -208,8 +270,17 @@ def compose_config(recipe: str, *, config_file: str | None, explicit: dict[str, 
         raise UsageError(f"recipe values: {err}") from None
 
 
-def train_command(*, spec: str, data_dir: str, label: str, run: int, cfg: TrainConfig, name: str | None,
-                  device: str, threads: int | None) -> str:
+def train_command(
+    *,
+    spec: str,
+    data_dir: str,
+    label: str,
+    run: int,
+    cfg: TrainConfig,
+    name: str | None,
+    device: str,
+    threads: int | None,
+) -> str:
     """The ``ens train`` arguments that retrain exactly this run (same run index, so the same seeds) into a
     store given with --members-dir: every recipe value spelled out, none left to a preset."""
     import shlex
@@ -217,14 +288,51 @@ def train_command(*, spec: str, data_dir: str, label: str, run: int, cfg: TrainC
     from ..store import split_key
 
     optimizer, variant = split_key(label)
-    args = ["ens", "train", "--dataset", spec, "--data-dir", data_dir, "--opt", optimizer, "--run", str(run),
-            "--model", cfg.model, "--size", str(cfg.size), "--stem", cfg.stem, "--epochs", str(cfg.epochs),
-            "--batch-size", str(cfg.batch_size), "--head-lr-factor", repr(cfg.head_lr_factor),
-            "--weight-decay", repr(cfg.weight_decay), "--augment", cfg.augment, "--normalise", cfg.normalise,
-            "--select", cfg.select, "--val-fraction", repr(cfg.val_fraction),
-            "--milestones", ",".join(map(str, cfg.milestones)) or "none", "--gamma", repr(cfg.gamma),
-            "--class-weights", cfg.class_weights, "--precision", cfg.precision,
-            "--pretrained" if cfg.pretrained else "--no-pretrained", "--device", device]
+    args = [
+        "ens",
+        "train",
+        "--dataset",
+        spec,
+        "--data-dir",
+        data_dir,
+        "--opt",
+        optimizer,
+        "--run",
+        str(run),
+        "--model",
+        cfg.model,
+        "--size",
+        str(cfg.size),
+        "--stem",
+        cfg.stem,
+        "--epochs",
+        str(cfg.epochs),
+        "--batch-size",
+        str(cfg.batch_size),
+        "--head-lr-factor",
+        repr(cfg.head_lr_factor),
+        "--weight-decay",
+        repr(cfg.weight_decay),
+        "--augment",
+        cfg.augment,
+        "--normalise",
+        cfg.normalise,
+        "--select",
+        cfg.select,
+        "--val-fraction",
+        repr(cfg.val_fraction),
+        "--milestones",
+        ",".join(map(str, cfg.milestones)) or "none",
+        "--gamma",
+        repr(cfg.gamma),
+        "--class-weights",
+        cfg.class_weights,
+        "--precision",
+        cfg.precision,
+        "--pretrained" if cfg.pretrained else "--no-pretrained",
+        "--device",
+        device,
+    ]
     if cfg.lr is not None:
         args += ["--lr", repr(cfg.lr)]
     if cfg.loss != "auto":

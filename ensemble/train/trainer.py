@@ -164,8 +164,7 @@ class _AugmentedPairs(torch.utils.data.Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = item
-        image, mask = augment_pair(self.transform, np.asarray(self.images[index]), np.asarray(self.masks[index]),
-                                   seed)
+        image, mask = augment_pair(self.transform, np.asarray(self.images[index]), np.asarray(self.masks[index]), seed)
         # copies: the inputs may be memory-mapped (read-only)
         return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1), torch.from_numpy(np.array(mask))
 
@@ -178,11 +177,20 @@ class FoldTrainer:
     directory can never run code, and one from another recipe is refused.
     """
 
-    def __init__(self, ds: Dataset, fold: Fold, label: str, cfg: TrainConfig, *, seed: int, checkpoint: Path,
-                 recipe_hash: str = "",
-                 on_start: Callable[[int], None] | None = None,
-                 on_batch: Callable[[int], None] | None = None,
-                 on_epoch: Callable[[int, float, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        ds: Dataset,
+        fold: Fold,
+        label: str,
+        cfg: TrainConfig,
+        *,
+        seed: int,
+        checkpoint: Path,
+        recipe_hash: str = "",
+        on_start: Callable[[int], None] | None = None,
+        on_batch: Callable[[int], None] | None = None,
+        on_epoch: Callable[[int, float, float], None] | None = None,
+    ) -> None:
         self.ds, self.fold, self.label, self.cfg, self.seed = ds, fold, get(label).label, cfg, seed
         self.checkpoint_path, self.recipe_hash = Path(checkpoint), recipe_hash
         self.on_start = on_start or (lambda epoch: None)
@@ -208,30 +216,46 @@ class FoldTrainer:
         labels = self.ds.labels[self.fold.train]
         present = np.bincount(labels)
         stratify = labels if present[present > 0].min(initial=2) >= 2 else None
-        n_val = max(int(round(self.cfg.val_fraction * len(labels))), len(np.unique(labels)) if stratify is not None
-                    else 1)
+        n_val = max(
+            int(round(self.cfg.val_fraction * len(labels))), len(np.unique(labels)) if stratify is not None else 1
+        )
         try:
-            train, val = train_test_split(self.fold.train, test_size=n_val, stratify=stratify,
-                                          random_state=derive_seed("inner-val", self.fold.index) % 2**31)
+            train, val = train_test_split(
+                self.fold.train,
+                test_size=n_val,
+                stratify=stratify,
+                random_state=derive_seed("inner-val", self.fold.index) % 2**31,
+            )
         except ValueError as err:
-            raise EnsError(f"--select {self.cfg.select}: cannot split fold {self.fold.index}'s "
-                           f"{len(self.fold.train)} training images ({err})") from None
+            raise EnsError(
+                f"--select {self.cfg.select}: cannot split fold {self.fold.index}'s "
+                f"{len(self.fold.train)} training images ({err})"
+            ) from None
         return np.sort(train), np.sort(val)
 
     # -------------------------------------------------------------- pieces
     def _make(self) -> tuple[nn.Module, torch.optim.Optimizer, Any, int]:
         torch.manual_seed(self.seed)
         weights = Path(self.cfg.weights) if self.cfg.weights else None
-        model = create_model(self.cfg.model, output_channels(self.cfg.model, len(self.ds.classes)),
-                             pretrained=self.cfg.pretrained, weights=weights, stem=self.cfg.stem)
+        model = create_model(
+            self.cfg.model,
+            output_channels(self.cfg.model, len(self.ds.classes)),
+            pretrained=self.cfg.pretrained,
+            weights=weights,
+            stem=self.cfg.stem,
+        )
         model.to(self.device)
         if self.device.type == "cuda":
             model.to(memory_format=torch.channels_last)
         steps = len(_batches(np.arange(len(self.train_idx)), self.cfg.batch_size))
         try:
-            opt, sched = build(self.label, param_groups(model, self.cfg.head_factor(self.label)),
-                               epochs=self.cfg.epochs, steps_per_epoch=steps,
-                               **self.cfg.optimizer_overrides(self.label))
+            opt, sched = build(
+                self.label,
+                param_groups(model, self.cfg.head_factor(self.label)),
+                epochs=self.cfg.epochs,
+                steps_per_epoch=steps,
+                **self.cfg.optimizer_overrides(self.label),
+            )
         except ValueError as err:
             raise EnsError(str(err)) from None
         if sched is None:
@@ -262,8 +286,12 @@ class FoldTrainer:
 
         probs = self.predict(model, self.select_idx, gpu_images)
         if self.segmentation:
-            loss = segmentation_loss(torch.from_numpy(probs), torch.from_numpy(self.ds.masks[self.select_idx]).long(),
-                                     self.loss_name, probabilities=True)
+            loss = segmentation_loss(
+                torch.from_numpy(probs),
+                torch.from_numpy(self.ds.masks[self.select_idx]).long(),
+                self.loss_name,
+                probabilities=True,
+            )
             return -float(loss), float(loss)
         labels = self.ds.labels[self.select_idx]
         p = np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)
@@ -322,13 +350,19 @@ class FoldTrainer:
             correct = torch.zeros((), device=self.device, dtype=torch.long)
             seen = units = 0
             gen = torch.Generator().manual_seed(int(aug_seeds[0]) if len(aug_seeds) else 0)
-            source = (self._pair_batches(pairs, batches, aug_seeds) if pairs is not None
-                      else self._image_batches(images, labels, batches, gen))
+            source = (
+                self._pair_batches(pairs, batches, aug_seeds)
+                if pairs is not None
+                else self._image_batches(images, labels, batches, gen)
+            )
             for idx, (x, y) in zip(batches, source):
                 with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                     logits = model(x)
-                    loss = (segmentation_loss(logits.float(), y, self.loss_name) if self.segmentation
-                            else nn.functional.cross_entropy(logits.float(), y, weight=weights))
+                    loss = (
+                        segmentation_loss(logits.float(), y, self.loss_name)
+                        if self.segmentation
+                        else nn.functional.cross_entropy(logits.float(), y, weight=weights)
+                    )
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
@@ -358,14 +392,24 @@ class FoldTrainer:
                     plateau.step(val_loss)
                     curves.setdefault("lr", []).append(float(opt.param_groups[0]["lr"]))
                 if self.cfg.select != "last" and (not best or score > best["score"]):
-                    best = {"score": score, "epoch": epoch,
-                            "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
+                    best = {
+                        "score": score,
+                        "epoch": epoch,
+                        "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                    }
             if self._checkpoint_due(epoch, last_save):
                 seconds = elapsed + time.perf_counter() - t0
-                state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                         "scheduler": sched.state_dict() if sched is not None else None,
-                         "plateau": plateau.state_dict() if plateau is not None else None,
-                         "curves": curves, "seconds": seconds, "recipe_hash": self.recipe_hash, "best": best}
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "epoch": epoch,
+                    "scheduler": sched.state_dict() if sched is not None else None,
+                    "plateau": plateau.state_dict() if plateau is not None else None,
+                    "curves": curves,
+                    "seconds": seconds,
+                    "recipe_hash": self.recipe_hash,
+                    "best": best,
+                }
                 atomic_torch_save(self.checkpoint_path, state)
                 last_save = time.perf_counter()
             self.on_epoch(epoch, curves["loss"][-1], curves["accuracy"][-1])
@@ -379,11 +423,20 @@ class FoldTrainer:
                 f"{self.ds.name}/{self.label}: the trained model of fold {self.fold.index} predicts NaN/inf; "
                 "the run is stopped and not stored (try a smaller --lr)"
             )
-        weights_kept, dtype_kept = (self.storable_weights(model, probs, gpu_images) if self.cfg.keep_weights
-                                    else (None, None))
+        weights_kept, dtype_kept = (
+            self.storable_weights(model, probs, gpu_images) if self.cfg.keep_weights else (None, None)
+        )
         seconds = elapsed + time.perf_counter() - t0
-        return FoldResult(probs, self.targets(self.fold.test), self.ds.ids[self.fold.test], val, curves, seconds,
-                          weights_kept, dtype_kept)
+        return FoldResult(
+            probs,
+            self.targets(self.fold.test),
+            self.ds.ids[self.fold.test],
+            val,
+            curves,
+            seconds,
+            weights_kept,
+            dtype_kept,
+        )
 
     def _checkpoint_due(self, epoch: int, last_save: float) -> bool:
         """Save the training state after an epoch when ``checkpoint_every`` seconds have passed since the last
@@ -408,17 +461,22 @@ class FoldTrainer:
             plateau.load_state_dict(state["plateau"])
         return plateau
 
-    def _resume(self, model: nn.Module, opt: torch.optim.Optimizer,
-                sched: Any) -> tuple[int, dict, float, dict[str, Any], dict[str, Any]]:
+    def _resume(
+        self, model: nn.Module, opt: torch.optim.Optimizer, sched: Any
+    ) -> tuple[int, dict, float, dict[str, Any], dict[str, Any]]:
         """Load the last epoch's checkpoint (tensors and plain values only; never code)."""
         try:
             ckpt = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
         except Exception as err:  # unreadable, or a pickle asking for more than tensors
-            raise EnsError(f"cannot resume from checkpoint {self.checkpoint_path} ({first_line(err, 200)}); "
-                           "delete it to train this fold from the start") from None
+            raise EnsError(
+                f"cannot resume from checkpoint {self.checkpoint_path} ({first_line(err, 200)}); "
+                "delete it to train this fold from the start"
+            ) from None
         if not isinstance(ckpt, dict) or ckpt.get("recipe_hash") != self.recipe_hash:
-            raise EnsError(f"checkpoint {self.checkpoint_path} was written under another recipe; "
-                           "delete it (or pass --restart) to train this fold from the start")
+            raise EnsError(
+                f"checkpoint {self.checkpoint_path} was written under another recipe; "
+                "delete it (or pass --restart) to train this fold from the start"
+            )
         try:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
@@ -426,8 +484,10 @@ class FoldTrainer:
                 sched.load_state_dict(ckpt["scheduler"])
             return int(ckpt["epoch"]) + 1, ckpt["curves"], float(ckpt["seconds"]), ckpt.get("best") or {}, ckpt
         except Exception as err:  # from another model/optimizer: never guess
-            raise EnsError(f"cannot resume from checkpoint {self.checkpoint_path} ({first_line(err, 200)}); "
-                           "delete it to train this fold from the start") from None
+            raise EnsError(
+                f"cannot resume from checkpoint {self.checkpoint_path} ({first_line(err, 200)}); "
+                "delete it to train this fold from the start"
+            ) from None
 
     def _images_on_device(self) -> torch.Tensor | None:
         """All images on the GPU as uint8 when they take under half of its free memory."""
@@ -437,8 +497,9 @@ class FoldTrainer:
             return None
         return torch.from_numpy(np.ascontiguousarray(self.ds.images)).to(self.device).permute(0, 3, 1, 2)
 
-    def _image_batches(self, images: torch.Tensor, labels: torch.Tensor, batches: list[np.ndarray],
-                       gen: torch.Generator):
+    def _image_batches(
+        self, images: torch.Tensor, labels: torch.Tensor, batches: list[np.ndarray], gen: torch.Generator
+    ):
         """Classification: the batch is gathered, moved and augmented in torch on the training device, with
         random numbers from the CPU generator ``gen`` -- the same draws on CPU and GPU, no worker processes."""
         for idx in batches:
@@ -456,8 +517,11 @@ class FoldTrainer:
             sampler.append([(int(i), int(aug_seeds[pos + j])) for j, i in enumerate(idx)])
             pos += len(idx)
         loader = torch.utils.data.DataLoader(
-            pairs, batch_sampler=sampler, num_workers=self.cfg.workers,
-            persistent_workers=False, pin_memory=self.device.type == "cuda",
+            pairs,
+            batch_sampler=sampler,
+            num_workers=self.cfg.workers,
+            persistent_workers=False,
+            pin_memory=self.device.type == "cuda",
             multiprocessing_context=_loader_context() if self.cfg.workers else None,
         )
         for x, y in loader:
@@ -467,15 +531,16 @@ class FoldTrainer:
         """Softmax probabilities (float32) for ``indices`` -- (n, C), or (n, C, H, W) maps for segmentation --
         without augmentation (see :mod:`.infer`)."""
         step = max(self.cfg.batch_size * 2, 2)
-        chunks = [indices[s:s + step] for s in range(0, len(indices), step)]
+        chunks = [indices[s : s + step] for s in range(0, len(indices), step)]
         if gpu_images is not None:
             batches = (gpu_images[torch.from_numpy(idx).to(gpu_images.device)] for idx in chunks)
         else:
             batches = (nchw(self.ds.images[idx]) for idx in chunks)
         return probabilities(model, batches, self._normalise, n_classes=len(self.ds.classes))  # fp32
 
-    def storable_weights(self, model: nn.Module, probs: np.ndarray,
-                         gpu_images: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], str]:
+    def storable_weights(
+        self, model: nn.Module, probs: np.ndarray, gpu_images: torch.Tensor | None
+    ) -> tuple[dict[str, torch.Tensor], str]:
         """The fold model's tensors to keep: float16 when that moves no test probability by more than
         ``HALF_TOLERANCE`` (half the disk), else float32."""
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}

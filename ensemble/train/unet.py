@@ -25,9 +25,16 @@ from torch import nn
 
 GROUP_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 PAPER_PARAMETERS = {
-    "unet": 17_267_393, "light-unet": 11_000_257, "lighter-unet@128": 7_944_661, "lighter-unet@64": 4_995_541,
-    "lighter-unet@32": 3_465_685, "lighter-unet@16": 2_700_757, "lighter-unet@8": 2_318_293,
-    "lighter-unet@4": 2_127_061, "lighter-unet@2": 2_031_445, "lighter-unet@1": 1_983_583,
+    "unet": 17_267_393,
+    "light-unet": 11_000_257,
+    "lighter-unet@128": 7_944_661,
+    "lighter-unet@64": 4_995_541,
+    "lighter-unet@32": 3_465_685,
+    "lighter-unet@16": 2_700_757,
+    "lighter-unet@8": 2_318_293,
+    "lighter-unet@4": 2_127_061,
+    "lighter-unet@2": 2_031_445,
+    "lighter-unet@1": 1_983_583,
 }
 _NAME = re.compile(r"(unet|light-unet|lighter-unet@(\d+))")
 
@@ -47,16 +54,24 @@ def _regular(cin: int, cout: int) -> nn.Module:
 
 def _grouped(group_size: int):  # noqa: ANN202 - a conv factory
     """3x3 group convolution of ``min(group_size, cin)`` channels per group, then a 1x1 convolution."""
+
     def make(cin: int, cout: int) -> nn.Module:
         groups = cin // min(group_size, cin)
         return nn.Sequential(nn.Conv2d(cin, cin, 3, padding=1, groups=groups), nn.Conv2d(cin, cout, 1))
+
     return make
 
 
 class _DoubleConv(nn.Sequential):
     def __init__(self, cin: int, cout: int, mid: int, set1, set2) -> None:  # noqa: ANN001
-        super().__init__(set1(cin, mid), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-                         set2(mid, cout), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        super().__init__(
+            set1(cin, mid),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            set2(mid, cout),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
 
 
 class UNet(nn.Module):
@@ -72,8 +87,7 @@ class UNet(nn.Module):
         self.inc = block(in_channels, widths[0], s1=first_set1 or set1)
         self.down = nn.ModuleList([block(widths[i], widths[i + 1]) for i in range(3)] + [block(512, 512)])
         # up path: concatenation of the skip and the upsampled map, halved by the block's first set
-        self.up = nn.ModuleList([block(1024, 256, 512), block(512, 128, 256), block(256, 64, 128),
-                                 block(128, 64, 64)])
+        self.up = nn.ModuleList([block(1024, 256, 512), block(512, 128, 256), block(256, 64, 128), block(128, 64, 64)])
         self.dropout = nn.Dropout(0.5)
         self.outc = nn.Conv2d(64, out_channels, 1)
 
