@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .errors import EnsError
+from .errors import EnsError, UsageError
 from .options import NON_NEGATIVE, POSITIVE, Checksum, Device, SchedulerAddress
 
 MAX_MEMBERS = 1000  # per optimizer and call; a paper uses 7 to 35
@@ -20,7 +20,23 @@ MAX_MEMBERS = 1000  # per optimizer and call; a paper uses 7 to 35
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 
 
-@click.group(context_settings=CONTEXT)
+class EnsGroup(click.Group):
+    """The ``ens`` group: errors the API raises with data are phrased here, for a person at a terminal."""
+
+    def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
+        try:
+            return super().invoke(ctx)
+        except EnsError as err:
+            from .fusion.core import MissingMembers
+
+            if isinstance(err, MissingMembers):
+                raise UsageError(
+                    f"{err}; add the rest (with the recipe of those there) with:\n  {err.command}"
+                ) from None
+            raise
+
+
+@click.group(cls=EnsGroup, context_settings=CONTEXT)
 @click.version_option(package_name="ens")
 def cli() -> None:
     """ens -- deep ensembles of CNNs for medical image classification.
@@ -564,18 +580,6 @@ def demo(members_dir: Path, count: int) -> None:
 FORMATS = ("table", "csv", "markdown", "latex", "json")
 
 
-def _dataset_name(dataset: str, store_datasets: list[str]) -> str:
-    """The store's name for ``dataset``: as written when the store has it, else as the catalog names it."""
-    from .data.catalog import resolve
-
-    if dataset in store_datasets:
-        return dataset
-    try:
-        return resolve(dataset, Path(".")).name
-    except EnsError:
-        return dataset
-
-
 FUSE_OPTIONS = [
     click.option("--dataset", required=True, help="Dataset as given to ens train (hela, lar, medmnist:NAME, ...)."),
     click.option("--rule", type=click.Choice(["sum", "product", "max", "vote"]), default="sum", help="Fusion rule."),
@@ -607,18 +611,6 @@ def _fuse_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
     return f
 
 
-def _store_dataset(dataset: str, members_dir: Path):  # noqa: ANN202
-    """The store and the dataset's name in it, or a usage error listing what the store holds."""
-    from .store import Store
-
-    store = Store(members_dir)
-    name = _dataset_name(dataset, store.datasets())
-    if name not in store.datasets():
-        known = ", ".join(store.datasets()) or "none"
-        raise click.UsageError(f"no members of {name!r} in {members_dir} (datasets there: {known})")
-    return store, name
-
-
 @cli.command()
 @click.argument("expressions", nargs=-1, required=True)
 @_fuse_options
@@ -641,15 +633,20 @@ def fuse(
     Each row gives accuracy, macro-F1, AUC, NLL, Brier score and ECE (15 equal-width bins of the
     top-class confidence), pooled over folds.
     """
+    from .api import fuse_results, store_dataset
     from .fusion import details as fusion_details
-    from .fusion import fuse as run_fusion
     from .report.tables import render
 
-    store, name = _store_dataset(dataset, members_dir)
-    results = [run_fusion(store, name, e, rule, calibrate) for e in expressions]
-    if ci:
-        for r in results:
-            r.add_ci(resamples)
+    name = store_dataset(dataset, members_dir)[1]
+    results = fuse_results(
+        list(expressions),
+        dataset=dataset,
+        members_dir=members_dir,
+        rule=rule,
+        calibrate=calibrate,
+        ci=ci,
+        resamples=resamples,
+    )
     rows = [r.row() for r in results]
     click.echo(render(rows, fmt, title=f"{name}: {rule} rule"))
     if details and fmt != "json":
@@ -678,13 +675,14 @@ def compare(
     the macro one-vs-rest AUC. Macro-F1: paired bootstrap. The last line is the verdict, with
     every p-value; a difference is only called one at p < 0.05.
     """
-    from .fusion import fuse as run_fusion
-    from .fusion.compare import compare_results
+    from . import api
     from .report.tables import render
 
-    store, name = _store_dataset(dataset, members_dir)
-    a, b = (run_fusion(store, name, e, rule, calibrate) for e in (expr_a, expr_b))
-    result = compare_results(a, b, resamples)
+    name = api.store_dataset(dataset, members_dir)[1]
+    result = api.compare(
+        expr_a, expr_b, dataset=dataset, members_dir=members_dir, rule=rule, calibrate=calibrate, resamples=resamples
+    )
+    a, b = result.a, result.b
     if fmt == "json":
         import json
 
@@ -778,15 +776,15 @@ def predict(
     image into --masks DIR; their rows give the mask, each class's share of the pixels and the
     mean entropy and agreement over the pixels.
     """
-    from .predict import collect_inputs, write_table
-    from .predict import predict as run_predict
+    from . import api
+    from .predict import write_table
 
-    store, name = _store_dataset(dataset, members_dir)
-    table = run_predict(
-        store,
-        name,
+    table = api.predict(
         expression,
-        collect_inputs(list(inputs), data_dir),
+        list(inputs),
+        dataset=dataset,
+        members_dir=members_dir,
+        data_dir=data_dir,
         rule=rule,
         device=device,
         batch_size=batch_size,
@@ -816,12 +814,10 @@ def members(dataset: str | None, fmt: str, members_dir: Path) -> None:
     """
     import json
 
+    from . import api
     from .report.tables import render
-    from .store import Store
 
-    store = Store(members_dir)
-    name = _dataset_name(dataset, store.datasets()) if dataset else None
-    rows, notes = store.inventory(name)
+    rows, notes = api.inventory(dataset, members_dir=members_dir)
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         for note in notes:
@@ -876,10 +872,9 @@ def members(dataset: str | None, fmt: str, members_dir: Path) -> None:
 )
 def export_cmd(dataset: str, expression: str, out: Path, rule: str, onnx: bool | None, members_dir: Path) -> None:
     """Write the ensemble EXPRESSION as a self-contained folder: fold models, manifest, ONNX."""
-    from .export import export
+    from . import api
 
-    store, name = _store_dataset(dataset, members_dir)
-    path = export(store, name, expression, out, rule=rule, onnx=onnx)
+    path = api.export(expression, out, dataset=dataset, members_dir=members_dir, rule=rule, onnx=onnx)
     click.echo(f"wrote {path} (manifest.json, fold models)")
 
 
@@ -902,13 +897,9 @@ def export_cmd(dataset: str, expression: str, out: Path, rule: str, onnx: bool |
 )
 def report(members_dir: Path, out: Path, step: int) -> None:
     """Regenerate Table 1, Table 2 and figures for every dataset in the store."""
-    from .report.build import report as build_report
-    from .store import Store
+    from . import api
 
-    store = Store(members_dir)
-    if not store.datasets():
-        raise click.UsageError(f"no members in {members_dir}; train some first (ens train ... or ens demo)")
-    for page in build_report(store, out, step):
+    for page in api.report(members_dir=members_dir, out=out, step=step):
         click.echo(f"wrote {page.parent}/ (table1, table2 as .md/.csv/.tex, figures, {page.name})")
 
 

@@ -26,6 +26,7 @@ from .fusion.expr import format_terms
 from .fusion.rules import RULES
 from .predict import check_members, load_fold_model
 from .store import Store, run_name
+from .tasks import get_task
 from .train.infer import TTA_FLIPS
 from .train.trainer import NORMALISATIONS
 
@@ -121,7 +122,7 @@ def export(store: Store, dataset: str, expr: str, out: Path, *, rule: str = "sum
                     },
                 }
             )
-        segmentation = members[0].meta.task == "segmentation"
+        notes = get_task(members[0].meta.task).export_notes()
         manifest = {
             "ens": __version__,
             "dataset": dataset,
@@ -130,15 +131,8 @@ def export(store: Store, dataset: str, expr: str, out: Path, *, rule: str = "sum
             "rule": rule,
             "classes": members[0].classes,
             "fingerprint": members[0].fingerprint,
-            "member": "mean of the softmax of its fold models"
-            + (" per pixel (one output channel: sigmoid p as [1 - p, p])" if segmentation else ""),
-            "fusion": f"{rule} rule over members (ensemble.fusion.rules.{RULES[rule].__name__})"
-            + (
-                " per pixel at the largest member size, resized bilinearly to the image, argmax = the mask "
-                "(binary: 0/255, label maps: class index)"
-                if segmentation
-                else ""
-            ),
+            "member": "mean of the softmax of its fold models" + notes["member"],
+            "fusion": f"{rule} rule over members (ensemble.fusion.rules.{RULES[rule].__name__})" + notes["fusion"],
             "tta_flips": [list(f) for f in TTA_FLIPS],
             "members": entries,
         }

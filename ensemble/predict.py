@@ -31,6 +31,7 @@ from .errors import UsageError
 from .fusion import select
 from .fusion.rules import RULES
 from .store import Member, Store
+from .tasks import get_task
 
 RESERVED = ("path", "predicted", "entropy", "mutual_information", "agreement")
 
@@ -217,7 +218,6 @@ def predict(
 ):  # noqa: ANN201
     """One row per input: path, fused probability per class, predicted class and the uncertainty columns
     (segmentation members: the mask written into ``masks`` and its summary, see :func:`predict_masks`)."""
-    import pandas as pd
     from rich.progress import Progress
 
     from .train.trainer import resolve_device
@@ -226,45 +226,48 @@ def predict(
         raise UsageError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
     _, members = select(store, dataset, expr)
     check_members(members, fold)
-    segmentation = members[0].meta.task == "segmentation"
-    if segmentation and masks is None:
-        raise UsageError(f"{expr} fuses segmentation members: give --masks DIR, the folder for the predicted masks")
-    if not segmentation and masks is not None:
-        raise UsageError(f"--masks: {expr} fuses classification members, which predict classes, not masks")
-    targets = mask_targets(inputs, masks) if segmentation else []
-    shapes = inputs.shapes() if segmentation else []
+    task = get_task(members[0].meta.task)
+    task.check_predict(expr, masks)
     dev = resolve_device(device)
-    classes = members[0].classes
     views = sum(1 if fold is not None else m.meta.folds for m in members) * len(inputs)
     with Progress(*Progress.get_default_columns(), disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"predicting {len(inputs)} image(s) with {len(members)} member(s)", total=views)
-        if segmentation:
-            return predict_masks(
-                members,
-                inputs,
-                targets,
-                shapes,
-                rule=rule,
-                device=dev,
-                batch_size=batch_size,
-                tta=tta,
-                fold=fold,
-                advance=lambda n: bar.advance(task, n),
-            )
-        stacked = np.stack(
-            [
-                member_probs(
-                    m,
-                    inputs,
-                    device=dev,
-                    batch_size=batch_size,
-                    tta=tta,
-                    fold=fold,
-                    advance=lambda n: bar.advance(task, n),
-                )
-                for m in members
-            ]
+        job = bar.add_task(f"predicting {len(inputs)} image(s) with {len(members)} member(s)", total=views)
+        return task.predict(
+            members,
+            inputs,
+            rule=rule,
+            device=dev,
+            batch_size=batch_size,
+            tta=tta,
+            fold=fold,
+            masks=masks,
+            advance=lambda n: bar.advance(job, n),
         )
+
+
+def predict_classes(
+    members: list[Member],
+    inputs: Inputs,
+    *,
+    rule: str,
+    device,  # noqa: ANN001
+    batch_size: int,
+    tta: bool,
+    fold: int | None,
+    advance: Callable[[int], None],
+    masks: Path | None = None,
+):  # noqa: ANN201
+    """The classification table: fused probabilities per class, the predicted class, and the uncertainty
+    columns of the module docstring."""
+    import pandas as pd
+
+    classes = members[0].classes
+    stacked = np.stack(
+        [
+            member_probs(m, inputs, device=device, batch_size=batch_size, tta=tta, fold=fold, advance=advance)
+            for m in members
+        ]
+    )
     fused = RULES[rule](stacked).astype(np.float64)
     predicted = fused.argmax(1)
     mean = stacked.astype(np.float64).mean(0)
@@ -301,21 +304,24 @@ def mask_targets(inputs: Inputs, folder: Path) -> list[Path]:
 def predict_masks(
     members: list[Member],
     inputs: Inputs,
-    targets: list[Path],
-    shapes: list[tuple[int, int]],
     *,
     rule: str,
-    device,
+    device,  # noqa: ANN001
     batch_size: int,
     tta: bool,
-    fold: int | None,  # noqa: ANN001
+    fold: int | None,
     advance: Callable[[int], None],
+    masks: Path,
 ):  # noqa: ANN201
     """Fuse the members' probability maps per pixel, a chunk of images at a time (fold models loaded once), and
-    write each image's mask at its own size; returns one summary row per image."""
+    write each image's mask into ``masks`` at its own size; returns one summary row per image. The targets are
+    checked before any model is loaded (nothing is overwritten)."""
     import pandas as pd
     import torch
     from PIL import Image
+
+    targets = mask_targets(inputs, masks)
+    shapes = inputs.shapes()
 
     from .train.infer import Normaliser, nchw, probabilities
     from .train.trainer import NORMALISATIONS

@@ -23,7 +23,8 @@ from . import __version__
 from .data.dataset import Dataset, load
 from .errors import DataError, StoreError
 from .io import atomic_write_bytes, atomic_write_json
-from .store import SCHEMA_VERSION, MemberMeta, RunDir, Store, recipe_hash, run_name, split_key, write_fold
+from .store import SCHEMA_VERSION, MemberMeta, RunDir, Store, recipe_hash, run_name, split_key
+from .tasks import get_task
 from .train.trainer import FoldTrainer, TrainConfig, _batches, derive_seed
 
 
@@ -146,10 +147,10 @@ def train_fold_task(
         on_epoch=on_epoch,
     )
     result = trainer.run()
-    write_fold(rd.fold_file(task.fold), result.probs, result.labels, result.ids)
+    rd.write_fold(task.fold, ds.task, result.probs, result.labels, result.ids)
     if result.val_probs is not None:
         fold = ds.folds[task.fold]
-        write_fold(rd.fold_file(task.fold, "val"), result.val_probs, ds.labels[fold.val], ds.ids[fold.val])
+        rd.write_fold(task.fold, ds.task, result.val_probs, ds.labels[fold.val], ds.ids[fold.val], split="val")
     model = None
     if result.weights is not None:
         from safetensors.torch import save
@@ -162,7 +163,7 @@ def train_fold_task(
         "seconds": round(result.seconds, 3),
         "curves": result.curves,
         "model": model,
-        "accuracy": fold_score(result.probs, result.labels),
+        "accuracy": get_task(ds.task).fold_score(result.probs, result.labels),
         "train": len(ds.folds[task.fold].train),
         "test": len(result.labels),
         "device": str(trainer.device),
@@ -172,58 +173,6 @@ def train_fold_task(
     atomic_write_json(rd.summary(task.fold), summary)
     rd.checkpoint(task.fold).unlink(missing_ok=True)
     return summary
-
-
-def fold_score(probs: np.ndarray, targets: np.ndarray) -> float | None:
-    """Accuracy of a fold's predictions, or for segmentation maps their mean foreground Dice."""
-    if not len(targets):
-        return None
-    if probs.ndim == 4:
-        from .fusion.segmentation import per_image
-
-        return float(per_image(targets, probs.argmax(1), probs.shape[1])["dice"].mean())
-    return float((probs.argmax(1) == targets).mean())
-
-
-def segmentation_learnt_nothing(ds: Dataset, dice: float) -> tuple[bool, str]:
-    """A segmentation member learnt nothing when its mean Dice is no better than calling every pixel
-    foreground (the trivial answer that finds every lesion)."""
-    fg = np.asarray(ds.masks).reshape(len(ds.masks), -1) > 0
-    trivial = float(np.mean(np.where(fg.any(1), 2 * fg.sum(1) / (fg.sum(1) + fg.shape[1]), 0.0)))
-    if dice <= trivial + 1e-9:
-        return True, (
-            f"learnt nothing: mean Dice {dice:.4f} is at or below that of marking every pixel as "
-            f"foreground ({trivial:.4f}); try another --lr or more --epochs"
-        )
-    return False, ""
-
-
-def learnt_nothing(ds: Dataset, rd: RunDir, summaries: list[dict[str, Any]]) -> tuple[bool, str]:
-    """Whether the member did no better than always answering the majority class: on its validation
-    predictions when it has them, else on its last epoch's training accuracy (mean over folds)."""
-
-    def majority(idx: np.ndarray) -> float:
-        return float(np.bincount(ds.labels[idx], minlength=len(ds.classes)).max() / max(len(idx), 1))
-
-    folds = range(len(ds.folds))
-    if all(rd.fold_file(k, "val").exists() for k in folds):
-        accs, rates = [], []
-        for k in folds:
-            with np.load(rd.fold_file(k, "val"), allow_pickle=False) as z:
-                accs.append(float((z["probs"].argmax(1) == z["labels"]).mean()))
-            rates.append(majority(ds.folds[k].val))
-        what = "validation"
-    else:
-        accs = [s["curves"]["accuracy"][-1] for s in summaries]
-        rates = [majority(ds.folds[k].train) for k in folds]
-        what = "training"
-    acc, rate = float(np.mean(accs)), float(np.mean(rates))
-    if acc <= rate + 1e-9:
-        return True, (
-            f"learnt nothing: {what} accuracy {acc:.4f} is at or below the majority-class rate {rate:.4f} "
-            "(try another --lr, more --epochs, or --class-weights balanced)"
-        )
-    return False, ""
 
 
 def assemble_run(
@@ -240,18 +189,12 @@ def assemble_run(
         raise StoreError(f"{rd.staging}: fold(s) {missing} have not finished")
     staged = check_staged_recipe(rd, recipe_hash(recipe))
     summaries = rd.read_summaries(folds)
-    segmentation = ds.task == "segmentation"
-    target = "masks" if segmentation else "labels"
-    probs, labels = [], []
-    for k in range(folds):
-        with np.load(rd.fold_file(k), allow_pickle=False) as z:
-            probs.append(z["probs"])
-            labels.append(z[target])
-    probs, labels = np.concatenate(probs), np.concatenate(labels)
-    dice = fold_score(probs, labels) if segmentation else None
-    accuracy = float((probs.argmax(1) == labels).mean())  # of images, or of pixels
+    task = get_task(ds.task)
+    parts = [rd.read_fold(k, ds.task, len(ds.classes)) for k in range(folds)]
+    probs, targets = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    scores = task.member_scores(probs, targets)  # accuracy (of images, or of pixels) and the task's own
     optimizer, variant = split_key(label)
-    nothing, diagnosis = segmentation_learnt_nothing(ds, dice) if segmentation else learnt_nothing(ds, rd, summaries)
+    nothing, diagnosis = task.learnt_nothing(ds, rd, summaries, scores)
     models = [s.get("model") for s in summaries]
     kept = all(m is not None and rd.model_file(k).is_file() for k, m in enumerate(models))
     fold_models = {
@@ -282,13 +225,13 @@ def assemble_run(
         fold_threads=[s.get("threads") for s in summaries],
         curves=[s["curves"] for s in summaries],
         fold_accuracy=[s["accuracy"] for s in summaries],
-        accuracy=accuracy,
+        accuracy=scores["accuracy"],
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         fold_models=fold_models,
         command=command,
         learnt_nothing=nothing,
         diagnosis=diagnosis,
         task=ds.task,
-        dice=dice,
+        dice=scores.get("dice"),
     )
     return rd.publish(meta)

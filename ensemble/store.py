@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import math
 import os
@@ -34,12 +33,14 @@ from typing import Any
 import numpy as np
 
 from .errors import StoreError, UsageError
-from .io import atomic_write_bytes, atomic_write_json
+from .io import atomic_write_json
+from .tasks import TASKS, get_task
 
 RUN_DIGITS = 3
 SCHEMA_VERSION = 2
 MODEL_FILE = "model-{}.safetensors"  # fold k's model, kept beside its predictions
-ROW_SUM_TOLERANCE = 1e-3
+LOCK_FILE = ".lock"  # a label's lock: one `ens train` trains its runs at a time
+LEASE_FILE = ".lease.json"  # a label's lease: remote workers watch it instead of the coordinator's pid
 _PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
 _VARIANT = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,39}")
 _RUN = re.compile(r"\d+")
@@ -250,7 +251,7 @@ _CHECKS = {
     "command": lambda v: isinstance(v, str),
     "learnt_nothing": lambda v: isinstance(v, bool),
     "diagnosis": lambda v: isinstance(v, str),
-    "task": lambda v: v in ("classification", "segmentation"),
+    "task": lambda v: v in TASKS,
     "dice": _is_num,
 }
 
@@ -265,87 +266,33 @@ def _bad(where: Path, name: str, value: Any) -> None:
 
 
 # --------------------------------------------------------------------------- fold files
-def write_fold(path: Path, probs: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> None:
-    """One fold's predictions: probs (n, C) float32 rows summing to 1, labels int64, ids str -- or, for
-    segmentation (4-D ``probs``), probs (n, C, H, W) float16 and ``masks`` (n, H, W) uint8, compressed."""
-    if np.ndim(probs) == 4:
-        probs, masks = np.asarray(probs, dtype=np.float16), np.asarray(labels, dtype=np.uint8)
-        if masks.shape != (len(probs), *probs.shape[2:]) or len(ids) != len(probs):
-            raise StoreError(f"{path}: probs {probs.shape}, masks {masks.shape} and ids {len(ids)} disagree")
-        buf = io.BytesIO()
-        np.savez_compressed(buf, probs=probs, masks=masks, ids=np.asarray(ids, dtype=str))
-        atomic_write_bytes(path, buf.getvalue())
-        return
-    probs = np.asarray(probs, dtype=np.float32)
-    if probs.ndim != 2 or len(probs) != len(labels) or len(labels) != len(ids):
-        raise StoreError(f"{path}: probs {probs.shape}, labels {len(labels)} and ids {len(ids)} disagree")
-    buf = io.BytesIO()
-    np.savez(buf, probs=probs, labels=np.asarray(labels, dtype=np.int64), ids=np.asarray(ids, dtype=str))
-    atomic_write_bytes(path, buf.getvalue())
+def fold_name(k: int, split: str = "fold") -> str:
+    """``fold-<k>.npz`` (test predictions) or ``val-<k>.npz`` (validation): the one place these are spelled."""
+    return f"{split}-{k}.npz"
+
+
+def write_fold(path: Path, probs: np.ndarray, targets: np.ndarray, ids: np.ndarray, task: str) -> None:
+    """One fold's predictions, in the schema of ``task`` (:meth:`ensemble.tasks.Task.write_fold`)."""
+    get_task(task).write_fold(path, probs, targets, ids)
 
 
 def read_fold(path: Path, n_classes: int, task: str = "classification") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A fold file's (probs, labels, ids), checked: no pickles, finite rows summing to 1, labels in range.
-    For segmentation: (probs (n, C, H, W) float16, masks (n, H, W) uint8, ids), the maps summing to 1 over C."""
-    target = "masks" if task == "segmentation" else "labels"
+    """A fold file's (probs, targets, ids), checked by its task: no pickles, finite probabilities summing
+    to 1, targets in range (labels, or masks for segmentation)."""
+    kind = get_task(task)
     try:
         with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in ("probs", target, "ids") if k not in z.files]
+            missing = [k for k in ("probs", kind.target_key, "ids") if k not in z.files]
             if missing:
                 raise StoreError(f"{path}: missing array(s) {', '.join(missing)}")
-            probs, labels, ids = z["probs"], z[target], z["ids"]
+            probs, targets, ids = z["probs"], z[kind.target_key], z["ids"]
     except StoreError:
         raise
     except FileNotFoundError:
         raise StoreError(f"{path}: missing (the run is incomplete)") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as err:
         raise StoreError(f"{path}: unreadable ({type(err).__name__}: {str(err)[:120]})") from None
-    if task == "segmentation":
-        return _check_maps(path, probs, labels, ids, n_classes)
-    if probs.ndim != 2 or not np.issubdtype(probs.dtype, np.floating):
-        raise StoreError(f"{path}: probs must be a 2-D float array, found {probs.dtype} {probs.shape}")
-    if probs.shape[1] != n_classes:
-        raise StoreError(f"{path}: probs has {probs.shape[1]} columns but member.json lists {n_classes} classes")
-    if labels.ndim != 1 or ids.ndim != 1 or not (len(probs) == len(labels) == len(ids)):
-        raise StoreError(f"{path}: probs ({len(probs)} rows), labels ({labels.shape}) and ids ({ids.shape}) disagree")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise StoreError(f"{path}: labels must be integers, found {labels.dtype}")
-    if ids.dtype.kind not in "USiu":
-        raise StoreError(f"{path}: ids must be strings (or indices), found {ids.dtype}")
-    if not np.isfinite(probs).all():
-        raise StoreError(f"{path}: probs holds NaN or inf")
-    if (probs < 0).any():
-        raise StoreError(f"{path}: probs holds negative values")
-    sums = probs.sum(axis=1, dtype=np.float64)
-    if len(sums) and np.abs(sums - 1).max() > ROW_SUM_TOLERANCE:
-        row = int(np.abs(sums - 1).argmax())
-        raise StoreError(f"{path}: row {row} of probs sums to {sums[row]:.6f}, not 1")
-    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
-        raise StoreError(f"{path}: labels out of range 0..{n_classes - 1} (found {labels.min()}..{labels.max()})")
-    return probs.astype(np.float32), labels.astype(np.int64), ids.astype(str)
-
-
-def _check_maps(
-    path: Path, probs: np.ndarray, masks: np.ndarray, ids: np.ndarray, n_classes: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if probs.ndim != 4 or not np.issubdtype(probs.dtype, np.floating):
-        raise StoreError(f"{path}: probs must be a 4-D float array (n, C, H, W), found {probs.dtype} {probs.shape}")
-    if probs.shape[1] != n_classes:
-        raise StoreError(f"{path}: probs has {probs.shape[1]} class maps but member.json lists {n_classes} classes")
-    if masks.shape != (len(probs), *probs.shape[2:]) or ids.shape != (len(probs),):
-        raise StoreError(f"{path}: probs {probs.shape}, masks {masks.shape} and ids {ids.shape} disagree")
-    if not np.issubdtype(masks.dtype, np.integer):
-        raise StoreError(f"{path}: masks must be integers, found {masks.dtype}")
-    if ids.dtype.kind not in "USiu":
-        raise StoreError(f"{path}: ids must be strings (or indices), found {ids.dtype}")
-    if not np.isfinite(probs).all() or (probs < 0).any():
-        raise StoreError(f"{path}: probs holds NaN, inf or negative values")
-    sums = probs.sum(axis=1, dtype=np.float32)
-    if sums.size and np.abs(sums - 1).max() > 4 * ROW_SUM_TOLERANCE:  # float16 maps
-        raise StoreError(f"{path}: the class maps of an image do not sum to 1 (off by {np.abs(sums - 1).max():.4f})")
-    if masks.size and (masks.min() < 0 or masks.max() >= n_classes):
-        raise StoreError(f"{path}: masks out of range 0..{n_classes - 1} (found {masks.min()}..{masks.max()})")
-    return probs.astype(np.float16), masks.astype(np.uint8), ids.astype(str)
+    return kind.check_fold(path, probs, targets, ids, n_classes)
 
 
 # --------------------------------------------------------------------------- reading
@@ -397,7 +344,7 @@ class Member:
 
     def validation(self) -> Member | None:
         """The member's predictions on the dataset's validation split, or None where it has none."""
-        return read_member(self.path, "val") if (self.path / "val-0.npz").exists() else None
+        return read_member(self.path, "val") if (self.path / fold_name(0, "val")).exists() else None
 
 
 def read_meta(path: Path) -> MemberMeta:
@@ -430,7 +377,7 @@ def read_member(path: Path, split: str = "fold") -> Member:
     meta = read_meta(path)
     parts = []
     for k in range(meta.folds):
-        f = path / f"{split}-{k}.npz"
+        f = path / fold_name(k, split)
         if split != "fold" and not f.exists():
             continue
         probs, labels, ids = read_fold(f, len(meta.classes), meta.task)
@@ -473,7 +420,17 @@ class RunDir:
         return self.staging / "recipe.json"
 
     def fold_file(self, k: int, split: str = "fold") -> Path:
-        return self.staging / f"{split}-{k}.npz"
+        return self.staging / fold_name(k, split)
+
+    def write_fold(
+        self, k: int, task: str, probs: np.ndarray, targets: np.ndarray, ids: np.ndarray, split: str = "fold"
+    ) -> None:
+        """Stage fold ``k``'s predictions (test, or ``split="val"``) in the schema of ``task``."""
+        write_fold(self.fold_file(k, split), probs, targets, ids, task)
+
+    def read_fold(self, k: int, task: str, n_classes: int, split: str = "fold") -> tuple[np.ndarray, ...]:
+        """A staged fold's (probs, targets, ids), checked as :func:`read_fold` checks a published one."""
+        return read_fold(self.fold_file(k, split), n_classes, task)
 
     def summary(self, k: int) -> Path:
         return self.staging / f"fold-{k}.json"
@@ -558,6 +515,12 @@ class Store:
 
     def __init__(self, root: Path | str = "members") -> None:
         self.root = Path(root)
+
+    def __iter__(self) -> Iterator[Member]:
+        """Every complete member of every dataset and label, by run index, each read and checked."""
+        for dataset in self.datasets():
+            for label in self.labels(dataset):
+                yield from self.members(dataset, label)
 
     def label_dir(self, dataset: str, label: str) -> Path:
         """``label`` may carry a variant (``DGrad@long``); every part is checked before it touches a path."""
@@ -689,7 +652,7 @@ class Store:
 
         d = self.label_dir(dataset, label)
         d.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(d / ".lock", mode=0o666)
+        lock = filelock.FileLock(d / LOCK_FILE, mode=0o666)
         try:
             lock.acquire(timeout=0)
         except filelock.Timeout:
@@ -706,7 +669,7 @@ def _lock_notes(label_dir: Path) -> list[str]:
     import filelock
 
     notes = []
-    lock_path = label_dir / ".lock"
+    lock_path = label_dir / LOCK_FILE
     held = False
     if lock_path.exists():
         lock = filelock.FileLock(lock_path)
@@ -716,9 +679,9 @@ def _lock_notes(label_dir: Path) -> list[str]:
         except filelock.Timeout:
             held = True
             notes.append(f"being trained now: {label_dir} is locked by a running `ens train`")
-    if (label_dir / ".lease.json").exists() and not held:
+    if (label_dir / LEASE_FILE).exists() and not held:
         notes.append(
-            f"stale lease: {label_dir / '.lease.json'} was left by an `ens train` that died; the next one takes it over"
+            f"stale lease: {label_dir / LEASE_FILE} was left by an `ens train` that died; the next one takes it over"
         )
     return notes
 

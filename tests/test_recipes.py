@@ -232,13 +232,15 @@ def test_selection_on_an_inner_split_and_the_recorded_command_reproduces(folder,
 
 
 def test_a_member_that_learnt_nothing_is_flagged(folder, tmp_path):
-    from ensemble.runs import learnt_nothing, load_dataset
+    from ensemble.runs import load_dataset
     from ensemble.store import Store
+    from ensemble.tasks import get_task
 
     ds = load_dataset(f"folder:{folder}", "datasets", 16, None, 0)
     rd = Store(tmp_path / "M").run_dir("imgs", "SGD", 0)
     rate = np.mean([np.bincount(ds.labels[f.train]).max() / len(f.train) for f in ds.folds])
     flat = [{"curves": {"accuracy": [0.30]}} for _ in ds.folds]  # 3 nearly balanced classes: majority rate ~1/3
-    nothing, why = learnt_nothing(ds, rd, flat)
+    learnt_nothing = get_task("classification").learnt_nothing
+    nothing, why = learnt_nothing(ds, rd, flat, {})
     assert nothing and f"majority-class rate {rate:.4f}" in why
-    assert learnt_nothing(ds, rd, [{"curves": {"accuracy": [0.9]}} for _ in ds.folds]) == (False, "")
+    assert learnt_nothing(ds, rd, [{"curves": {"accuracy": [0.9]}} for _ in ds.folds], {}) == (False, "")

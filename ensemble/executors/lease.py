@@ -23,12 +23,12 @@ from pathlib import Path
 
 from ..errors import EnsError
 from ..io import atomic_write_json
+from ..store import LEASE_FILE
 from .progress import worker_name
 
 BEAT_SECONDS = 5.0
 LEASE_SECONDS = 30.0
 CHECK_SECONDS = 2.0
-LEASE_FILE = ".lease.json"
 
 
 class CoordinatorGone(EnsError):

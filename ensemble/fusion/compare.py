@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import FusionResult, IncompatibleMembers, aligned
+from .core import FusionResult, IncompatibleMembers, aligned
 from .stats import CI_RESAMPLES, delong, mcnemar_exact, paired_bootstrap
 
 ALPHA = 0.05
@@ -23,6 +23,12 @@ class Comparison:
     a: FusionResult
     b: FusionResult
     rows: list[dict]  # metric, A, B, difference (A - B), test, p
+
+    def table(self):  # noqa: ANN201 - a pandas DataFrame
+        """The tests as a DataFrame: metric, A, B, difference (A - B), test, p."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
 
     def verdict(self) -> str:
         """One line: each metric's difference and p-value; 'higher' only where p < 0.05."""
@@ -51,8 +57,11 @@ def compare_results(a: FusionResult, b: FusionResult, resamples: int = CI_RESAMP
         aligned([a.members[0], b.members[0]])
     except IncompatibleMembers as err:
         raise IncompatibleMembers(f"{a.expression} and {b.expression} cannot be compared: {err}") from None
-    if a.task == "segmentation":
-        return Comparison(a, b, _segmentation_rows(a, b))
+    return Comparison(a, b, a.task.compare_rows(a, b, resamples))
+
+
+def classification_rows(a: FusionResult, b: FusionResult, resamples: int = CI_RESAMPLES) -> list[dict]:
+    """Accuracy (McNemar exact), AUC (DeLong for two classes, else a paired bootstrap), macro-F1 (bootstrap)."""
     y = a.labels
     pred_a, pred_b = a.scores.argmax(1), b.scores.argmax(1)
     _, _, p_acc = mcnemar_exact(y, pred_a, pred_b)
@@ -90,10 +99,10 @@ def compare_results(a: FusionResult, b: FusionResult, resamples: int = CI_RESAMP
     )
     for r in rows:
         r["difference"] = r["A"] - r["B"]
-    return Comparison(a, b, [{k: r[k] for k in ("metric", "A", "B", "difference", "test", "p")} for r in rows])
+    return [{k: r[k] for k in ("metric", "A", "B", "difference", "test", "p")} for r in rows]
 
 
-def _segmentation_rows(a: FusionResult, b: FusionResult) -> list[dict]:
+def segmentation_rows(a: FusionResult, b: FusionResult) -> list[dict]:
     """Dice, IoU and HD95 per image of A and B, each pair put to Wilcoxon's signed-rank test."""
     from scipy.stats import wilcoxon
 

@@ -21,7 +21,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from ..store import Member
-from . import aligned
+from .core import aligned
 from .stats import nll
 
 LEARNED = ("weighted", "greedy", "stacking")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..store import Member
-from . import aligned
+from .core import aligned
 
 
 def count_grid(n: int, step: int) -> list[int]:

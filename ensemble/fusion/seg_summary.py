@@ -13,7 +13,7 @@ from functools import cache
 import numpy as np
 
 from ..store import Member, recipe_summary
-from . import aligned
+from .core import aligned
 from .expr import term_text
 from .rules import sum_rule
 from .segmentation import per_image
@@ -176,8 +176,4 @@ def summarise_segmentation(name: str, fingerprint: str, by_label: dict[str, list
     )
 
 
-def is_segmentation(by_label: dict[str, list[Member]]) -> bool:
-    return next(iter(by_label.values()))[0].meta.task == "segmentation"
-
-
-__all__ = ["SegSummary", "dice_by_size", "fused_images", "is_segmentation", "summarise_segmentation"]
+__all__ = ["SegSummary", "dice_by_size", "fused_images", "summarise_segmentation"]

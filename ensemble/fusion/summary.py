@@ -19,21 +19,22 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..errors import UsageError
 from ..optim import REGISTRY
 from ..store import Member, Store, check_one_recipe, read_member, recipe_summary, split_key
-from . import aligned
+from ..tasks import get_task
 from .calibrate import calibrate
 from .compare import compare_results
+from .core import aligned
 from .expr import parse, term_text
 from .learned import LEARNED, NAMES, learned_fusion
 from .metrics import per_class, scores_table
 from .rules import sum_rule
 from .search import search
-from .seg_summary import SegSummary, is_segmentation, summarise_segmentation
 from .stats import bootstrap_ci, pair_diversity
 
 SEED_ENSEMBLES = [
@@ -154,7 +155,7 @@ def _metrics(y: np.ndarray, scores: np.ndarray, fold_of: np.ndarray) -> dict[str
 
 def mixed_vs_single(by_label: dict[str, list[Member]], resamples: int = 1000) -> list[dict]:
     """For labels A and B: A{k}+B{k} against A{2k} (the largest k both allow), with the paired tests."""
-    from . import fuse_members
+    from .core import fuse_members
 
     rows = []
     for a, ms_a in by_label.items():
@@ -297,27 +298,29 @@ def val_members(by_label: dict[str, list[Member]]) -> dict[str, list[Member]] | 
     return vals if all(v is not None for vs in vals.values() for v in vs) else None
 
 
-def summarise(store: Store, step: int = 7) -> list[GroupSummary | SegSummary]:
-    """Read and check the whole store, then compute every table: a bad file fails before anything is written."""
+def summarise_classification(name: str, fingerprint: str, by_label: dict[str, list[Member]], step: int) -> GroupSummary:
+    """Table 1, Table 2 (with the honest selection), mixed against single, diversity."""
+    return GroupSummary(
+        name,
+        fingerprint,
+        by_label,
+        table1(by_label),
+        table2(by_label, step, val_by_label=val_members(by_label)),
+        mixed_vs_single(by_label),
+        diversity(by_label),
+    )
+
+
+def summarise(store: Store, step: int = 7) -> list[Any]:
+    """Read and check the whole store, then have each dataset version's task compute its tables: a bad file
+    fails before anything is written."""
     loaded = [(dataset, groups(store, dataset)) for dataset in store.datasets()]
     out = []
     for dataset, by_fp in loaded:
         for fp, by_label in sorted(by_fp.items()):
             name = dataset if len(by_fp) == 1 else f"{dataset}-{fp}"
-            if is_segmentation(by_label):
-                out.append(summarise_segmentation(name, fp, by_label))
-                continue
-            out.append(
-                GroupSummary(
-                    name,
-                    fp,
-                    by_label,
-                    table1(by_label),
-                    table2(by_label, step, val_by_label=val_members(by_label)),
-                    mixed_vs_single(by_label),
-                    diversity(by_label),
-                )
-            )
+            task = get_task(next(iter(by_label.values()))[0].meta.task)
+            out.append(task.summarise(name, fp, by_label, step))
     return out
 
 

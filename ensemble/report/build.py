@@ -15,6 +15,7 @@ import pandas as pd
 from ..fusion.seg_summary import SegSummary
 from ..fusion.summary import GroupSummary, summarise
 from ..store import Store
+from ..tasks import get_task
 from .tables import render, to_markdown
 
 
@@ -26,33 +27,35 @@ def write_tables(out: Path, stem: str, rows: list[dict]) -> None:
 
 
 def report(store: Store, out: Path, step: int = 7) -> list[Path]:
-    """Write every table and figure; returns the HTML pages."""
-    from .figures import diversity_figure, reliability_figure, write_figures
-
-    summaries = summarise(store, step)
+    """Write every table and figure, each dataset version's page drawn by its task; returns the HTML pages."""
     pages = []
-    for group in summaries:
-        target = out / group.name
-        if isinstance(group, SegSummary):
-            pages.append(_segmentation_page(target, group))
-            continue
-        write_tables(target, "table1", group.table1)
-        write_tables(target, "table2", group.table2)
-        per_class = group.per_class()
-        write_tables(target, "per_class", per_class)
-        write_tables(target, "mixed_vs_single", group.comparison)
-        write_tables(target, "diversity", group.diversity)
-        figs = write_figures(target, group.by_label, group.best)
-        figs += [
-            f
-            for f in (reliability_figure(target, group.by_label, group.best), diversity_figure(target, group.diversity))
-            if f is not None
-        ]
-        pages.append(_html(target, group, per_class, figs))
+    for group in summarise(store, step):
+        task = get_task(next(iter(group.by_label.values()))[0].meta.task)
+        pages.append(task.render_report(out / group.name, group))
     return pages
 
 
-def _segmentation_page(target: Path, group: SegSummary) -> Path:
+def classification_page(target: Path, group: GroupSummary) -> Path:
+    """Tables 1 and 2, per class, mixed against single, diversity, and the figures of a classification set."""
+    from .figures import diversity_figure, reliability_figure, write_figures
+
+    write_tables(target, "table1", group.table1)
+    write_tables(target, "table2", group.table2)
+    per_class = group.per_class()
+    write_tables(target, "per_class", per_class)
+    write_tables(target, "mixed_vs_single", group.comparison)
+    write_tables(target, "diversity", group.diversity)
+    figs = write_figures(target, group.by_label, group.best)
+    figs += [
+        f
+        for f in (reliability_figure(target, group.by_label, group.best), diversity_figure(target, group.diversity))
+        if f is not None
+    ]
+    return _html(target, group, per_class, figs)
+
+
+def segmentation_page(target: Path, group: SegSummary) -> Path:
+    """Tables 1 and 2 (Dice, IoU, HD95), mixed against single (Wilcoxon), and the overlays of a segmentation set."""
     from .figures import segmentation_figures
 
     write_tables(target, "table1", group.table1)

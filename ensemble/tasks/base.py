@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import StoreError, UsageError
+from ..io import atomic_write_bytes
+
+ROW_SUM_TOLERANCE = 1e-3  # a stored probability row (or pixel) sums to 1 within this
+
 
 class Task:
     """One task. Subclasses are stateless singletons (``CLASSIFICATION``, ``SEGMENTATION``).
@@ -18,3 +29,75 @@ class Task:
     # ------------------------------------------------------------------ training (the trainer asks these)
 
     # ------------------------------------------------------------------ store, fusion, report, predict
+    target_key: str = "labels"  # the fold file's array of targets
+    metric: str = "accuracy"  # the member-level score member.json and `ens members` show
+
+    def write_fold(self, path: Path, probs: np.ndarray, targets: np.ndarray, ids: np.ndarray) -> None:
+        """One fold's predictions as the store keeps them (SPEC §5)."""
+        raise NotImplementedError
+
+    def check_fold(
+        self, path: Path, probs: np.ndarray, targets: np.ndarray, ids: np.ndarray, n_classes: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The arrays of a fold file read from disk, checked (untrusted input), in the dtypes fusion uses."""
+        raise NotImplementedError
+
+    def fold_score(self, probs: np.ndarray, targets: np.ndarray) -> float | None:
+        """The score of one fold's (or a whole member's) predictions: what ``metric`` names."""
+        raise NotImplementedError
+
+    def member_scores(self, probs: np.ndarray, targets: np.ndarray) -> dict[str, float | None]:
+        """The scores ``member.json`` records for a whole member (``accuracy``, and the task's own)."""
+        return {"accuracy": float((probs.argmax(1) == targets).mean())}
+
+    def learnt_nothing(self, ds: Any, rd: Any, summaries: list[dict[str, Any]], scores: dict) -> tuple[bool, str]:
+        """Whether a finished member did no better than a trivial answer, and why (for ``member.json``)."""
+        raise NotImplementedError
+
+    def fused_scores(
+        self, targets: np.ndarray, scores: np.ndarray, fold_of: np.ndarray | None = None
+    ) -> dict[str, float]:
+        """The metrics of a fused (or single) prediction, pooled over folds, with fold means and stds."""
+        raise NotImplementedError
+
+    def check_calibration(self, calibration: str) -> None:
+        """Refuse a calibration that the task's outputs do not admit."""
+
+    def intervals(self, targets: np.ndarray, scores: np.ndarray, resamples: int) -> dict[str, float]:
+        """95% bootstrap intervals of the task's metrics (``ens fuse --ci``)."""
+        raise UsageError(f"--ci: bootstrap intervals are not available for {self.name} members")
+
+    def compare_rows(self, a: Any, b: Any, resamples: int) -> list[dict]:
+        """Paired tests of two fusion results on the same samples: metric, A, B, difference, test, p."""
+        raise NotImplementedError
+
+    def summarise(self, name: str, fingerprint: str, by_label: dict[str, list[Any]], step: int) -> Any:
+        """Everything the report shows for one dataset version (rendered by :meth:`render_report`)."""
+        raise NotImplementedError
+
+    def render_report(self, target: Path, summary: Any) -> Path:
+        """Write the tables, figures and HTML page of :meth:`summarise`'s result into ``target``."""
+        raise NotImplementedError
+
+    def check_predict(self, expression: str, masks: Path | None) -> None:
+        """Refuse ``ens predict`` arguments the task cannot honour, before any work."""
+
+    def predict(self, members: list[Any], inputs: Any, **kw: Any) -> Any:
+        """``ens predict``'s table (a DataFrame) for ``inputs``; see :mod:`ensemble.predict`."""
+        raise NotImplementedError
+
+    def export_notes(self) -> dict[str, str]:
+        """What an exported ensemble's manifest says about the outputs and how they are fused."""
+        raise NotImplementedError
+
+
+def save_npz(path: Path, *, compressed: bool = False, **arrays: np.ndarray) -> None:
+    """An npz written atomically (a reader never sees half a fold file)."""
+    buf = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def check_ids(path: Path, ids: np.ndarray) -> None:
+    if ids.dtype.kind not in "USiu":
+        raise StoreError(f"{path}: ids must be strings (or indices), found {ids.dtype}")

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from .base import Task
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import StoreError, UsageError
+from .base import ROW_SUM_TOLERANCE, Task, check_ids, save_npz
 
 
 class SegmentationTask(Task):
@@ -11,6 +17,116 @@ class SegmentationTask(Task):
     # ------------------------------------------------------------------ training (the trainer asks these)
 
     # ------------------------------------------------------------------ store, fusion, report, predict
+    target_key = "masks"
+    metric = "dice"
+
+    def write_fold(self, path: Path, probs: np.ndarray, targets: np.ndarray, ids: np.ndarray) -> None:
+        """probs (n, C, H, W) float16 and masks (n, H, W) uint8, compressed (SPEC §5)."""
+        probs, masks = np.asarray(probs, dtype=np.float16), np.asarray(targets, dtype=np.uint8)
+        if masks.shape != (len(probs), *probs.shape[2:]) or len(ids) != len(probs):
+            raise StoreError(f"{path}: probs {probs.shape}, masks {masks.shape} and ids {len(ids)} disagree")
+        save_npz(path, compressed=True, probs=probs, masks=masks, ids=np.asarray(ids, dtype=str))
+
+    def check_fold(
+        self, path: Path, probs: np.ndarray, targets: np.ndarray, ids: np.ndarray, n_classes: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Finite maps summing to 1 over the classes at every pixel, one mask and id per image."""
+        masks = targets
+        if probs.ndim != 4 or not np.issubdtype(probs.dtype, np.floating):
+            raise StoreError(f"{path}: probs must be a 4-D float array (n, C, H, W), found {probs.dtype} {probs.shape}")
+        if probs.shape[1] != n_classes:
+            raise StoreError(f"{path}: probs has {probs.shape[1]} class maps but member.json lists {n_classes} classes")
+        if masks.shape != (len(probs), *probs.shape[2:]) or ids.shape != (len(probs),):
+            raise StoreError(f"{path}: probs {probs.shape}, masks {masks.shape} and ids {ids.shape} disagree")
+        if not np.issubdtype(masks.dtype, np.integer):
+            raise StoreError(f"{path}: masks must be integers, found {masks.dtype}")
+        check_ids(path, ids)
+        if not np.isfinite(probs).all() or (probs < 0).any():
+            raise StoreError(f"{path}: probs holds NaN, inf or negative values")
+        sums = probs.sum(axis=1, dtype=np.float32)
+        if sums.size and np.abs(sums - 1).max() > 4 * ROW_SUM_TOLERANCE:  # float16 maps
+            raise StoreError(
+                f"{path}: the class maps of an image do not sum to 1 (off by {np.abs(sums - 1).max():.4f})"
+            )
+        if masks.size and (masks.min() < 0 or masks.max() >= n_classes):
+            raise StoreError(f"{path}: masks out of range 0..{n_classes - 1} (found {masks.min()}..{masks.max()})")
+        return probs.astype(np.float16), masks.astype(np.uint8), ids.astype(str)
+
+    def fold_score(self, probs: np.ndarray, targets: np.ndarray) -> float | None:
+        """Mean foreground Dice over the images."""
+        if not len(targets):
+            return None
+        from ..fusion.segmentation import per_image
+
+        return float(per_image(targets, probs.argmax(1), probs.shape[1])["dice"].mean())
+
+    def member_scores(self, probs: np.ndarray, targets: np.ndarray) -> dict[str, float | None]:
+        """Pixel accuracy, and the mean Dice."""
+        return {**super().member_scores(probs, targets), "dice": self.fold_score(probs, targets)}
+
+    def learnt_nothing(self, ds: Any, rd: Any, summaries: list[dict[str, Any]], scores: dict) -> tuple[bool, str]:
+        """No better than calling every pixel foreground (the trivial answer that finds every lesion)."""
+        dice = scores["dice"]
+        fg = np.asarray(ds.masks).reshape(len(ds.masks), -1) > 0
+        trivial = float(np.mean(np.where(fg.any(1), 2 * fg.sum(1) / (fg.sum(1) + fg.shape[1]), 0.0)))
+        if dice <= trivial + 1e-9:
+            return True, (
+                f"learnt nothing: mean Dice {dice:.4f} is at or below that of marking every pixel as "
+                f"foreground ({trivial:.4f}); try another --lr or more --epochs"
+            )
+        return False, ""
+
+    def fused_scores(
+        self, targets: np.ndarray, scores: np.ndarray, fold_of: np.ndarray | None = None
+    ) -> dict[str, float]:
+        """Dice, IoU and HD95 per image, averaged (see :mod:`ensemble.fusion.segmentation`)."""
+        from ..fusion.segmentation import segmentation_scores
+
+        return segmentation_scores(targets, scores, fold_of)
+
+    def check_calibration(self, calibration: str) -> None:
+        if calibration != "none":
+            raise UsageError(f"--calibrate {calibration}: temperature scaling is for classification members")
+
+    def intervals(self, targets: np.ndarray, scores: np.ndarray, resamples: int) -> dict[str, float]:
+        raise UsageError(
+            "--ci: bootstrap intervals are for classification members; segmentation tables give "
+            "the std over images (dice_std, hd95_std) and over folds"
+        )
+
+    def compare_rows(self, a: Any, b: Any, resamples: int) -> list[dict]:
+        """Dice, IoU and HD95 per image of A and B, each pair put to Wilcoxon's signed-rank test."""
+        from ..fusion.compare import segmentation_rows
+
+        return segmentation_rows(a, b)
+
+    def summarise(self, name: str, fingerprint: str, by_label: dict[str, list[Any]], step: int) -> Any:
+        from ..fusion.seg_summary import summarise_segmentation
+
+        return summarise_segmentation(name, fingerprint, by_label)
+
+    def render_report(self, target: Path, summary: Any) -> Path:
+        from ..report.build import segmentation_page
+
+        return segmentation_page(target, summary)
+
+    def check_predict(self, expression: str, masks: Path | None) -> None:
+        if masks is None:
+            raise UsageError(
+                f"{expression} fuses segmentation members: give --masks DIR, the folder for the predicted masks"
+            )
+
+    def predict(self, members: list[Any], inputs: Any, **kw: Any) -> Any:
+        from ..predict import predict_masks
+
+        return predict_masks(members, inputs, **kw)
+
+    def export_notes(self) -> dict[str, str]:
+        return {
+            "member": " per pixel (one output channel: sigmoid p as [1 - p, p])",
+            "fusion": " per pixel at the largest member size, resized bilinearly to the image, argmax = the mask "
+            "(binary: 0/255, label maps: class index)",
+        }
 
 
 SEGMENTATION = SegmentationTask()

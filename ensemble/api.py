@@ -1,0 +1,250 @@
+"""The Python API: everything the ``ens`` command line does, as functions that return data.
+
+The CLI (:mod:`ensemble.cli`) only parses arguments, calls these and prints what they return.
+Tables come back as pandas DataFrames, one row per ensemble (``fuse``), test (``compare``) or
+image (``predict``); errors are :class:`ensemble.errors.EnsError` with a one-line message.
+
+    import ensemble as ens
+
+    store = ens.open_store("members")
+    for member in store:                       # every complete member, read and checked
+        print(member.name, member.meta.accuracy)
+    table = ens.fuse(["SGD2+DGrad2", "SGD4"], dataset="lar")
+    tests = ens.compare("SGD2+DGrad2", "SGD4", dataset="lar")
+    rows = ens.predict("SGD2+DGrad2", ["new/"], dataset="lar")
+
+Nothing here imports torch until a function needs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import UsageError
+from .store import Store
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .fusion.compare import Comparison
+    from .fusion.core import FusionResult
+
+PathLike = str | Path
+
+__all__ = [
+    "compare",
+    "export",
+    "fuse",
+    "fuse_results",
+    "inventory",
+    "members",
+    "open_store",
+    "predict",
+    "report",
+]
+
+
+def open_store(members_dir: PathLike = "members") -> Store:
+    """The member store at ``members_dir``; iterate it for every complete member (:class:`ensemble.store.Member`)."""
+    return Store(members_dir)
+
+
+def dataset_name(dataset: str, store: Store) -> str:
+    """The store's name for ``dataset``: as written when the store has it, else as the catalog names it."""
+    from .data.catalog import resolve
+    from .errors import EnsError
+
+    if dataset in store.datasets():
+        return dataset
+    try:
+        return resolve(dataset, Path(".")).name
+    except EnsError:
+        return dataset
+
+
+def store_dataset(dataset: str, members_dir: PathLike = "members") -> tuple[Store, str]:
+    """The store and the dataset's name in it; a :class:`UsageError` listing what the store holds when it
+    has no members of it."""
+    store = Store(members_dir)
+    name = dataset_name(dataset, store)
+    if name not in store.datasets():
+        known = ", ".join(store.datasets()) or "none"
+        raise UsageError(f"no members of {name!r} in {members_dir} (datasets there: {known})")
+    return store, name
+
+
+def fuse_results(
+    expressions: str | Sequence[str],
+    *,
+    dataset: str,
+    members_dir: PathLike = "members",
+    rule: str = "sum",
+    calibrate: str = "none",
+    ci: bool = False,
+    resamples: int = 1000,
+) -> list[FusionResult]:
+    """One :class:`ensemble.fusion.FusionResult` per expression: the fused scores, targets, folds and metrics."""
+    from .fusion import fuse as fuse_expression
+
+    store, name = store_dataset(dataset, members_dir)
+    results = [fuse_expression(store, name, e, rule, calibrate) for e in _as_list(expressions)]
+    if ci:
+        for r in results:
+            r.add_ci(resamples)
+    return results
+
+
+def fuse(
+    expressions: str | Sequence[str],
+    *,
+    dataset: str,
+    members_dir: PathLike = "members",
+    rule: str = "sum",
+    calibrate: str = "none",
+    ci: bool = False,
+    resamples: int = 1000,
+) -> pd.DataFrame:
+    """Fuse stored members, one row per expression (e.g. ``"SGD14+DGrad7+Cos1_7"``): the task's metrics
+    (classification: accuracy, macro-F1, AUC, NLL, Brier, ECE, pooled over folds; with ``ci`` their 95%
+    bootstrap intervals; segmentation: Dice, IoU, HD95)."""
+    import pandas as pd
+
+    rows = [
+        r.row()
+        for r in fuse_results(
+            expressions,
+            dataset=dataset,
+            members_dir=members_dir,
+            rule=rule,
+            calibrate=calibrate,
+            ci=ci,
+            resamples=resamples,
+        )
+    ]
+    return pd.DataFrame(rows)
+
+
+def compare(
+    a: str,
+    b: str,
+    *,
+    dataset: str,
+    members_dir: PathLike = "members",
+    rule: str = "sum",
+    calibrate: str = "none",
+    resamples: int = 1000,
+) -> Comparison:
+    """Paired tests of ensemble ``a`` against ``b`` on the same samples. ``.table()`` is a DataFrame (metric,
+    A, B, difference, test, p); ``.verdict()`` the one-line reading, calling a difference one at p < 0.05."""
+    from .fusion.compare import compare_results
+
+    first, second = fuse_results(
+        [a, b], dataset=dataset, members_dir=members_dir, rule=rule, calibrate=calibrate, resamples=resamples
+    )
+    return compare_results(first, second, resamples)
+
+
+def predict(
+    expression: str,
+    inputs: PathLike | Iterable[PathLike] | np.ndarray,
+    *,
+    dataset: str,
+    members_dir: PathLike = "members",
+    data_dir: PathLike = "datasets",
+    rule: str = "sum",
+    tta: bool = False,
+    fold: int | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    masks: PathLike | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Apply the ensemble ``expression`` to new images: one row per image (see :mod:`ensemble.predict`).
+
+    ``inputs`` are image files, folders, dataset specs (``folder:PATH``, ``medmnist:NAME``), or an array of
+    images (N, H, W) or (N, H, W, 3) uint8 (rows are then named ``array:0``, ``array:1``, ...).
+    Segmentation members write one mask per image into ``masks``.
+    """
+    from .predict import collect_inputs
+    from .predict import predict as run_predict
+
+    store, name = store_dataset(dataset, members_dir)
+    if isinstance(inputs, np.ndarray):
+        items = _array_inputs(inputs)
+    else:
+        paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+        items = collect_inputs([str(p) for p in paths], Path(data_dir))
+    return run_predict(
+        store,
+        name,
+        expression,
+        items,
+        rule=rule,
+        device=device,
+        batch_size=batch_size,
+        tta=tta,
+        fold=fold,
+        progress=progress,
+        masks=Path(masks) if masks is not None else None,
+    )
+
+
+def _array_inputs(images: np.ndarray):  # noqa: ANN202 - an ensemble.predict.Inputs
+    from .predict import Inputs
+
+    if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3, 4)) or not len(images):
+        raise UsageError(f"inputs: an array of images is (N, H, W) or (N, H, W, 3); got shape {images.shape}")
+    if not np.issubdtype(images.dtype, np.number):
+        raise UsageError(f"inputs: an array of images holds numbers, got dtype {images.dtype}")
+    return Inputs([f"array:{i}" for i in range(len(images))], pixels=images)
+
+
+def inventory(dataset: str | None = None, *, members_dir: PathLike = "members") -> tuple[list[dict], list[str]]:
+    """Every complete member as a dict (dataset, label, run, recipe, accuracy, dice, fold models, disk use,
+    path), and the notes on the store: staged runs, labels being trained, stale leases, unreadable members."""
+    store = Store(members_dir)
+    return store.inventory(dataset_name(dataset, store) if dataset else None)
+
+
+def members(dataset: str | None = None, *, members_dir: PathLike = "members") -> pd.DataFrame:
+    """:func:`inventory`'s members as a DataFrame, one row per member (its notes are dropped)."""
+    import pandas as pd
+
+    return pd.DataFrame(inventory(dataset, members_dir=members_dir)[0])
+
+
+def export(
+    expression: str,
+    out: PathLike,
+    *,
+    dataset: str,
+    members_dir: PathLike = "members",
+    rule: str = "sum",
+    onnx: bool | None = None,
+) -> Path:
+    """Write the ensemble as a self-contained folder (fold models, manifest, ONNX when available)."""
+    from .export import export as export_folder
+
+    store, name = store_dataset(dataset, members_dir)
+    return export_folder(store, name, expression, Path(out), rule=rule, onnx=onnx)
+
+
+def report(*, members_dir: PathLike = "members", out: PathLike = "reports", step: int = 7) -> list[Path]:
+    """Regenerate Table 1, Table 2 and the figures of every dataset in the store; returns the HTML pages."""
+    from .report.build import report as build_report
+
+    store = Store(members_dir)
+    if not store.datasets():
+        raise UsageError(f"no members in {members_dir}; train some first (ens train ... or ens demo)")
+    return build_report(store, Path(out), step)
+
+
+def _as_list(expressions: str | Sequence[str]) -> list[str]:
+    out = [expressions] if isinstance(expressions, str) else list(expressions)
+    if not out:
+        raise UsageError("give at least one expression (e.g. SGD2+DGrad2)")
+    return out
