@@ -66,11 +66,9 @@ def select(store: Store, dataset: str, expr: str, split: str = "fold") -> tuple[
             recorded = [
                 m.dataset_spec for label in store.labels(dataset) for m in store.metas(dataset, label) if m.dataset_spec
             ]
-            spec = (
-                recorded[0]
-                if recorded
-                else (dataset.replace("medmnist-", "medmnist:", 1) if dataset.startswith("medmnist-") else dataset)
-            )
+            from ..data.sources import spec_for
+
+            spec = recorded[0] if recorded else spec_for(dataset)
             optimizer, variant = split_key(t.label)
             commands = [m.command for m in store.metas(dataset, t.label) if m.command] if runs else []
             command = (
