@@ -55,13 +55,13 @@ def open_store(members_dir: PathLike = "members") -> Store:
 
 def dataset_name(dataset: str, store: Store) -> str:
     """The store's name for ``dataset``: as written when the store has it, else as the catalog names it."""
-    from .data.catalog import resolve
+    from .data.sources import resolve
     from .errors import EnsError
 
     if dataset in store.datasets():
         return dataset
     try:
-        return resolve(dataset, Path(".")).name
+        return resolve(dataset).name
     except EnsError:
         return dataset
 

@@ -100,20 +100,19 @@ def data_list(data_dir: Path) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from .data.catalog import CATALOG, MEDMNIST, resolve
+    from .data.catalog import MEDMNIST
     from .data.scan import scan
+    from .data.sources import listed, resolve
 
     table = Table(title=Text(f"datasets (data dir: {data_dir})"))
     for col in ("dataset", "protocol", "expected at", "status", "images per class"):
         table.add_column(col, overflow="fold")
-    specs = list(CATALOG) + [f"medmnist:{m}" for m in MEDMNIST]
-    specs += [f"medmnist:{p.stem}" for p in sorted((data_dir / "medmnist").glob("*.npz")) if p.stem not in MEDMNIST]
     notes = []
-    for spec in specs:
+    for spec, show_absent in listed(data_dir):
         ref = resolve(spec, data_dir)
-        where = str(ref.path) if ref.path else "(built in)"
+        where = str(ref.given_path) if ref.given_path else "(built in)"
         if not ref.present:
-            if not spec.startswith("medmnist:") or spec == "medmnist:breastmnist":
+            if show_absent:
                 table.add_row(
                     Text(spec),
                     ref.info.protocol,
@@ -152,8 +151,9 @@ def data_fetch(name: str, data_dir: Path, url: str | None, checksum: str | None)
     """Download NAME from its official source, verify its checksum and unpack it."""
     from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
-    from .data.catalog import Source, resolve
+    from .data.catalog import Source
     from .data.fetch import fetch
+    from .data.sources import resolve
 
     ref = resolve(name, data_dir)
     source = None
@@ -366,7 +366,7 @@ def _config(
     dataset: str = "",
     **explicit,
 ):
-    from .data.catalog import resolve
+    from .data.sources import resolve
     from .train.recipe import DEFAULT_RECIPE, compose_config
 
     if recipe is None:  # the task is a property of the dataset, and so is the preset that suits it

@@ -80,18 +80,18 @@ class Inputs:
 def collect_inputs(items: list[str], data_dir: Path) -> Inputs:
     """Image files, folders (recursively) and dataset specs (``folder:PATH``; ``medmnist:NAME`` gives its
     test split; ``seg:PATH`` its images), in the order given; a missing path is an error naming it."""
-    from .data.catalog import resolve
     from .data.images import is_image
     from .data.scan import scan
+    from .data.sources import resolve_prefixed
 
     ids: list[str] = []
     files: list[Path] = []
     arrays: list[np.ndarray] = []
     for item in items:
-        if item.startswith("seg:"):
-            item = str(resolve(item, data_dir).path / "images")
-        elif item.startswith(("folder:", "medmnist:")):
-            ref = resolve(item, data_dir)
+        ref = resolve_prefixed(item, data_dir)  # None: a file or folder
+        if ref is not None and ref.images_folder is not None:
+            item = str(ref.images_folder)
+        elif ref is not None:
             listing = scan(ref)
             if listing.pixels is not None:
                 test = [i for i, g in enumerate(listing.groups or []) if g == "test"] or list(range(len(listing.ids)))
@@ -99,7 +99,7 @@ def collect_inputs(items: list[str], data_dir: Path) -> Inputs:
                 ids += [f"{item}/{listing.ids[i]}" for i in test]
             else:
                 files += listing.files
-                ids += [str(f) for f in listing.files]
+                ids += [str(ref.given_path / i) for i in listing.ids]  # as the user spelled the folder
             continue
         path = Path(item)
         if path.is_dir():

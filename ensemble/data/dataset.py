@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .catalog import DatasetRef, resolve
 from .images import MAX_LABELS, mask_classes, prepare, read_image, read_mask
 from .scan import Listing, scan
+from .sources import DatasetRef, resolve
 from .splits import Fold, make_folds
 
 CACHE_VERSION = 1
@@ -150,7 +150,7 @@ def load_images(
 
 
 def load(
-    spec: str,
+    spec: str | DatasetRef,
     *,
     data_dir: Path | str = "datasets",
     size: int = 224,
@@ -158,7 +158,8 @@ def load(
     workers: int = 2,
     progress: bool = False,
 ) -> Dataset:
-    """Resolve, scan, decode (or read the cache) and split a dataset."""
+    """Resolve (a :class:`DatasetRef` is taken as it is), scan, decode (or read the cache) and split a
+    dataset."""
     ref = resolve(spec, data_dir)
     listing = scan(ref)
     folds = make_folds(ref.info.protocol, listing)
@@ -168,7 +169,7 @@ def load(
         masks, classes = load_masks(ref, listing, size, cache_dir, workers, progress)
     return Dataset(
         name=ref.name,
-        spec=spec,
+        spec=ref.spec,
         classes=classes,
         ids=np.array(listing.ids),
         labels=listing.labels,

@@ -11,7 +11,6 @@ as a dataset. Offline, the error is one line that says where to put the files by
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 import tarfile
@@ -19,9 +18,13 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from ..errors import DataError, UsageError, first_line
-from .catalog import DatasetRef, Source
+from .catalog import Source
+
+if TYPE_CHECKING:
+    from .sources import DatasetRef
 
 MAX_UNPACKED_BYTES = 50 * 2**30  # no catalogue dataset is near this; a zip bomb is
 _HEX = {"md5": 32, "sha1": 40, "sha256": 64}
@@ -37,17 +40,6 @@ def parse_checksum(text: str) -> str:
             f"(e.g. sha256:{'0' * 8}...; {_HEX.get(algo, 64)} hex digits)"
         )
     return f"{algo}:{digest}"
-
-
-def checksum_ok(path: Path, checksum: str | None) -> tuple[bool, str]:
-    """Compare ``path`` with a checksum (None: nothing to compare); returns (ok, actual)."""
-    algo = parse_checksum(checksum).split(":")[0] if checksum else "sha256"
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    actual = f"{algo}:{h.hexdigest()}"
-    return checksum is None or actual == parse_checksum(checksum), actual
 
 
 class _Progress:

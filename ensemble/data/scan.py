@@ -15,12 +15,16 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import DataError
-from .catalog import MEDMNIST_CLASSES, DatasetRef
+from .catalog import MEDMNIST_CLASSES
 from .images import is_image
+
+if TYPE_CHECKING:
+    from .sources import DatasetRef
 
 
 @dataclass
@@ -183,16 +187,8 @@ def scan_digits() -> Listing:
 
 
 def scan(ref: DatasetRef) -> Listing:
-    """List ``ref`` and check it against the published counts (differences become warnings)."""
-    layout = ref.info.layout
-    if layout == "builtin":
-        listing = scan_digits()
-    elif layout == "npz":
-        listing = scan_npz(ref.path, ref.name)
-    else:
-        if not ref.path.exists():
-            raise DataError(missing_message(ref))
-        listing = scan_seg(ref.path) if layout == "seg" else scan_folder(ref.path)
+    """List ``ref`` (its kind knows how) and check it against the published counts (differences warn)."""
+    listing = ref.kind.scan(ref)
     listing.warnings += check_counts(ref, listing)
     return listing
 

@@ -175,10 +175,9 @@ def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> lis
 
 
 def _absolute_spec(spec: str) -> str:
-    kind, _, path = spec.partition(":")
-    if kind == "folder" and path:
-        return f"folder:{Path(path).expanduser().resolve()}"
-    return spec
+    from ..data.sources import resolve
+
+    return resolve(spec).absolute_spec  # folder:/seg: paths made absolute; others as written
 
 
 def _preflight(req: TrainRequest, ds: Dataset) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.sources import spec_for
 from ..errors import UsageError
 from ..store import Member, Store, more_runs_command, split_key
 from ..tasks import Task, get_task
@@ -87,11 +88,7 @@ def _more_command(store: Store, dataset: str, term: Term) -> str:
     recorded = [
         m.dataset_spec for label in store.labels(dataset) for m in store.metas(dataset, label) if m.dataset_spec
     ]
-    spec = (
-        recorded[0]
-        if recorded
-        else (dataset.replace("medmnist-", "medmnist:", 1) if dataset.startswith("medmnist-") else dataset)
-    )
+    spec = recorded[0] if recorded else spec_for(dataset)
     optimizer, variant = split_key(term.label)
     return (
         f"ens train --dataset {spec} --opt {optimizer}{f' --variant {variant}' if variant else ''} "

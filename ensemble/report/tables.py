@@ -8,8 +8,6 @@ import re
 
 import pandas as pd
 
-PERCENT = ("accuracy", "f1_macro", "auc")
-
 
 def _clean(value: object) -> object:
     return None if isinstance(value, float) and math.isnan(value) else value
