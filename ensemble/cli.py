@@ -14,7 +14,7 @@ import click
 
 from .errors import EnsError
 from .options import Checksum, Device, SchedulerAddress
-from .recipe import DEFAULT_RECIPE, OPTIONS, click_options, compose_config
+from .recipe import DEFAULT_RECIPE, OPTIONS, check_recipe, click_options, compose_config
 
 MAX_MEMBERS = 1000  # per optimizer and call; a paper uses 7 to 35
 
@@ -223,12 +223,44 @@ def _config(
     """The effective TrainConfig: the preset, --config, the flags given, --set; all checked before any work."""
     from .data.catalog import resolve
 
-    if recipe is None:  # the task is a property of the dataset, and so is the preset that suits it
-        recipe = DEFAULT_RECIPE[resolve(dataset).task] if dataset else "paper"
+    task = resolve(dataset).task if dataset else None  # the task is a property of the dataset
+    if recipe is None:  # and so is the preset that suits it
+        recipe = DEFAULT_RECIPE[task] if task else "paper"
     if options.get("weights") is not None and options.get("pretrained") is False:
         raise click.UsageError("--weights and --no-pretrained exclude each other")
     explicit = {o.name: options.pop(o.name) for o in OPTIONS if o.in_presets}
-    return compose_config(recipe, config_file=config_file, explicit=explicit, sets=list(sets), labels=labels, **options)
+    cfg = compose_config(recipe, config_file=config_file, explicit=explicit, sets=list(sets), labels=labels, **options)
+    for label in labels if task else ():
+        check_recipe(cfg, label, task)
+    return cfg
+
+
+_RUN_PARAMS = (
+    "dataset",
+    "opt",
+    "count",
+    "runs",
+    "members_dir",
+    "data_dir",
+    "cache_dir",
+    "executor",
+    "jobs",
+    "scheduler",
+    "no_progress",
+    "variant",
+    "name",
+    "restart",
+)
+
+
+def parse_train_args(args: list[str]):  # noqa: ANN201 - (the job's parameters, a TrainConfig)
+    """``ens train ARGS`` parsed and composed exactly as the command does, without training: the job's own
+    parameters (dataset, optimizers, runs, ...) and the effective TrainConfig. A recorded ``command`` gives
+    back the configuration its member was trained with."""
+    with train.make_context("train", list(args)) as ctx:
+        params = dict(ctx.params)
+    job = {k: params.pop(k) for k in _RUN_PARAMS}
+    return job, _config(job["opt"], dataset=job["dataset"], **params)
 
 
 def _check_opts(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:
@@ -352,11 +384,11 @@ def train(
     a --variant. Every missing (run, fold) of every optimizer named is one task of a single job,
     run here (--executor local), in worker processes (processes) or on a Dask cluster (dask).
     """
-    from .executors import TrainRequest, train_members
-
     if count is not None and runs:
         raise click.UsageError("--n and --run exclude each other")
-    cfg = _config(opt, dataset=dataset, **kw)
+    cfg = _config(opt, dataset=dataset, **kw)  # every option checked before torch is imported
+    from .executors import TrainRequest, train_members
+
     req = TrainRequest(
         dataset,
         opt,

@@ -460,7 +460,7 @@ def parse_sets(
             raise UsageError(f"{where} {item!r}: {text!r} is not a finite number, a boolean or a list of numbers")
         settings = out.setdefault(target or "*", {})
         if name in settings:
-            raise UsageError(f"{where} {item!r}: {key.strip()} is given twice")
+            raise UsageError(f"{where} {item!r}: {f'{target}.' if target else ''}{name} is given twice")
         for label in [target] if target else labels:
             try:
                 checked = get(label).check(name, value)
@@ -527,13 +527,9 @@ def weight_source(cfg: TrainConfig) -> str:
     return f"timm:{arch}.{tag}" if tag else f"timm:{arch}"
 
 
-def build_recipe(cfg: TrainConfig, label: str, ds: Dataset) -> dict[str, Any]:
-    """The recipe of a member of optimizer ``label`` trained with ``cfg`` on ``ds``, as stored JSON.
-
-    Its keys are the stored names (``augmentation``, ``normalisation``, ...) every earlier member has;
-    keys added later appear only where they differ from what earlier members were, so earlier recipes
-    keep their hash.
-    """
+def check_recipe(cfg: TrainConfig, label: str, task: str) -> dict[str, Any]:
+    """The checks across options (they need the optimizer and the task, not the data), and the optimizer's
+    block of the recipe. ``ens train`` runs them before any work; :func:`build_recipe` again."""
     if cfg.milestones and get(label).kind == "schedule":
         raise UsageError(
             f"--milestones: {label} sets its learning rate by its own schedule; milestones apply to "
@@ -545,8 +541,8 @@ def build_recipe(cfg: TrainConfig, label: str, ds: Dataset) -> dict[str, Any]:
         raise UsageError(f"{err} (check --lr and the optimizer's own settings in `ens optimizers`)") from None
     if optimizer.get("fused") is False:  # the eager step: recorded as members before the fused kernels were
         del optimizer["fused"]
-    segmentation = ds.task == "segmentation"
-    loss = cfg.loss_for(ds.task)
+    segmentation = task == "segmentation"
+    loss = cfg.loss_for(task)
     if segmentation and loss == "ce":
         raise UsageError("--loss ce is for classification; segmentation trains on dice or bce-dice")
     if not segmentation and loss != "ce":
@@ -555,6 +551,19 @@ def build_recipe(cfg: TrainConfig, label: str, ds: Dataset) -> dict[str, Any]:
         raise UsageError("--plateau and --milestones both set the learning rate; give one of them")
     if segmentation and cfg.select == "best-val-auc":
         raise UsageError("--select best-val-auc is for classification; segmentation selects on best-val-loss")
+    return optimizer
+
+
+def build_recipe(cfg: TrainConfig, label: str, ds: Dataset) -> dict[str, Any]:
+    """The recipe of a member of optimizer ``label`` trained with ``cfg`` on ``ds``, as stored JSON.
+
+    Its keys are the stored names (``augmentation``, ``normalisation``, ...) every earlier member has;
+    keys added later appear only where they differ from what earlier members were, so earlier recipes
+    keep their hash.
+    """
+    optimizer = check_recipe(cfg, label, ds.task)
+    segmentation = ds.task == "segmentation"
+    loss = cfg.loss_for(ds.task)
     recipe = {
         "model": cfg.model,
         "weights": weight_source(cfg),
