@@ -13,7 +13,8 @@ from pathlib import Path
 import click
 
 from .errors import EnsError, UsageError
-from .options import NON_NEGATIVE, POSITIVE, Checksum, Device, SchedulerAddress
+from .options import Checksum, Device, SchedulerAddress
+from .recipe import DEFAULT_RECIPE, OPTIONS, check_recipe, click_options, compose_config
 
 MAX_MEMBERS = 1000  # per optimizer and call; a paper uses 7 to 35
 
@@ -63,7 +64,8 @@ def optimizers(plot_path: Path | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .optim import REGISTRY
+    from .optim import REGISTRY, SETTINGS
+    from .options import describe
 
     table = Table(title="ens optimizers")
     for col in ("label", "kind", "defaults", "paper"):
@@ -71,7 +73,15 @@ def optimizers(plot_path: Path | None) -> None:
     for info in REGISTRY.values():
         defaults = ", ".join(f"{k}={v}" for k, v in info.defaults.items())
         table.add_row(info.label, info.kind, defaults, info.paper)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    settings = Table(title="settings (ens train --set [OPT.]KEY=VALUE)")
+    for col in ("setting", "accepts", "optimizers"):
+        settings.add_column(col, overflow="fold")
+    for key, ptype in SETTINGS.items():
+        users = ", ".join(info.label for info in REGISTRY.values() if key in info.defaults)
+        settings.add_row(key, describe(ptype), users)
+    console.print(settings)
     if plot_path is not None:
         from .optim.plot import plot_schedules
 
@@ -173,24 +183,8 @@ def data_fetch(name: str, data_dir: Path, url: str | None, checksum: str | None)
 
 
 # --------------------------------------------------------------------------- train
-def _milestones(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    if value.strip().lower() in ("", "none"):
-        return ()
-    try:
-        epochs = tuple(int(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of epochs (e.g. 50,75)") from None
-    if any(e < 1 for e in epochs) or list(epochs) != sorted(set(epochs)):
-        raise click.BadParameter(f"{value!r}: epochs must be positive and increasing")
-    return epochs
-
-
-RECIPE = "[default: from the recipe]"
-
-
 def _train_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
+    """The store and recipe sources, then every training option of :data:`ensemble.recipe.OPTIONS`."""
     options = [
         click.option(
             "--members-dir",
@@ -226,126 +220,8 @@ def _train_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
             help="An optimizer setting of the registry (`ens optimizers`), for every optimizer of the "
             "job or, as dgrad.lr=1e-4, for one. Repeatable.",
         ),
-        click.option(
-            "--model",
-            default=None,
-            help=f"timm model name, with a weight tag (resnet50.tv_in1k); for segmentation unet, light-unet "
-            f"or lighter-unet@C (C in 1, 2, 4, ..., 128). {RECIPE}",
-        ),
-        click.option("--epochs", type=click.IntRange(min=1), default=None, help=RECIPE),
-        click.option("--batch-size", type=click.IntRange(min=2), default=None, help=RECIPE),
-        click.option(
-            "--lr",
-            type=POSITIVE,
-            default=None,
-            help="Learning rate of every optimizer of the job [default: the recipe's, or the "
-            "optimizer's paper default].",
-        ),
-        click.option("--size", type=click.IntRange(min=8), default=None, help=f"Input size in pixels. {RECIPE}"),
-        click.option(
-            "--stem",
-            type=click.Choice(["default", "small"]),
-            default=None,
-            help=f"small: 3x3 stride-1 first convolution, no max-pool (timm ResNets). {RECIPE}",
-        ),
-        click.option(
-            "--augment",
-            type=click.Choice(["paper", "flips", "none"]),
-            default=None,
-            help=f"paper: flips + independent x/y scale in [1, 2] (segmentation: flips, rotation, scale, "
-            f"translation, shear of image and mask); flips; none. {RECIPE}",
-        ),
-        click.option(
-            "--loss",
-            type=click.Choice(["auto", "ce", "dice", "bce-dice"]),
-            default=None,
-            help=f"auto: cross-entropy for classification, Dice for segmentation. {RECIPE}",
-        ),
-        click.option(
-            "--plateau",
-            type=click.IntRange(min=0),
-            default=None,
-            metavar="EPOCHS",
-            help="Halve the learning rate when the validation loss has not improved for EPOCHS epochs "
-            f"(0: off; not for CLMR/TASO, which follow their own schedule). {RECIPE}",
-        ),
-        click.option(
-            "--normalise",
-            type=click.Choice(["imagenet", "half"]),
-            default=None,
-            help=f"ImageNet mean/std, or 0.5/0.5. {RECIPE}",
-        ),
-        click.option(
-            "--select",
-            type=click.Choice(["last", "best-val-auc", "best-val-loss"]),
-            default=None,
-            help="The epoch kept: the last, or the best on the validation split (the dataset's, else "
-            f"an inner stratified split of each training fold). {RECIPE}",
-        ),
-        click.option(
-            "--val-fraction",
-            type=click.FloatRange(0, 1, min_open=True, max_open=True),
-            default=None,
-            help=f"Share of each training fold held out for --select when there is no validation split. {RECIPE}",
-        ),
-        click.option(
-            "--milestones",
-            callback=_milestones,
-            default=None,
-            metavar="E1,E2",
-            help=f"Epochs at which the learning rate is multiplied by --gamma ('none': constant). {RECIPE}",
-        ),
-        click.option("--gamma", type=POSITIVE, default=None, help=RECIPE),
-        click.option(
-            "--class-weights",
-            type=click.Choice(["none", "balanced"]),
-            default=None,
-            help=f"balanced: cross-entropy weighted by n / (C n_c) of the training fold. {RECIPE}",
-        ),
-        click.option(
-            "--precision",
-            type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
-            default=None,
-            help=f"Training autocast (auto: bf16 on CUDA, none on CPU); predictions are fp32. {RECIPE}",
-        ),
-        click.option(
-            "--head-lr-factor",
-            type=POSITIVE,
-            default=None,
-            help=f"Learning-rate factor of the new head (1 under CLMR and TASO). {RECIPE}",
-        ),
-        click.option("--weight-decay", type=NON_NEGATIVE, default=None, help=f"L2 added to the gradient. {RECIPE}"),
-        click.option("--pretrained/--no-pretrained", default=None, help=f"Start from ImageNet weights. {RECIPE}"),
-        click.option(
-            "--weights",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            default=None,
-            help="Local ImageNet weights (state dict or .safetensors) instead of downloading them.",
-        ),
-        click.option("--device", type=Device(), default="auto", help="cpu, cuda, cuda:N, mps or auto."),
-        click.option("--workers", type=click.IntRange(min=0), default=2, help="Data-loading worker processes."),
-        click.option(
-            "--threads",
-            type=click.IntRange(min=1),
-            default=None,
-            help="torch CPU threads per fold task [default: every core for --executor local, cores / "
-            "--jobs for a pool; recorded in each member's command, which reproduces it exactly].",
-        ),
-        click.option(
-            "--keep-weights/--no-keep-weights",
-            default=True,
-            help="Keep each fold's model (safetensors) in the run, so `ens predict` can apply the member.",
-        ),
-        click.option(
-            "--checkpoint-every",
-            type=NON_NEGATIVE,
-            default=60.0,
-            show_default=True,
-            metavar="SECONDS",
-            help="Save a fold's training state at most this often (0: after every epoch); a killed run "
-            "resumes from the last save, to the same member.",
-        ),
     ]
+    f = click_options(f)
     for option in reversed(options):
         f = option(f)
     return f
@@ -356,36 +232,51 @@ def _config(
     *,
     recipe: str | None,
     config_file: str | None,
-    sets: tuple[str, ...],  # noqa: ANN202
-    weights: Path | None,
-    device: str,
-    workers: int,
-    threads: int | None,
-    keep_weights: bool,
-    checkpoint_every: float,
+    sets: tuple[str, ...],
     dataset: str = "",
-    **explicit,
-):
+    **options: object,
+):  # noqa: ANN202 - a TrainConfig
+    """The effective TrainConfig: the preset, --config, the flags given, --set; all checked before any work."""
     from .data.sources import resolve
-    from .train.recipe import DEFAULT_RECIPE, compose_config
 
-    if recipe is None:  # the task is a property of the dataset, and so is the preset that suits it
-        recipe = DEFAULT_RECIPE[resolve(dataset).task] if dataset else "paper"
-    if weights is not None and explicit.get("pretrained") is False:
+    task = resolve(dataset).task if dataset else None  # the task is a property of the dataset
+    if recipe is None:  # and so is the preset that suits it
+        recipe = DEFAULT_RECIPE[task] if task else "paper"
+    if options.get("weights") is not None and options.get("pretrained") is False:
         raise click.UsageError("--weights and --no-pretrained exclude each other")
-    return compose_config(
-        recipe,
-        config_file=config_file,
-        explicit=explicit,
-        sets=list(sets),
-        labels=labels,
-        weights=str(weights) if weights else None,
-        device=device,
-        workers=workers,
-        threads=threads,
-        keep_weights=keep_weights,
-        checkpoint_every=checkpoint_every,
-    )
+    explicit = {o.name: options.pop(o.name) for o in OPTIONS if o.in_presets}
+    cfg = compose_config(recipe, config_file=config_file, explicit=explicit, sets=list(sets), labels=labels, **options)
+    for label in labels if task else ():
+        check_recipe(cfg, label, task)
+    return cfg
+
+
+_RUN_PARAMS = (
+    "dataset",
+    "opt",
+    "count",
+    "runs",
+    "members_dir",
+    "data_dir",
+    "cache_dir",
+    "executor",
+    "jobs",
+    "scheduler",
+    "no_progress",
+    "variant",
+    "name",
+    "restart",
+)
+
+
+def parse_train_args(args: list[str]):  # noqa: ANN201 - (the job's parameters, a TrainConfig)
+    """``ens train ARGS`` parsed and composed exactly as the command does, without training: the job's own
+    parameters (dataset, optimizers, runs, ...) and the effective TrainConfig. A recorded ``command`` gives
+    back the configuration its member was trained with."""
+    with train.make_context("train", list(args)) as ctx:
+        params = dict(ctx.params)
+    job = {k: params.pop(k) for k in _RUN_PARAMS}
+    return job, _config(job["opt"], dataset=job["dataset"], **params)
 
 
 def _check_opts(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:
@@ -509,11 +400,11 @@ def train(
     a --variant. Every missing (run, fold) of every optimizer named is one task of a single job,
     run here (--executor local), in worker processes (processes) or on a Dask cluster (dask).
     """
-    from .executors import TrainRequest, train_members
-
     if count is not None and runs:
         raise click.UsageError("--n and --run exclude each other")
-    cfg = _config(opt, dataset=dataset, **kw)
+    cfg = _config(opt, dataset=dataset, **kw)  # every option checked before torch is imported
+    from .executors import TrainRequest, train_members
+
     req = TrainRequest(
         dataset,
         opt,
@@ -542,7 +433,7 @@ def recipes(names: tuple[str, ...]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from .train.recipe import RECIPE_HELP, RECIPE_KEYS, RECIPES
+    from .recipe import RECIPE_HELP, RECIPE_KEYS, RECIPES
 
     unknown = [n for n in names if n not in RECIPES]
     if unknown:

@@ -13,14 +13,23 @@ import click
 
 
 class FiniteFloat(click.ParamType):
-    """A finite number, optionally bounded below (``nan`` and ``inf`` are refused)."""
+    """A finite number, optionally bounded (``nan`` and ``inf`` are refused; click's FloatRange lets ``nan`` by)."""
 
     name = "number"
 
-    def __init__(self, minimum: float | None = None, *, strict: bool = False) -> None:
-        self.minimum, self.strict = minimum, strict
+    def __init__(
+        self,
+        minimum: float | None = None,
+        *,
+        strict: bool = False,
+        maximum: float | None = None,
+        max_open: bool = False,
+    ) -> None:
+        self.minimum, self.strict, self.maximum, self.max_open = minimum, strict, maximum, max_open
 
     def convert(self, value, param, ctx):  # noqa: ANN001, ANN201 - click's signature
+        if isinstance(value, bool):
+            self.fail(f"{value!r} is not a number", param, ctx)
         if isinstance(value, float) and math.isfinite(value):
             number = value
         else:
@@ -33,11 +42,101 @@ class FiniteFloat(click.ParamType):
         if self.minimum is not None and (number < self.minimum or (self.strict and number == self.minimum)):
             bound = "greater than" if self.strict else "at least"
             self.fail(f"{value!r} must be {bound} {self.minimum:g}", param, ctx)
+        if self.maximum is not None and (number > self.maximum or (self.max_open and number == self.maximum)):
+            bound = "less than" if self.max_open else "at most"
+            self.fail(f"{value!r} must be {bound} {self.maximum:g}", param, ctx)
         return number
+
+    def describe(self) -> str:
+        """The range in words, for ``ens optimizers``."""
+        low = "" if self.minimum is None else f"{'>' if self.strict else '>='} {self.minimum:g}"
+        high = "" if self.maximum is None else f"{'<' if self.max_open else '<='} {self.maximum:g}"
+        return " and ".join(p for p in (low, high) if p) or "any finite number"
 
 
 POSITIVE = FiniteFloat(0.0, strict=True)
 NON_NEGATIVE = FiniteFloat(0.0)
+UNIT = FiniteFloat(0.0, maximum=1.0, max_open=True)  # [0, 1): momentum, betas
+OPEN_UNIT = FiniteFloat(0.0, strict=True, maximum=1.0, max_open=True)  # (0, 1): a held-out share
+
+
+class Milestones(click.ParamType):
+    """``E1,E2,...``: positive, increasing epochs; ``none`` (or nothing) for none. A YAML list is taken too."""
+
+    name = "E1,E2"
+    sequence = True  # a list (from YAML) reaches convert as it is
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201
+        if isinstance(value, (list, tuple)):
+            epochs = tuple(check_value(v, click.IntRange(min=1)) for v in value)
+        elif value.strip().lower() in ("", "none"):
+            return ()
+        else:
+            try:
+                epochs = tuple(int(v) for v in value.split(","))
+            except ValueError:
+                self.fail(f"{value!r} is not a comma-separated list of epochs (e.g. 50,75)", param, ctx)
+        if any(e < 1 for e in epochs) or list(epochs) != sorted(set(epochs)):
+            self.fail(f"{value!r}: epochs must be positive and increasing", param, ctx)
+        return epochs
+
+
+class Pair(click.ParamType):
+    """Two numbers, each checked by ``item`` (Adam's betas): ``[0.9, 0.999]`` or ``0.9,0.999``."""
+
+    name = "pair"
+    sequence = True
+
+    def __init__(self, item: click.ParamType) -> None:
+        self.item = item
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201
+        parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else value
+        if not isinstance(parts, (list, tuple)) or len(parts) != 2:
+            self.fail(f"{value!r} is not a pair of numbers (e.g. [0.9, 0.999])", param, ctx)
+        return tuple(check_value(p, self.item) for p in parts)
+
+    def describe(self) -> str:
+        describe = getattr(self.item, "describe", None)
+        return f"two numbers, each {describe()}" if describe else "two numbers"
+
+
+def describe(ptype: click.ParamType) -> str:
+    """A type's accepted values in words (``ens optimizers`` lists them beside each setting)."""
+    if hasattr(ptype, "describe"):
+        return ptype.describe()
+    if isinstance(ptype, click.types.BoolParamType):
+        return "true or false"
+    if isinstance(ptype, click.IntRange):
+        return f"integer >= {ptype.min}" if ptype.min is not None else "integer"
+    return ptype.name
+
+
+def as_text(value: object, ptype: click.ParamType) -> object:
+    """How a YAML or ``--set`` value would be written on the command line, so it gets the flag's own check:
+    ``2.5`` is no integer there, ``true`` no number. A list reaches only a type that takes several values."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple)) and getattr(ptype, "sequence", False):
+        return value
+    if isinstance(value, (list, tuple, dict)):
+        raise click.BadParameter(f"{value!r} is a {type(value).__name__}; one value is expected")
+    return str(value)
+
+
+def check_value(value: object, ptype: click.ParamType) -> object:
+    """``value`` (from a YAML file or ``--set``) through ``ptype``'s convert, as its flag's text would go.
+
+    A number that passes keeps the form it was written in (``1`` stays ``1``, not ``1.0``): recipes
+    recorded from YAML files before this check keep their hash. Raises :class:`click.BadParameter`.
+    """
+    converted = ptype.convert(as_text(value, ptype), None, None)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and converted == value:
+        return value
+    return converted
+
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]{1,3})?|mps")
 

@@ -358,3 +358,30 @@ def test_fused_step_keeps_torch_thread_count():
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "1"
+
+
+def test_every_setting_is_typed_and_every_default_passes_its_type():
+    from ensemble.optim import SETTINGS
+
+    for info in REGISTRY.values():
+        for key, value in info.defaults.items():
+            assert key in SETTINGS, (info.label, key)
+            if value is not None:
+                assert info.check(key, value) == value, (info.label, key)
+
+
+@pytest.mark.parametrize(
+    ("name", "setting", "value", "words"),
+    [
+        ("sgd", "momentum", -5, "must be at least 0"),
+        ("sgd", "lr", [1, 2], "one value is expected"),
+        ("adam", "betas", (0.9, 1.0), "must be less than 1"),
+        ("adam", "eps", 0.0, "must be greater than 0"),
+        ("dgrad", "weight_decay", float("nan"), "not a finite number"),
+        ("cos1", "period", 2.5, "not a valid integer"),
+        ("clmr", "max_mr", 1.5, "must be less than 1"),
+    ],
+)
+def test_build_refuses_a_setting_out_of_its_range(name, setting, value, words):
+    with pytest.raises(ValueError, match=f"{setting}: .*{words}"):
+        build(name, [torch.nn.Parameter(torch.ones(1))], epochs=1, steps_per_epoch=1, **{setting: value})

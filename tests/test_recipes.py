@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 from pathlib import Path
@@ -244,3 +245,224 @@ def test_a_member_that_learnt_nothing_is_flagged(folder, tmp_path):
     nothing, why = learnt_nothing(ds, rd, flat, {})
     assert nothing and f"majority-class rate {rate:.4f}" in why
     assert learnt_nothing(ds, rd, [{"curves": {"accuracy": [0.9]}} for _ in ds.folds], {}) == (False, "")
+
+
+# ----------------------------------------------------------------- one typed declaration
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key", "words"),
+    [
+        ("lr: .nan\n", "lr", "is not a finite number"),
+        ("weight_decay: .nan\n", "weight_decay", "is not a finite number"),
+        ("batch_size: true\n", "batch_size", "is not a valid integer"),
+        ("head_lr_factor: -1\n", "head_lr_factor", "must be greater than 0"),
+        ("batch_size: ten\n", "batch_size", "is not a valid integer"),
+        ("batch_size: 2.5\n", "batch_size", "is not a valid integer"),
+        ("batch_size: 1\n", "batch_size", "x>=2"),
+        ("milestones: 'oops'\n", "milestones", "is not a comma-separated list of epochs"),
+        ("milestones: [5, 3]\n", "milestones", "increasing"),
+        ("val_fraction: .nan\n", "val_fraction", "is not a finite number"),
+        ("augment: sideways\n", "augment", "sideways"),
+        ("epochs: null\n", "epochs", "needs a value"),
+        ("epochs: [1, 2]\n", "epochs", "one value is expected"),
+        ("epochs: 3\nepochs: 4\n", "epochs", "is given twice"),
+        ("set:\n  lr: 0.1\n  lr: 0.2\n", "lr", "is given twice"),
+        ("set:\n  sgd.momentum: -5\n", "momentum", "must be at least 0"),
+        ("set:\n  - sgd.momentum=1\n", "momentum", "must be less than 1"),
+    ],
+)
+def test_a_bad_config_value_is_refused_with_its_key_and_file(capsys, tmp_path, yaml_text, key, words):
+    """A YAML value gets its flag's check, before any work: exit 2, one line naming the file and the key."""
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml_text)
+    members = tmp_path / "M"
+    code, out, err = run_cli(
+        capsys, "train", "--dataset", "digits", "--opt", "sgd", "--config", str(path), "--members-dir", str(members)
+    )
+    assert code == 2, err
+    assert str(path) in err and key in err and words in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not members.exists()
+
+
+@pytest.mark.parametrize(
+    ("sets", "words"),
+    [
+        (["sgd.momentum=-5"], "momentum: '-5' must be at least 0"),
+        (["sgd.momentum=1"], "must be less than 1"),
+        (["sgd.lr=[1,2]"], "lr: [1, 2] is a list; one value is expected"),
+        (["sgd.lr=0"], "lr: '0' must be greater than 0"),
+        ([".lr=1"], "no optimizer before '.'"),
+        (["sgd.=1"], "no setting name"),
+        (["weight_decay=0.1", "weight_decay=0"], "weight_decay is given twice"),
+        (["sgd.lr=0.1", "SGD.lr=0.2"], "SGD.lr is given twice"),
+        (["adam.betas=[0.9, 1.5]"], "betas: '1.5' must be less than 1"),
+        (["adam.betas=[0.9]"], "not a pair of numbers"),
+        (["adam.eps=0"], "eps: '0' must be greater than 0"),
+        (["cos1.period=2.5"], "period: '2.5' is not a valid integer"),
+        (["sgd.nesterov=2"], "nesterov"),
+        (["clmr.c_lr=0"], "c_lr"),
+        (["taso.final_lr=-1"], "final_lr: '-1' must be at least 0"),
+    ],
+)
+def test_a_bad_set_value_is_refused_with_its_key(capsys, tmp_path, sets, words):
+    members = tmp_path / "M"
+    args = [a for item in sets for a in ("--set", item)]
+    code, out, err = run_cli(
+        capsys,
+        "train",
+        "--dataset",
+        "digits",
+        "--opt",
+        "sgd,adam,cos1,clmr,taso",
+        *args,
+        "--members-dir",
+        str(members),
+    )
+    assert code == 2 and words in err and "Traceback" not in err, err
+    assert not members.exists()
+
+
+def test_config_values_are_converted_as_their_flags_and_keep_their_form(tmp_path):
+    from ensemble.recipe import compose_config
+
+    path = tmp_path / "r.yaml"
+    # YAML 1.1 reads 1e-3 as text: the flag's type reads it as the number a user means
+    path.write_text("lr: 1e-3\nmilestones: [3, 5]\npretrained: false\nweight_decay: 0\nset:\n  betas: [0, 0.99]\n")
+    cfg = compose_config("paper", config_file=str(path), explicit={}, sets=[], labels=["Adam"])
+    assert cfg.lr == 0.001 and cfg.milestones == (3, 5) and cfg.pretrained is False
+    # a number keeps the form it was written in, so recipes written from YAML before keep their hash
+    assert cfg.weight_decay == 0 and isinstance(cfg.weight_decay, int)
+    assert cfg.overrides == {"*": {"betas": (0, 0.99)}} and isinstance(cfg.overrides["*"]["betas"][0], int)
+
+
+def test_the_declaration_drives_presets_config_and_flags():
+    from ensemble.cli import train
+    from ensemble.recipe import OPTION, OPTIONS, PRESETS
+
+    names = [o.name for o in OPTIONS]
+    assert [f.name for f in dataclasses.fields(TrainConfig)] == [*names, "overrides"]
+    assert list(RECIPES) == list(PRESETS) and all(list(RECIPES[p]) == list(RECIPE_KEYS) for p in PRESETS)
+    run_only = {o.name for o in OPTIONS if not o.identity}
+    assert run_only == {"device", "workers", "threads", "keep_weights", "checkpoint_every"}
+    for preset, values in RECIPES.items():
+        for key, value in values.items():  # every preset value passes its own flag's check
+            checked = OPTION[key].check(value)
+            assert checked == (tuple(value) if isinstance(value, list) else value), (preset, key)
+    assert TrainConfig() == TrainConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in RECIPES["paper"].items()}
+    )
+    flags = {p.name for p in train.params}
+    assert set(names) <= flags
+
+
+def test_the_recorded_command_gives_back_the_config(tmp_path):
+    """Every identity option set away from its default, written by train_command, parsed by `ens train`."""
+    from ensemble.cli import parse_train_args
+    from ensemble.recipe import OPTIONS, train_command
+
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"x")
+    cfg = TrainConfig(
+        model="resnet18",
+        pretrained=True,  # with --weights (--no-pretrained is what every committed member records)
+        size=64,
+        epochs=7,
+        batch_size=12,
+        lr=3e-4,
+        head_lr_factor=2.5,
+        weight_decay=0.0,
+        augment="flips",
+        normalise="half",
+        stem="small",
+        select="best-val-loss",
+        val_fraction=0.25,
+        milestones=(2, 5),
+        gamma=0.5,
+        class_weights="balanced",
+        precision="fp32",
+        loss="ce",
+        plateau=0,
+        weights=str(weights),
+        device="cpu",
+        threads=3,
+        overrides={"*": {"betas": (0.8, 0.99), "fused": False}, "DGrad": {"eps": 1e-6}},
+    )
+    command = train_command(
+        spec="digits", data_dir="datasets", label="DGrad@v1", run=4, cfg=cfg, name="d", device="cpu", threads=3
+    )
+    job, again = parse_train_args(shlex.split(command)[2:])
+    assert (job["opt"], job["runs"], job["variant"], job["name"]) == (["DGrad"], (4,), "v1", "d")
+    for option in OPTIONS:
+        if option.identity or option.name in ("device", "threads"):
+            assert getattr(again, option.name) == getattr(cfg, option.name), option.name
+    assert again.optimizer_overrides("DGrad") == cfg.optimizer_overrides("DGrad")
+
+
+def _committed_members() -> list[Path]:
+    return sorted(ROOT.glob("members/*/*/*/member.json"))
+
+
+@pytest.mark.skipif(not _committed_members(), reason="no committed members")
+def test_every_committed_member_recipe_and_hash_come_back_from_its_command():
+    """The stored recipe and its hash survive the one declaration: each committed member's recorded command,
+    parsed by `ens train` and built against a stand-in of its dataset, gives the same recipe and hash."""
+    from types import SimpleNamespace
+
+    from ensemble.cli import parse_train_args
+    from ensemble.recipe import build_recipe
+    from ensemble.store import recipe_hash
+
+    for path in _committed_members():
+        meta = json.loads(path.read_text())
+        recorded = meta["recipe"]["dataset"]
+        ds = SimpleNamespace(
+            task=recorded.get("task", "classification"),
+            fingerprint=recorded["fingerprint"],
+            protocol=recorded["protocol"],
+            folds=[None] * recorded["folds"],
+            classes=recorded["classes"],
+        )
+        job, cfg = parse_train_args(shlex.split(meta["command"])[2:])
+        label = job["opt"][0] + (f"@{job['variant']}" if job["variant"] else "")
+        assert label == path.parent.parent.name, path  # Label or Label@variant
+        recipe = build_recipe(cfg, job["opt"][0], ds)
+        assert recipe == meta["recipe"], path
+        assert recipe_hash(recipe) == meta["recipe_hash"], path
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["optimizers"],
+        ["recipes"],
+        ["train", "--dataset", "digits", "--opt", "nosuch"],
+        ["train", "--dataset", "digits", "--opt", "sgd", "--set", "sgd.momentum=-5"],
+        ["train", "--dataset", "digits", "--opt", "sgd", "--config", "bad.yaml"],
+        ["train", "--dataset", "digits", "--opt", "clmr", "--lr", "0.1"],
+        ["train", "--dataset", "digits", "--opt", "sgd", "--loss", "dice"],
+    ],
+)
+def test_help_listings_and_usage_errors_import_no_torch(tmp_path, args):
+    """A fresh process (what a user's typo costs is the process's start): no torch, timm or numba."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "bad.yaml").write_text("batch_size: ten\n")
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('HEAVY', sorted(m for m in ('torch', 'timm', 'numba') if m in sys.modules)))\n"
+        f"sys.argv = ['ens', *{args!r}]\n"
+        "from ensemble.cli import main\n"
+        "main()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env
+    )
+    assert res.returncode == (0 if args[0] in ("--help", "optimizers", "recipes") else 2), res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "HEAVY []", res.stdout[-500:]

@@ -11,21 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from ensemble.train.unet import PAPER_PARAMETERS as TABLE_2  # the paper's Table 2, kept once
 from tests.conftest import SHARED, run_cli
-
-# the lightweight U-Net paper's Table 2 (3 input channels, 1 output channel)
-TABLE_2 = {
-    "unet": 17_267_393,
-    "light-unet": 11_000_257,
-    "lighter-unet@128": 7_944_661,
-    "lighter-unet@64": 4_995_541,
-    "lighter-unet@32": 3_465_685,
-    "lighter-unet@16": 2_700_757,
-    "lighter-unet@8": 2_318_293,
-    "lighter-unet@4": 2_127_061,
-    "lighter-unet@2": 2_031_445,
-    "lighter-unet@1": 1_983_583,
-}
 
 
 @pytest.mark.parametrize("name", list(TABLE_2))

@@ -1,13 +1,31 @@
-"""Optimizers of the papers (SPEC §3): one registry, one ``build``."""
+"""Optimizers of the papers (SPEC §3): one registry, one ``build``.
 
-from .diffgrad import FRICTIONS, DiffGradFamily, cyclic_terms
-from .registry import REGISTRY, OptimInfo, build, get, normalise_name, resolve
-from .schedules import CLMR, TASO, taso_lr, triangle
+The registry (names, defaults, setting types) imports no torch; the optimizers and schedules
+themselves are imported on first use, so the CLI reads the registry without loading torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from .registry import REGISTRY, SETTINGS, OptimInfo, build, get, normalise_name, resolve
+
+_LAZY = {
+    "FRICTIONS": ".diffgrad",
+    "DiffGradFamily": ".diffgrad",
+    "cyclic_terms": ".diffgrad",
+    "CLMR": ".schedules",
+    "TASO": ".schedules",
+    "taso_lr": ".schedules",
+    "triangle": ".schedules",
+}
 
 __all__ = [
     "CLMR",
     "FRICTIONS",
     "REGISTRY",
+    "SETTINGS",
     "TASO",
     "DiffGradFamily",
     "OptimInfo",
@@ -19,3 +37,10 @@ __all__ = [
     "taso_lr",
     "triangle",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The torch-backed names, imported when first asked for (PEP 562)."""
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

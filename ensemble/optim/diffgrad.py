@@ -120,12 +120,19 @@ def friction_cos1(grads, exp_avg_sqs, prev_grads, step, period):  # noqa: ANN001
     return xi
 
 
+def cos2_terms(step: int, period: int) -> tuple[float, float]:
+    """Cos#2's ``(scale, offset)`` at ``step``: xi_t = sig(scale * D_t) + offset, scale = 2 c_t,
+    offset = sig(4 a_t) - 0.5 (the eager step and the fused kernels both read it here)."""
+    a, c = cyclic_terms(step, period)
+    return 2.0 * c, 1.0 / (1.0 + math.exp(-4.0 * a)) - 0.5
+
+
 def friction_cos2(grads, exp_avg_sqs, prev_grads, step, period):  # noqa: ANN001, ARG001
     """Cos#2: xi_t = sig(2 c_t D_t) + sig(4 a_t) - 0.5."""
-    a, c = cyclic_terms(step, period)
-    xi = normalised_distance(dgrad_distance(grads, exp_avg_sqs), 2.0 * c)
+    scale, offset = cos2_terms(step, period)
+    xi = normalised_distance(dgrad_distance(grads, exp_avg_sqs), scale)
     torch._foreach_sigmoid_(xi)
-    torch._foreach_add_(xi, 1.0 / (1.0 + math.exp(-4.0 * a)) - 0.5)
+    torch._foreach_add_(xi, offset)
     return xi
 
 
@@ -139,17 +146,12 @@ FRICTIONS: dict[str, FrictionFn] = {
 NEEDS_PREVIOUS_GRAD = frozenset({"diffgrad"})
 
 
-def _cos2_terms(step: int, period: int) -> tuple[float, float]:
-    a, c = cyclic_terms(step, period)
-    return 2.0 * c, 1.0 / (1.0 + math.exp(-4.0 * a)) - 0.5
-
-
 # (scale, offset) of xi = sig(scale * D) + offset for the fused kernels (diffGrad's scale is unused)
 FUSED_SCALES: dict[str, Callable[[int, int], tuple[float, float]]] = {
     "diffgrad": lambda step, period: (1.0, 0.0),
     "dgrad": lambda step, period: (4.0, 0.0),
     "cos1": lambda step, period: (4.0 * cyclic_terms(step, period)[1], 0.0),
-    "cos2": _cos2_terms,
+    "cos2": cos2_terms,
 }
 
 

@@ -1,36 +1,67 @@
-"""The one optimizer registry: label -> how to build it, its paper defaults and source.
+"""The one optimizer registry: label -> how to build it, its paper defaults, the type of every setting, its source.
 
 The CLI, the trainer, the store and the reports all read :data:`REGISTRY`;
 :func:`build` is the single door (the shape of timm's ``create_optimizer_v2``).
+This module imports no torch: the entries' factories import their optimizer when one is
+built, so ``ens optimizers`` and every usage error answer at once.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+import click
 
-from .diffgrad import DiffGradFamily
-from .schedules import CLMR, TASO
+from ..options import NON_NEGATIVE, POSITIVE, UNIT, FiniteFloat, Pair, check_value
+
+if TYPE_CHECKING:
+    from torch.optim import Optimizer
+    from torch.optim.lr_scheduler import LRScheduler
 
 NANNI = "Nanni, Maguolo, Lumini (2021), Exploiting Adam-like optimization algorithms to improve CNNs"
 ADAM_DEFAULTS = MappingProxyType(
     {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "compile": False}
 )
 
+# The type (and so the range) of every setting an entry accepts, by name: one name means one thing
+# in every optimizer. ``--set`` values and the keyword arguments of :func:`build` pass through it.
+SETTINGS: Mapping[str, click.ParamType] = MappingProxyType(
+    {
+        "lr": POSITIVE,
+        "momentum": UNIT,
+        "nesterov": click.BOOL,
+        "weight_decay": NON_NEGATIVE,
+        "betas": Pair(UNIT),
+        "eps": POSITIVE,
+        "compile": click.BOOL,
+        "fused": click.BOOL,
+        "period": click.IntRange(min=1),
+        "min_lr": POSITIVE,
+        "max_lr": POSITIVE,
+        "c_lr": click.IntRange(min=1),
+        "min_mr": UNIT,
+        "max_mr": UNIT,
+        "c_mr": click.IntRange(min=1),
+        "alpha": POSITIVE,
+        "beta": FiniteFloat(0.0),
+        "final_lr": NON_NEGATIVE,  # None: lr / 20
+    }
+)
+
+Factory = Callable[[Iterable[Any], dict[str, Any]], "Optimizer"]
+
 
 @dataclass(frozen=True)
 class OptimInfo:
     """One registry entry.
 
-    ``defaults`` are the paper's values for every override the entry accepts;
-    ``schedule`` lists the names among them that belong to the schedule.
+    ``defaults`` are the paper's values for every override the entry accepts (each typed in
+    :data:`SETTINGS`); ``schedule`` lists the names among them that belong to the schedule.
+    ``factory`` and ``scheduler`` import torch when called, never before.
     """
 
     label: str
@@ -38,14 +69,24 @@ class OptimInfo:
     paper: str
     description: str
     defaults: MappingProxyType
-    factory: Callable[[Iterable[Any], dict[str, Any]], Optimizer]
+    factory: Factory
     schedule: tuple[str, ...] = ()
     scheduler: Callable[..., LRScheduler] | None = None
-    aliases: tuple[str, ...] = field(default=())
 
     @property
     def key(self) -> str:
         return normalise_name(self.label)
+
+    def check(self, name: str, value: Any) -> Any:
+        """``value`` for setting ``name`` as its type converts it (``None``: the default); ValueError names both."""
+        if name not in self.defaults:
+            raise ValueError(f"{self.label} has no setting {name!r}; its settings are {', '.join(self.defaults)}")
+        if value is None:
+            return None
+        try:
+            return check_value(value, SETTINGS[name])
+        except click.BadParameter as err:
+            raise ValueError(f"{self.label} {name}: {err.message}") from None
 
 
 def normalise_name(name: str) -> str:
@@ -53,15 +94,36 @@ def normalise_name(name: str) -> str:
     return re.sub(r"[#_\-\s]", "", name).lower()
 
 
-def _family(friction: str) -> Callable[[Iterable[Any], dict[str, Any]], Optimizer]:
+def _family(friction: str) -> Factory:
     def factory(params: Iterable[Any], kw: dict[str, Any]) -> Optimizer:
+        from .diffgrad import DiffGradFamily
+
         return DiffGradFamily(params, friction=friction, **kw)
 
     return factory
 
 
-def _sgd(params: Iterable[Any], kw: dict[str, Any]) -> Optimizer:
-    return torch.optim.SGD(params, **kw)
+def _sgd(**fixed: Any) -> Factory:
+    """torch's SGD with ``fixed`` keyword arguments (CLMR: placeholders its schedule overwrites)."""
+
+    def factory(params: Iterable[Any], kw: dict[str, Any]) -> Optimizer:
+        import torch
+
+        return torch.optim.SGD(params, **fixed, **kw)
+
+    return factory
+
+
+def _clmr(opt: Optimizer, epochs: int, steps: int, **kw: Any) -> LRScheduler:
+    from .schedules import CLMR
+
+    return CLMR(opt, steps, **kw)
+
+
+def _taso(opt: Optimizer, epochs: int, steps: int, **kw: Any) -> LRScheduler:
+    from .schedules import TASO
+
+    return TASO(opt, steps, epochs, **kw)
 
 
 def _entry(label: str, friction: str, paper: str, description: str, **extra: Any) -> OptimInfo:
@@ -77,7 +139,7 @@ _ENTRIES = [
         "Robbins & Monro (1951); momentum as in Sutskever et al. (2013)",
         "SGD with momentum (optionally Nesterov)",
         MappingProxyType({"lr": 1e-3, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0}),
-        _sgd,
+        _sgd(),
     ),
     _entry("Adam", "adam", "Kingma & Ba (2015), Adam", "Adam (xi = 1)"),
     _entry(
@@ -112,9 +174,9 @@ _ENTRIES = [
             }
         ),
         # lr and momentum are placeholders: the CLMR schedule sets both at construction.
-        lambda params, kw: torch.optim.SGD(params, lr=0.0, momentum=0.9, nesterov=True, **kw),
+        _sgd(lr=0.0, momentum=0.9, nesterov=True),
         schedule=("min_lr", "max_lr", "c_lr", "min_mr", "max_mr", "c_mr"),
-        scheduler=lambda opt, epochs, steps, **kw: CLMR(opt, steps, **kw),
+        scheduler=_clmr,
     ),
     OptimInfo(
         "TASO",
@@ -124,9 +186,9 @@ _ENTRIES = [
         MappingProxyType(
             {"lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0, "alpha": 25.0, "beta": 0.7, "final_lr": None}
         ),
-        lambda params, kw: torch.optim.SGD(params, nesterov=False, **kw),
+        _sgd(nesterov=False),
         schedule=("lr", "alpha", "beta", "final_lr"),
-        scheduler=lambda opt, epochs, steps, **kw: TASO(opt, steps, epochs, **kw),
+        scheduler=_taso,
     ),
 ]
 
@@ -146,13 +208,14 @@ def get(name: str) -> OptimInfo:
 
 
 def resolve(name: str, **overrides: Any) -> dict[str, Any]:
-    """The entry's defaults with ``overrides`` applied; an unknown override is an error naming the valid ones."""
+    """The entry's defaults with ``overrides`` applied, each checked by its type; an unknown override is an
+    error naming the valid ones."""
     info = get(name)
     unknown = sorted(set(overrides) - set(info.defaults))
     if unknown:
         raise ValueError(f"{info.label} does not accept {', '.join(unknown)}; it accepts: {', '.join(info.defaults)}")
     settings = dict(info.defaults)
-    settings.update({k: v for k, v in overrides.items() if v is not None})
+    settings.update({k: info.check(k, v) for k, v in overrides.items() if v is not None})
     if "betas" in settings:
         settings["betas"] = tuple(settings["betas"])
     return settings
@@ -171,7 +234,7 @@ def build(
     The scheduler, when there is one, is stepped once per iteration after
     ``optimizer.step()``. ``overrides`` may set ``lr``, ``weight_decay``,
     ``momentum``, ``betas``, ``eps`` and each schedule's own parameters, as the
-    entry accepts them (see ``REGISTRY[label].defaults``).
+    entry accepts them (see ``REGISTRY[label].defaults`` and :data:`SETTINGS`).
     """
     info = get(name)
     settings = resolve(name, **overrides)

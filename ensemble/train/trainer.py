@@ -12,7 +12,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from ..data.splits import Fold
 from ..errors import EnsError, first_line
 from ..io import atomic_torch_save
 from ..optim import build, get
+from ..recipe import TrainConfig  # the one declaration of every option; imported here for old callers
 from .infer import IMAGENET_MEAN, IMAGENET_STD, Normaliser, nchw, probabilities
 from .losses import segmentation_loss
 from .model import apply_lr_scale, create_model, output_channels, param_groups
@@ -43,67 +44,6 @@ STEMS = ("default", "small")
 SELECTIONS = ("last", "best-val-auc", "best-val-loss")
 CLASS_WEIGHTS = ("none", "balanced")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-
-
-@dataclass
-class TrainConfig:
-    """Every training option of ``ens train``; the named recipes (:mod:`.recipe`) are presets of it."""
-
-    model: str = "resnet50.tv_in1k"
-    epochs: int = 20
-    batch_size: int = 30
-    lr: float | None = None  # None: the optimizer's paper default
-    size: int = 224
-    device: str = "auto"
-    workers: int = 2
-    threads: int | None = None  # None: `ens train` picks the cores it can give a task (and records it)
-    pretrained: bool = True
-    weights: str | None = None
-    head_lr_factor: float = 20.0
-    weight_decay: float = 1e-4
-    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # "*" or optimizer label -> --set values
-    keep_weights: bool = True  # keep each fold's model (safetensors) so the member can predict
-    checkpoint_every: float = 60.0  # seconds between saves of the training state (0: after every epoch)
-    augment: str = "paper"  # paper: flips + x/y scale in [1, 2]; flips: flips only; none
-    normalise: str = "imagenet"  # imagenet mean/std, or half (0.5/0.5, MedMNIST's)
-    stem: str = "default"  # small: 3x3 stride-1 first convolution and no max-pool (timm ResNets)
-    select: str = "last"  # the epoch kept: the last, or the best on a validation split
-    val_fraction: float = 0.1  # inner validation split of each training fold when the dataset has none
-    milestones: tuple[int, ...] = ()  # epochs at which the learning rate is multiplied by gamma
-    gamma: float = 0.1
-    class_weights: str = "none"  # balanced: cross-entropy weighted by n / (C * n_c) of the training fold
-    precision: str = "auto"  # training autocast: auto (bf16 on CUDA, none on CPU), bf16, fp16, fp32
-    loss: str = "auto"  # auto: cross-entropy (classification), Dice (segmentation); ce, dice, bce-dice
-    plateau: int = 0  # >0: halve the lr when the validation loss has not improved for this many epochs
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def optimizer_overrides(self, label: str) -> dict[str, Any]:
-        """What ``optim.build`` gets for ``label``: --set values (for all, then for this optimizer), the
-        protocol's L2 and --lr."""
-        overrides = {**self.overrides.get("*", {}), **self.overrides.get(get(label).label, {})}
-        overrides.setdefault("weight_decay", self.weight_decay)
-        if self.lr is not None:
-            overrides.setdefault("lr", self.lr)
-        return overrides
-
-    def head_factor(self, label: str) -> float:
-        """The head's learning-rate factor under ``label``: CLMR and TASO are schedules whose range is the
-        learning rate the papers intended for every layer, so their head gets factor 1."""
-        return 1.0 if get(label).kind == "schedule" else self.head_lr_factor
-
-    def uses_plateau(self, label: str) -> bool:
-        """Plateau halving applies to the constant-rate optimizers; CLMR and TASO keep their own schedule."""
-        return self.plateau > 0 and get(label).kind != "schedule"
-
-    def loss_for(self, task: str) -> str:
-        return ("dice" if task == "segmentation" else "ce") if self.loss == "auto" else self.loss
-
-    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
-        if self.precision == "bf16" or (self.precision == "auto" and device.type == "cuda"):
-            return torch.bfloat16
-        return torch.float16 if self.precision == "fp16" else None
 
 
 @dataclass
