@@ -13,7 +13,19 @@ from typing import Any
 
 __version__ = "0.2.0"
 
-_API = ("compare", "export", "fuse", "fuse_results", "inventory", "members", "open_store", "predict", "report", "train")
+_API = (
+    "compare",
+    "export",
+    "fuse",
+    "fuse_results",
+    "inventory",
+    "members",
+    "open_store",
+    "predict",
+    "report",
+    "train",
+    "train_config",
+)
 
 __all__ = ["__version__", *_API]
 

@@ -18,7 +18,7 @@ Nothing here imports torch until a function needs it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,11 +32,14 @@ if TYPE_CHECKING:
 
     from .fusion.compare import Comparison
     from .fusion.core import FusionResult
+    from .recipe import TrainConfig
 
 PathLike = str | Path
 
 __all__ = [
     "compare",
+    "train",
+    "train_config",
     "export",
     "fuse",
     "fuse_results",
@@ -46,6 +49,178 @@ __all__ = [
     "predict",
     "report",
 ]
+
+
+def train_config(
+    optimizers: Sequence[str],
+    *,
+    dataset: str = "",
+    recipe: str | None = None,
+    config: PathLike | None = None,
+    sets: Sequence[str] = (),
+    **options: object,
+) -> TrainConfig:
+    """The effective training options: the preset (``recipe``; by default the one that suits the dataset's
+    task), then the ``config`` YAML file, then ``options`` (checked as their ``ens train`` flags check
+    them), then ``sets`` (``[OPT.]KEY=VALUE``). Every value and every combination is checked here, before
+    any work, and nothing heavy is imported."""
+    from .recipe import OPTION
+
+    converted = {}
+    for key, value in options.items():
+        if key not in OPTION:
+            raise UsageError(f"unknown training option {key!r}; valid: {', '.join(OPTION)}")
+        converted[key] = _checked(key, value)
+    return compose_train_config(
+        list(optimizers), dataset=dataset, recipe=recipe, config_file=config, sets=sets, **converted
+    )
+
+
+def _checked(key: str, value: object) -> object:
+    import click
+
+    from .recipe import OPTION
+
+    if value is None:
+        return None
+    try:
+        return OPTION[key].check(value)
+    except click.BadParameter as err:
+        raise UsageError(f"{key}: {err.message}") from None
+
+
+def compose_train_config(
+    labels: list[str],
+    *,
+    dataset: str,
+    recipe: str | None,
+    config_file: PathLike | None,
+    sets: Sequence[str],
+    **options: object,
+) -> TrainConfig:
+    """:func:`train_config` for values already converted (the CLI's, by click): None means "not given"."""
+    from .data.sources import resolve
+    from .optim import get
+    from .recipe import DEFAULT_RECIPE, OPTIONS, check_recipe, compose_config
+
+    try:
+        labels = list(dict.fromkeys(get(name).label for name in labels))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    task = resolve(dataset).task if dataset else None  # the task is a property of the dataset
+    if recipe is None:  # and so is the preset that suits it
+        recipe = DEFAULT_RECIPE[task] if task else "paper"
+    if options.get("weights") is not None and options.get("pretrained") is False:
+        raise UsageError("--weights and --no-pretrained exclude each other")
+    explicit = {o.name: options.pop(o.name, None) for o in OPTIONS if o.in_presets}
+    run_only = {k: v for k, v in options.items() if v is not None}
+    cfg = compose_config(
+        recipe,
+        config_file=str(config_file) if config_file else None,
+        explicit=explicit,
+        sets=list(sets),
+        labels=labels,
+        **run_only,
+    )
+    for label in labels if task else ():
+        check_recipe(cfg, label, task)
+    return cfg
+
+
+def train(
+    dataset: str,
+    optimizers: str | Sequence[str],
+    *,
+    n: int | None = None,
+    runs: Sequence[int] | None = None,
+    members_dir: PathLike = "members",
+    data_dir: PathLike = "datasets",
+    cache_dir: PathLike | None = None,
+    recipe: str | None = None,
+    config: PathLike | None = None,
+    sets: Sequence[str] = (),
+    executor: str = "local",
+    jobs: int | None = None,
+    scheduler: str | None = None,
+    variant: str | None = None,
+    name: str | None = None,
+    restart: bool = False,
+    progress: bool = False,
+    echo: Callable[[str], None] = print,
+    **options: object,
+) -> list[Path]:
+    """Make sure ``n`` complete members of each optimizer exist (or exactly the run indices ``runs``),
+    training only the missing ones; returns the new run folders. ``options`` are the training options of
+    ``ens train`` by name (``epochs=3``, ``model="resnet18"``, ``lr=1e-3``; ``ens recipes`` lists them).
+
+    ``train("lar", ["sgd", "dgrad"], n=7)`` is ``ens train --dataset lar --opt sgd,dgrad --n 7``.
+    """
+    labels = [optimizers] if isinstance(optimizers, str) else list(optimizers)
+    cfg = train_config(labels, dataset=dataset, recipe=recipe, config=config, sets=sets, **options)
+    return run_training(
+        cfg,
+        dataset=dataset,
+        optimizers=labels,
+        n=n,
+        runs=runs,
+        members_dir=members_dir,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        executor=executor,
+        jobs=jobs,
+        scheduler=scheduler,
+        variant=variant,
+        name=name,
+        restart=restart,
+        progress=progress,
+        echo=echo,
+    )
+
+
+def run_training(
+    cfg: TrainConfig,
+    *,
+    dataset: str,
+    optimizers: Sequence[str],
+    n: int | None,
+    runs: Sequence[int] | None,
+    members_dir: PathLike,
+    data_dir: PathLike,
+    cache_dir: PathLike | None,
+    executor: str,
+    jobs: int | None,
+    scheduler: str | None,
+    variant: str | None,
+    name: str | None,
+    restart: bool,
+    progress: bool,
+    echo: Callable[[str], None],
+) -> list[Path]:
+    """The job of :func:`train` for a composed configuration (the CLI composes it first, torch-free)."""
+    from .optim import get
+    from .training import TrainRequest, train_members
+
+    if n is not None and runs:
+        raise UsageError("--n and --run exclude each other")
+    labels = list(dict.fromkeys(get(o).label for o in optimizers))
+    request = TrainRequest(
+        dataset,
+        labels,
+        n or 1,
+        cfg,
+        Path(members_dir),
+        Path(data_dir),
+        Path(cache_dir) if cache_dir else None,
+        executor,
+        jobs,
+        scheduler,
+        progress=progress,
+        variant=variant,
+        name=name,
+        restart=restart,
+        runs=list(dict.fromkeys(runs)) if runs else None,
+    )
+    return train_members(request, echo=echo)
 
 
 def open_store(members_dir: PathLike = "members") -> Store:

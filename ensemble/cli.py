@@ -14,7 +14,7 @@ import click
 
 from .errors import EnsError, UsageError
 from .options import Checksum, Device, SchedulerAddress
-from .recipe import DEFAULT_RECIPE, OPTIONS, check_recipe, click_options, compose_config
+from .recipe import click_options
 
 MAX_MEMBERS = 1000  # per optimizer and call; a paper uses 7 to 35
 
@@ -227,28 +227,11 @@ def _train_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
     return f
 
 
-def _config(
-    labels: list[str],
-    *,
-    recipe: str | None,
-    config_file: str | None,
-    sets: tuple[str, ...],
-    dataset: str = "",
-    **options: object,
-):  # noqa: ANN202 - a TrainConfig
-    """The effective TrainConfig: the preset, --config, the flags given, --set; all checked before any work."""
-    from .data.sources import resolve
+def _config(labels: list[str], *, dataset: str = "", recipe: str | None, config_file: str | None, **options: object):  # noqa: ANN202
+    """The effective TrainConfig (see :func:`ensemble.api.compose_train_config`), before torch is imported."""
+    from .api import compose_train_config
 
-    task = resolve(dataset).task if dataset else None  # the task is a property of the dataset
-    if recipe is None:  # and so is the preset that suits it
-        recipe = DEFAULT_RECIPE[task] if task else "paper"
-    if options.get("weights") is not None and options.get("pretrained") is False:
-        raise click.UsageError("--weights and --no-pretrained exclude each other")
-    explicit = {o.name: options.pop(o.name) for o in OPTIONS if o.in_presets}
-    cfg = compose_config(recipe, config_file=config_file, explicit=explicit, sets=list(sets), labels=labels, **options)
-    for label in labels if task else ():
-        check_recipe(cfg, label, task)
-    return cfg
+    return compose_train_config(labels, dataset=dataset, recipe=recipe, config_file=config_file, **options)
 
 
 _RUN_PARAMS = (
@@ -403,26 +386,26 @@ def train(
     if count is not None and runs:
         raise click.UsageError("--n and --run exclude each other")
     cfg = _config(opt, dataset=dataset, **kw)  # every option checked before torch is imported
-    from .executors import TrainRequest, train_members
+    from .api import run_training
 
-    req = TrainRequest(
-        dataset,
-        opt,
-        count or 1,
+    run_training(
         cfg,
-        members_dir,
-        data_dir,
-        cache_dir,
-        executor,
-        jobs,
-        scheduler,
-        progress=not no_progress and sys.stderr.isatty(),
+        dataset=dataset,
+        optimizers=opt,
+        n=count,
+        runs=runs,
+        members_dir=members_dir,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        executor=executor,
+        jobs=jobs,
+        scheduler=scheduler,
         variant=variant,
         name=name,
         restart=restart,
-        runs=list(dict.fromkeys(runs)) or None,
+        progress=not no_progress and sys.stderr.isatty(),
+        echo=click.echo,
     )
-    train_members(req, echo=click.echo)
 
 
 @cli.command()

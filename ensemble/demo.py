@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .executors import TrainRequest, train_members
 from .fusion import fuse
 from .report.tables import render
 from .store import Store
 from .train.trainer import TrainConfig
+from .training import TrainRequest, train_members
 
 DEMO_MEMBERS = {"SGD": {"lr": 0.02}, "DGrad": {}, "Cos1": {}}
 DEMO_EXPRESSIONS = [

@@ -249,8 +249,9 @@ def test_failing_task_retried_once_then_reported(folder, tmp_path):
 
 def test_flaky_task_is_retried_in_process(folder, tmp_path, monkeypatch):
     """--executor local: an error in one fold is retried once; the run completes."""
-    from ensemble.executors import TrainRequest, job, train_members
+    from ensemble.executors import job
     from ensemble.train.trainer import TrainConfig
+    from ensemble.training import TrainRequest, train_members
 
     calls: list[str] = []
     real = job.train_fold_task
@@ -274,8 +275,9 @@ def test_flaky_task_is_retried_in_process(folder, tmp_path, monkeypatch):
 def test_unexpected_error_keeps_its_traceback(folder, tmp_path, monkeypatch):
     """A bug (not an EnsError) in a fold: reported in one line, its traceback kept in staging."""
     from ensemble.errors import EnsError
-    from ensemble.executors import TrainRequest, job, train_members
+    from ensemble.executors import job
     from ensemble.train.trainer import TrainConfig
+    from ensemble.training import TrainRequest, train_members
 
     def broken(task, **kw):
         raise ZeroDivisionError("division by zero")

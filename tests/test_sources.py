@@ -148,7 +148,8 @@ def test_only_prefixed_text_is_a_dataset_for_predict(tmp_path):
 
 
 def test_absolute_spec_for_workers_treats_seg_as_folder(tmp_path, monkeypatch):
-    from ensemble.executors import _absolute_spec
+    def _absolute_spec(spec: str) -> str:
+        return resolve(spec).absolute_spec
 
     monkeypatch.chdir(tmp_path)
     assert _absolute_spec("folder:rel/imgs") == f"folder:{tmp_path / 'rel' / 'imgs'}"

@@ -235,8 +235,8 @@ def test_publish_killed_at_each_step_completes_without_retraining(capsys, folder
 
     monkeypatch.setattr(os, "rename", killed_before_rename)
     with pytest.raises(KeyboardInterrupt):
-        from ensemble.executors import TrainRequest, train_members
         from ensemble.train.trainer import TrainConfig
+        from ensemble.training import TrainRequest, train_members
 
         cfg = TrainConfig(model="test_resnet", epochs=1, size=16, pretrained=False, device="cpu", workers=0)
         train_members(TrainRequest(f"folder:{folder}", "DGrad", 1, cfg, members, Path("datasets"), progress=False))

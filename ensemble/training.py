@@ -1,0 +1,264 @@
+"""``ens train`` as one job: make sure N complete members of each optimizer exist, training only the missing.
+
+The steps, each small: load the dataset and plan what is missing (:mod:`.plan`); check once what
+every fold task would hit (:func:`preflight`); take each label's lock and stage its runs
+(:func:`stage_runs`); run the fold tasks here, in worker processes or on a Dask cluster
+(:mod:`.executors`), publishing each run when its last fold lands (:mod:`.executors.job`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .data.dataset import Dataset
+from .errors import EnsError, UsageError
+from .executors.job import Job, run_local, run_pool
+from .executors.lease import Lease, take_over
+from .executors.pools import cpu_threads, make_pool
+from .executors.progress import JobProgress
+from .optim import get
+from .plan import LabelPlan, plan_labels, prepare_run
+from .recipe import TrainConfig, train_command
+from .runs import FoldTask, load_dataset
+from .store import Store, check_name, check_variant, run_name
+
+EXECUTORS = ("local", "processes", "dask")
+
+__all__ = ["EXECUTORS", "TrainRequest", "train_members"]
+
+
+@dataclass
+class TrainRequest:
+    """One ``ens train``: ``n`` members of each optimizer in ``label`` (one label, or several)."""
+
+    spec: str
+    label: str | Sequence[str]
+    n: int
+    config: TrainConfig
+    store_root: Path
+    data_dir: Path
+    cache_dir: Path | None = None
+    executor: str = "local"
+    jobs: int | None = None
+    scheduler: str | None = None
+    progress: bool = True
+    variant: str | None = None  # members stored and addressed apart, as Label@variant
+    name: str | None = None  # the dataset's name in the store [default: the catalog's]
+    restart: bool = False  # set aside a run staged under another recipe instead of refusing
+    runs: list[int] | None = None  # exactly these run indices instead of n
+
+    @property
+    def labels(self) -> list[str]:
+        names = [self.label] if isinstance(self.label, str) else list(self.label)
+        return list(dict.fromkeys(get(name).label for name in names))  # registry spelling, no repeats
+
+    def check(self) -> None:
+        """The request's own values, before the dataset is read."""
+        if self.executor not in EXECUTORS:
+            raise UsageError(f"unknown executor {self.executor!r}; use {', '.join(EXECUTORS)}")
+        if self.scheduler and self.executor != "dask":
+            raise UsageError("--scheduler is for --executor dask")
+        if self.variant is not None:
+            check_variant(self.variant)
+        if self.name is not None:
+            check_name(self.name, "--name")
+
+    @property
+    def cache(self) -> str | None:
+        return str(Path(self.cache_dir).resolve()) if self.cache_dir else None
+
+
+@dataclass
+class StagedJob:
+    """The runs a job trains (plan, run index), their fold tasks, and the configuration every task uses."""
+
+    runs: list[tuple[LabelPlan, int]]
+    tasks: list[FoldTask]
+    config: TrainConfig
+    device: str
+
+
+def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> list[Path]:
+    """Make sure ``req.n`` complete members of each label exist; returns the new run directories.
+
+    All missing folds of all labels form one job, so a pool is kept busy across optimizers.
+    """
+    req.check()
+    ds = load_dataset(req.spec, str(req.data_dir), req.config.size, req.cache, req.config.workers)
+    for w in ds.warnings:
+        echo(f"warning: {w}")
+    dataset = req.name or ds.name
+    store = Store(req.store_root)
+    plans = plan_labels(
+        store,
+        dataset=dataset,
+        ds=ds,
+        optimizers=req.labels,
+        variant=req.variant,
+        n=req.n,
+        cfg=req.config,
+        runs=req.runs,
+    )
+    for p in plans:
+        if not p.todo:
+            echo(f"{dataset}/{p.label}: {len(p.existing)} complete member(s) already; nothing to train")
+    if not any(p.todo for p in plans):
+        return []
+    preflight(req, ds)
+    with contextlib.ExitStack() as stack:
+        staged = stage_runs(req, ds, store, dataset, plans, stack, echo)
+        if not staged.runs:
+            return []
+        announce(req, ds, dataset, plans, staged, echo)
+        return run_job(req, ds, store, dataset, staged, stack, echo)
+
+
+def job_config(req: TrainRequest) -> tuple[TrainConfig, str]:
+    """The configuration every task of the job uses, and the device type it trains on: the CPU thread count
+    fixed once (so every task computes the same bits), the weights file made absolute for workers."""
+    from .train.trainer import resolve_device
+
+    cfg = req.config
+    device = resolve_device(cfg.device).type if not req.scheduler else cfg.device
+    if cfg.threads is None and device == "cpu":
+        cfg = replace(cfg, threads=cpu_threads(req.executor, req.jobs, remote=bool(req.scheduler)))
+    if cfg.weights:
+        cfg = replace(cfg, weights=str(Path(cfg.weights).resolve()))
+    return cfg, device
+
+
+def stage_runs(
+    req: TrainRequest,
+    ds: Dataset,
+    store: Store,
+    dataset: str,
+    plans: list[LabelPlan],
+    stack: contextlib.ExitStack,
+    echo: Callable[[str], None],
+) -> StagedJob:
+    """Take each label's lock (held until ``stack`` closes) and stage its missing runs; a label another
+    process trains is left to it. Workers may run elsewhere (another cwd, another machine on the shared
+    filesystem), so the tasks carry absolute paths."""
+    from .data.sources import resolve
+
+    spec = resolve(req.spec).absolute_spec
+    root, data_dir = str(Path(req.store_root).resolve()), str(Path(req.data_dir).resolve())
+    cfg, device = job_config(req)
+    tasks, runs = [], []
+    for p in plans:
+        if not p.todo:
+            continue
+        if not stack.enter_context(store.try_lock(dataset, p.label)):
+            echo(f"{dataset}/{p.label} is being trained by another process; leaving it to that one")
+            continue
+        for run in p.todo:
+            rd = store.run_dir(dataset, p.label, run)
+            if rd.final.exists():
+                continue
+            folds = prepare_run(rd, p.recipe, folds=len(ds.folds), restart=req.restart, echo=echo)
+            runs.append((p, run))
+            tasks += [
+                FoldTask(spec, dataset, p.label, run, k, cfg, p.recipe_hash, root, data_dir, req.cache) for k in folds
+            ]
+    return StagedJob(runs, tasks, cfg, device)
+
+
+def announce(
+    req: TrainRequest,
+    ds: Dataset,
+    dataset: str,
+    plans: list[LabelPlan],
+    staged: StagedJob,
+    echo: Callable[[str], None],
+) -> None:
+    """One line per label: the runs about to train, and where."""
+    where = req.executor + (f" ({req.scheduler})" if req.scheduler else "")
+    for p in plans:
+        names = [run_name(r) for q, r in staged.runs if q is p]
+        if names:
+            echo(
+                f"{dataset}/{p.label}: training run(s) {', '.join(names)} ({len(ds.folds)} fold(s) each, "
+                f"{staged.config.epochs} epoch(s), {staged.config.model}) on {where} ..."
+            )
+
+
+def run_job(
+    req: TrainRequest,
+    ds: Dataset,
+    store: Store,
+    dataset: str,
+    staged: StagedJob,
+    stack: contextlib.ExitStack,
+    echo: Callable[[str], None],
+) -> list[Path]:
+    """Run the staged tasks on the request's executor and publish each run as its last fold lands."""
+    lease = None
+    if req.scheduler and staged.tasks:  # remote workers cannot watch our pid: they watch this lease instead
+        labels = {p.label for p, _ in staged.runs}
+        lease = stack.enter_context(
+            contextlib.closing(take_over(Lease([store.label_dir(dataset, label) for label in labels]), echo))
+        )
+    bar = JobProgress(len(staged.tasks), req.progress)
+    commands = {
+        (p.label, r): train_command(
+            spec=req.spec,
+            data_dir=str(req.data_dir),
+            label=p.label,
+            run=r,
+            cfg=req.config,
+            name=req.name,
+            device=staged.device,
+            threads=staged.config.threads,
+        )
+        for p, r in staged.runs
+    }
+    recipes = {(p.label, r): p.recipe for p, r in staged.runs}
+    job = Job(ds, dataset, staged.config, store, staged.tasks, recipes, bar, commands)
+    with bar:
+        job.publish_staged()  # runs whose folds were all staged already (a publish interrupted earlier)
+        if staged.tasks and req.executor == "local":
+            if req.jobs:
+                echo("note: --jobs has no effect with --executor local")
+            run_local(job)
+        elif staged.tasks:
+            pool = make_pool(
+                req.executor,
+                req.jobs,
+                req.scheduler,
+                staged.config.device,
+                str(store.label_dir(dataset, staged.runs[0][0].label).resolve()),
+                bar.print,
+                lease_token=lease.token if lease else None,
+            )
+            run_pool(job, pool)
+    if bar.status.errors:
+        raise EnsError(
+            f"{len(job.failed_runs)} run(s) not stored, {len(job.published)} stored; "
+            "failures:\n  " + "\n  ".join(bar.status.errors)
+        )
+    return job.published
+
+
+def preflight(req: TrainRequest, ds: Dataset) -> None:
+    """Errors every task would hit (unknown model, missing weights, no CUDA) are raised once, here.
+
+    On a remote Dask cluster the devices and the weights are the workers' own, so only the
+    model name is checked.
+    """
+    import timm
+
+    from .train.model import create_model
+    from .train.trainer import resolve_device
+
+    if req.executor == "dask" and req.scheduler:
+        if not timm.is_model(req.config.model):
+            create_model(req.config.model, len(ds.classes), pretrained=False)  # raises the helpful error
+        return
+    cfg = req.config
+    resolve_device(cfg.device)
+    create_model(
+        cfg.model, len(ds.classes), pretrained=cfg.pretrained, weights=Path(cfg.weights) if cfg.weights else None
+    )
