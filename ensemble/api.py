@@ -338,14 +338,14 @@ def predict(
     masks: PathLike | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Apply the ensemble ``expression`` to new images: one row per image (see :mod:`ensemble.predict`).
+    """Apply the ensemble ``expression`` to new images: one row per image (see :mod:`ensemble.prediction`).
 
     ``inputs`` are image files, folders, dataset specs (``folder:PATH``, ``medmnist:NAME``), or an array of
     images (N, H, W) or (N, H, W, 3) uint8 (rows are then named ``array:0``, ``array:1``, ...).
     Segmentation members write one mask per image into ``masks``.
     """
-    from .predict import collect_inputs
-    from .predict import predict as run_predict
+    from .prediction import collect_inputs
+    from .prediction import predict as run_predict
 
     store, name = store_dataset(dataset, members_dir)
     if isinstance(inputs, np.ndarray):
@@ -368,8 +368,8 @@ def predict(
     )
 
 
-def _array_inputs(images: np.ndarray):  # noqa: ANN202 - an ensemble.predict.Inputs
-    from .predict import Inputs
+def _array_inputs(images: np.ndarray):  # noqa: ANN202 - an ensemble.prediction.Inputs
+    from .prediction import Inputs
 
     if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3, 4)) or not len(images):
         raise UsageError(f"inputs: an array of images is (N, H, W) or (N, H, W, 3); got shape {images.shape}")
@@ -402,7 +402,7 @@ def export(
     onnx: bool | None = None,
 ) -> Path:
     """Write the ensemble as a self-contained folder (fold models, manifest, ONNX when available)."""
-    from .export import export as export_folder
+    from .exporting import export as export_folder
 
     store, name = store_dataset(dataset, members_dir)
     return export_folder(store, name, expression, Path(out), rule=rule, onnx=onnx)
@@ -410,7 +410,7 @@ def export(
 
 def report(*, members_dir: PathLike = "members", out: PathLike = "reports", step: int = 7) -> list[Path]:
     """Regenerate Table 1, Table 2 and the figures of every dataset in the store; returns the HTML pages."""
-    from .report.build import report as build_report
+    from .reporting.build import report as build_report
 
     store = Store(members_dir)
     if not store.datasets():

@@ -509,7 +509,7 @@ def fuse(
     """
     from .api import fuse_results, store_dataset
     from .fusion import details as fusion_details
-    from .report.tables import render
+    from .reporting.tables import render
 
     name = store_dataset(dataset, members_dir)[1]
     results = fuse_results(
@@ -550,7 +550,7 @@ def compare(
     every p-value; a difference is only called one at p < 0.05.
     """
     from . import api
-    from .report.tables import render
+    from .reporting.tables import render
 
     name = api.store_dataset(dataset, members_dir)[1]
     result = api.compare(
@@ -651,7 +651,7 @@ def predict(
     mean entropy and agreement over the pixels.
     """
     from . import api
-    from .predict import write_table
+    from .prediction import write_table
 
     table = api.predict(
         expression,
@@ -689,7 +689,7 @@ def members(dataset: str | None, fmt: str, members_dir: Path) -> None:
     import json
 
     from . import api
-    from .report.tables import render
+    from .reporting.tables import render
 
     rows, notes = api.inventory(dataset, members_dir=members_dir)
     if fmt == "json":

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .fusion import fuse
-from .report.tables import render
+from .reporting.tables import render
 from .store import Store
 from .train.trainer import TrainConfig
 from .training import TrainRequest, train_members

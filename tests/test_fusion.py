@@ -155,7 +155,7 @@ def test_cli_errors_exit_2_without_traceback(store, tmp_path):
 
 
 def test_report_writes_tables_and_figures(store, tmp_path):
-    from ensemble.report.build import report
+    from ensemble.reporting.build import report
 
     pages = report(store, tmp_path / "reports", step=1)
     d = pages[0].parent

@@ -204,7 +204,7 @@ def test_members_json_lists_recipe_hash_and_weights(capsys, trained):
 
 
 def test_export_writes_a_self_contained_folder(capsys, trained, tmp_path):
-    from ensemble.export import onnx_available
+    from ensemble.exporting import onnx_available
 
     _, members = trained
     out_dir = tmp_path / "ens-export"

@@ -175,7 +175,7 @@ def test_a_relative_spec_and_its_absolute_spelling_load_the_same_dataset(prefix,
 
 
 def test_predict_ids_of_a_folder_keep_the_users_spelling(tmp_path, monkeypatch):
-    from ensemble.predict import collect_inputs
+    from ensemble.prediction import collect_inputs
 
     make_folder(tmp_path / "imgs", per_class=2)
     make_seg(tmp_path / "les", n=2)

@@ -2,7 +2,7 @@
 (stand-alone members: Dice and HD95 mean ± std over members, parameters), Table 2 (sum-rule
 ensembles: every label whole, mixed pairs, everything), mixed against single-optimizer
 ensembles of the same size (paired Wilcoxon signed-rank test on the per-image Dice), and
-the arrays behind the figures. :mod:`ensemble.report` only renders these.
+the arrays behind the figures. :mod:`ensemble.reporting` only renders these.
 """
 
 from __future__ import annotations

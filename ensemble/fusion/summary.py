@@ -1,5 +1,5 @@
 """What the report shows, computed from the store: Table 1 (stand-alone members), Table 2 (ensembles),
-and the arrays behind the figures. :mod:`ensemble.report` only renders these.
+and the arrays behind the figures. :mod:`ensemble.reporting` only renders these.
 
 Members are grouped by dataset fingerprint: members trained on different versions of a
 dataset are reported separately and never fused together.

@@ -83,7 +83,7 @@ class Task:
         """Refuse ``ens predict`` arguments the task cannot honour, before any work."""
 
     def predict(self, members: list[Any], inputs: Any, **kw: Any) -> Any:
-        """``ens predict``'s table (a DataFrame) for ``inputs``; see :mod:`ensemble.predict`."""
+        """``ens predict``'s table (a DataFrame) for ``inputs``; see :mod:`ensemble.prediction`."""
         raise NotImplementedError
 
     def export_notes(self) -> dict[str, str]:

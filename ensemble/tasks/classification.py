@@ -111,7 +111,7 @@ class ClassificationTask(Task):
         return summarise_classification(name, fingerprint, by_label, step)
 
     def render_report(self, target: Path, summary: Any) -> Path:
-        from ..report.build import classification_page
+        from ..reporting.build import classification_page
 
         return classification_page(target, summary)
 
@@ -120,7 +120,7 @@ class ClassificationTask(Task):
             raise UsageError(f"--masks: {expression} fuses classification members, which predict classes, not masks")
 
     def predict(self, members: list[Any], inputs: Any, **kw: Any) -> Any:
-        from ..predict import predict_classes
+        from ..prediction import predict_classes
 
         return predict_classes(members, inputs, **kw)
 

@@ -106,7 +106,7 @@ class SegmentationTask(Task):
         return summarise_segmentation(name, fingerprint, by_label)
 
     def render_report(self, target: Path, summary: Any) -> Path:
-        from ..report.build import segmentation_page
+        from ..reporting.build import segmentation_page
 
         return segmentation_page(target, summary)
 
@@ -117,7 +117,7 @@ class SegmentationTask(Task):
             )
 
     def predict(self, members: list[Any], inputs: Any, **kw: Any) -> Any:
-        from ..predict import predict_masks
+        from ..prediction import predict_masks
 
         return predict_masks(members, inputs, **kw)
 

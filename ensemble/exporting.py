@@ -24,7 +24,7 @@ from .errors import EnsError, UsageError
 from .fusion import select
 from .fusion.expr import format_terms
 from .fusion.rules import RULES
-from .predict import check_members, load_fold_model
+from .prediction import check_members, load_fold_model
 from .store import Store, run_name
 from .tasks import get_task
 from .train.infer import TTA_FLIPS
