@@ -380,3 +380,32 @@ def test_unet_weights_load_from_a_state_dict_or_safetensors_and_a_wrong_file_is_
     )
     with pytest.raises(EnsError, match="cannot load weights .*w.pt into lighter-unet@4"):
         create_model("lighter-unet@4", 1, weights=tmp_path / "w.pt")
+
+
+def test_segmentation_task_hits_loss_and_validation_by_hand():
+    """The trainer's segmentation questions: a positive logit of a 1-channel map is foreground (else the top
+    channel), the loss is 1 - soft Dice written out by hand, and validation scores the probability maps."""
+    import torch
+
+    from ensemble.tasks import get_task
+    from ensemble.train.losses import class_probabilities
+
+    task = get_task("segmentation")
+    logits = torch.tensor([[[[2.0, -1.0], [0.5, -3.0]]]])  # (1, 1, 2, 2): foreground where > 0
+    masks = torch.tensor([[[1, 1], [0, 0]]])
+    assert int(task.hits(logits, masks)) == 2  # (0, 0) right, (0, 1) missed, (1, 0) false, (1, 1) right
+    two = torch.tensor([[[[0.0, 3.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, 2.0]]]])  # argmax [[1, 0], [0, 1]]
+    assert int(task.hits(two, masks)) == 2
+
+    fg = torch.sigmoid(logits[0, 0])
+    dice = (2 * (fg * masks[0]).sum() + 1) / (fg.sum() + masks[0].sum() + 1)
+    loss = task.loss(logits, masks, name="dice", class_weights=torch.ones(2))  # no class weights for Dice
+    assert torch.allclose(loss, 1 - dice) and task.loss_name("auto") == "dice"
+    with pytest.raises(ValueError, match="dice or bce-dice"):
+        task.loss(logits, masks, name="ce", class_weights=None)
+
+    probs = class_probabilities(logits).numpy()
+    score, val_loss = task.validation(probs, masks.numpy().astype(np.uint8), loss="dice", select="best-val-loss")
+    assert val_loss == pytest.approx(float(1 - dice), rel=1e-6) and score == -val_loss
+    ds = type("DS", (), {"masks": np.arange(8, dtype=np.uint8).reshape(2, 2, 2)})()
+    assert task.targets(ds, np.array([1])).tolist() == [[[4, 5], [6, 7]]]

@@ -433,3 +433,43 @@ def test_resume_after_an_interrupt_gives_the_same_fold(image_folder, tmp_path, e
     assert starts == [2 if every == 0 else 0]
     assert np.array_equal(resumed.probs, whole.probs)
     assert resumed.curves["loss"] == whole.curves["loss"]
+
+
+def test_classification_task_loss_hits_and_validation_by_hand():
+    """The trainer's classification questions: weighted cross-entropy as written out by hand, hits as images
+    whose top logit is their class, and the validation (score, loss) as NLL and AUC."""
+    import torch
+
+    from ensemble.tasks import get_task
+
+    task = get_task("classification")
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [1.0, 1.5, 0.0], [0.0, 0.0, 4.0]])
+    y = torch.tensor([0, 2, 0, 1])
+    weights = torch.tensor([4 / (3 * 2), 4 / (3 * 1), 4 / (3 * 1)])  # n / (C n_c) of y
+    w = weights[y]
+    by_hand = -(w * logits.log_softmax(1)[torch.arange(4), y]).sum() / w.sum()
+    loss = task.loss(logits, y, name="ce", class_weights=weights)
+    assert torch.allclose(loss, by_hand) and torch.equal(loss, torch.nn.functional.cross_entropy(logits, y, weights))
+    assert torch.equal(
+        task.loss(logits, y, name="ce", class_weights=None), torch.nn.functional.cross_entropy(logits, y)
+    )
+    with pytest.raises(ValueError, match="classification takes ce"):
+        task.loss(logits, y, name="dice", class_weights=None)
+    assert int(task.hits(logits, y)) == 2 and task.loss_name("auto") == "ce" and task.loss_name("ce") == "ce"
+
+    probs = np.array([[0.8, 0.1, 0.1], [0.2, 0.2, 0.6], [0.5, 0.4, 0.1], [0.1, 0.3, 0.6]], np.float32)
+    labels = np.array([0, 2, 1, 1])
+    nll = -np.mean(np.log([0.8, 0.6, 0.4, 0.3]))
+    score, loss = task.validation(probs, labels, loss="ce", select="best-val-loss")
+    assert loss == pytest.approx(nll, rel=1e-6) and score == -loss
+    score, loss = task.validation(probs, labels, loss="ce", select="best-val-auc")
+    assert 0 < score <= 1 and loss == pytest.approx(nll, rel=1e-6)
+    ds = type("DS", (), {"labels": np.array([2, 0, 1, 1])})()
+    assert task.targets(ds, np.array([3, 0])).tolist() == [1, 2]
+
+
+def test_tasks_import_no_torch():
+    """The CLI reads ensemble.tasks to answer usage errors before torch is imported (a fresh interpreter)."""
+    code = "import sys, ensemble.tasks; assert 'torch' not in sys.modules, 'torch imported'"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr

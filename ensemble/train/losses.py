@@ -1,4 +1,5 @@
-"""Segmentation losses: soft Dice (the lightweight U-Net paper's choice) and BCE + Dice.
+"""Training losses: cross-entropy for classification; for segmentation soft Dice (the lightweight
+U-Net paper's choice) and BCE + Dice.
 
 A binary network has one output channel read through a sigmoid; a multi-class one has C
 channels read through a softmax, and its Dice is the mean over the foreground classes.
@@ -30,6 +31,15 @@ def soft_dice(probs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     inter = (probs[:, 1:] * onehot[:, 1:]).sum(dims)
     total = probs[:, 1:].sum(dims) + onehot[:, 1:].sum(dims)
     return ((2 * inter + SMOOTH) / (total + SMOOTH)).mean()
+
+
+def classification_loss(
+    logits: torch.Tensor, labels: torch.Tensor, kind: str = "ce", *, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy of (N, C) logits, each class weighted by ``weight`` (None: equally)."""
+    if kind != "ce":
+        raise ValueError(f"--loss {kind} is for segmentation; classification takes ce")
+    return F.cross_entropy(logits, labels, weight=weight)
 
 
 def segmentation_loss(

@@ -11,8 +11,8 @@ import copy
 import hashlib
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,8 @@ from ..errors import EnsError, first_line
 from ..io import atomic_torch_save
 from ..optim import build, get
 from ..recipe import TrainConfig  # the one declaration of every option; imported here for old callers
+from ..tasks import get_task
 from .infer import IMAGENET_MEAN, IMAGENET_STD, Normaliser, nchw, probabilities
-from .losses import segmentation_loss
 from .model import apply_lr_scale, create_model, output_channels, param_groups
 
 HALF_TOLERANCE = 2e-4  # fold models are kept in float16 when that moves no test probability by more
@@ -56,6 +56,43 @@ class FoldResult:
     seconds: float
     weights: dict[str, torch.Tensor] | None = None  # the fold model to keep (None: --no-keep-weights)
     weights_dtype: str | None = None
+
+
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
+# (the epoch's batches of dataset indices, its per-position augmentation seeds) -> (input, target) batches
+EpochBatches = Callable[[list[np.ndarray], np.ndarray], Batches]
+
+
+@dataclass
+class FoldState:
+    """What the epochs change and a checkpoint keeps: the model, its optimizer and schedules, the curves and
+    the best epoch so far. ``elapsed`` is the training time of earlier processes (a resume adds to it)."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
+    plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+    start_epoch: int = 0
+    curves: dict[str, list[float]] = field(default_factory=lambda: {"loss": [], "accuracy": []})
+    elapsed: float = 0.0
+    best: dict[str, Any] = field(default_factory=dict)
+    started: float = 0.0  # perf_counter when this process's first epoch began
+    last_save: float = 0.0  # perf_counter of the last checkpoint (or of ``started``)
+
+    def seconds(self) -> float:
+        """Training time so far, over every process this fold ran in."""
+        return self.elapsed + time.perf_counter() - self.started
+
+
+@dataclass
+class EpochTools:
+    """What every epoch of a fold uses and no checkpoint keeps, made once per process."""
+
+    batches: EpochBatches  # the task's batch maker
+    autocast: torch.dtype | None  # None: float32 without autocast
+    scaler: torch.amp.GradScaler
+    class_weights: torch.Tensor | None
+    gpu_images: torch.Tensor | None  # the dataset's images when they live on the GPU
 
 
 def derive_seed(*parts: object) -> int:
@@ -112,6 +149,11 @@ class _AugmentedPairs(torch.utils.data.Dataset):
 class FoldTrainer:
     """Trains ``model`` on one fold with one optimizer; ``checkpoint`` is where it resumes from.
 
+    :meth:`run` is a sequence of steps -- :meth:`prepare`, :meth:`epoch_tools`, per epoch
+    :meth:`train_epoch` (of :meth:`train_step`), :meth:`validate`, :meth:`keep_if_best` and
+    :meth:`save_checkpoint`, then :meth:`select_epoch` and :meth:`fold_result` -- each of which
+    asks the dataset's task (:mod:`ensemble.tasks`) for whatever depends on it.
+
     The checkpoint carries the run's recipe hash and holds only tensors and plain values,
     so it loads with ``torch.load(weights_only=True)``: a file dropped into a staging
     directory can never run code, and one from another recipe is refused.
@@ -138,8 +180,8 @@ class FoldTrainer:
         self.on_epoch = on_epoch or (lambda e, loss, acc: None)
         self.device = resolve_device(cfg.device)
         self._normalise = Normaliser(self.device, *NORMALISATIONS[cfg.normalise])
-        self.segmentation = ds.masks is not None
-        self.loss_name = cfg.loss_for(ds.task)
+        self.task = get_task(ds.task)
+        self.loss_name = self.task.loss_name(cfg.loss)
         self.plateau = cfg.uses_plateau(self.label)
         self.train_idx, self.select_idx = self._selection_split()
 
@@ -173,8 +215,50 @@ class FoldTrainer:
             ) from None
         return np.sort(train), np.sort(val)
 
-    # -------------------------------------------------------------- pieces
+    # -------------------------------------------------------------- run
+    def intra_op_threads(self) -> int | None:
+        """CPU results depend on how many threads split each reduction: ``ens train`` fixes the count per
+        task (all cores for one task at a time) and records it in the run's command, so the command
+        reproduces the member exactly; None leaves torch's own count."""
+        return self.cfg.threads
+
+    def run(self) -> FoldResult:
+        threads, before = self.intra_op_threads(), torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(before)
+
+    def _run(self) -> FoldResult:
+        state = self.prepare()
+        self.on_start(state.start_epoch)
+        tools = self.epoch_tools()
+        state.started = state.last_save = time.perf_counter()
+        for epoch in range(state.start_epoch, self.cfg.epochs):
+            self.train_epoch(state, tools, epoch)
+            if self.select_idx is not None:
+                score = self.validate(state, tools.gpu_images)
+                self.keep_if_best(state, epoch, score)
+            if self._checkpoint_due(epoch, state.last_save):
+                self.save_checkpoint(state, epoch)
+            self.on_epoch(epoch, state.curves["loss"][-1], state.curves["accuracy"][-1])
+        self.select_epoch(state)
+        return self.fold_result(state, tools.gpu_images)
+
+    # -------------------------------------------------------------- prepare
+    def prepare(self) -> FoldState:
+        """Model, optimizer and schedules as they are before the first epoch this process trains: fresh, or
+        restored from the checkpoint (which also gives the epoch to start from, the curves and the best)."""
+        model, opt, sched, _ = self._make()
+        state = FoldState(model, opt, sched)
+        checkpoint = self._resume(state) if self.checkpoint_path.exists() else None
+        state.plateau = self._plateau(opt, checkpoint)
+        return state
+
     def _make(self) -> tuple[nn.Module, torch.optim.Optimizer, Any, int]:
+        """The seeded model on the device, its optimizer and schedule, and the optimizer steps per epoch."""
         torch.manual_seed(self.seed)
         weights = Path(self.cfg.weights) if self.cfg.weights else None
         model = create_model(
@@ -204,207 +288,21 @@ class FoldTrainer:
                 group["base_lr"] = group["lr"]
         return model, opt, sched, steps
 
-    def _set_milestone_lr(self, opt: torch.optim.Optimizer, epoch: int) -> None:
-        """lr = base lr x gamma^(milestones passed): a function of the epoch, so a resume needs no state."""
-        if self.cfg.milestones:
-            factor = self.cfg.gamma ** sum(epoch >= m for m in self.cfg.milestones)
-            for group in opt.param_groups:
-                group["lr"] = group["base_lr"] * factor
-
-    def _loss_weights(self) -> torch.Tensor | None:
-        if self.cfg.class_weights != "balanced":
-            return None
-        counts = np.bincount(self.ds.labels[self.train_idx], minlength=len(self.ds.classes)).astype(np.float64)
-        weights = np.where(counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)), 0.0)
-        return torch.tensor(weights, dtype=torch.float32, device=self.device)
-
-    def _validation(self, model: nn.Module, gpu_images: torch.Tensor | None) -> tuple[float, float]:
-        """(score, loss) on the validation split: the score is higher-is-better (AUC, or minus the loss);
-        the loss is the negative log-likelihood (classification) or the training loss on the probability
-        maps (segmentation)."""
-        from ..auc import auc
-
-        probs = self.predict(model, self.select_idx, gpu_images)
-        if self.segmentation:
-            loss = segmentation_loss(
-                torch.from_numpy(probs),
-                torch.from_numpy(self.ds.masks[self.select_idx]).long(),
-                self.loss_name,
-                probabilities=True,
-            )
-            return -float(loss), float(loss)
-        labels = self.ds.labels[self.select_idx]
-        p = np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)
-        nll = -float(np.mean(np.log(p)))
-        if self.cfg.select == "best-val-auc":
-            value = auc(labels, probs)
-            return (value if math.isfinite(value) else float((probs.argmax(1) == labels).mean())), nll
-        return -nll, nll
-
-    def _epoch_plan(self, epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
-        """Sample order (as batches of dataset indices) and per-position augmentation seeds."""
-        rng = np.random.default_rng([self.seed, epoch])
-        order = self.train_idx[rng.permutation(len(self.train_idx))]
-        return _batches(order, self.cfg.batch_size), rng.integers(0, 2**31 - 1, size=len(order))
-
-    # -------------------------------------------------------------- run
-    def intra_op_threads(self) -> int | None:
-        """CPU results depend on how many threads split each reduction: ``ens train`` fixes the count per
-        task (all cores for one task at a time) and records it in the run's command, so the command
-        reproduces the member exactly; None leaves torch's own count."""
-        return self.cfg.threads
-
-    def run(self) -> FoldResult:
-        threads, before = self.intra_op_threads(), torch.get_num_threads()
-        if threads:
-            torch.set_num_threads(threads)
-        try:
-            return self._run()
-        finally:
-            torch.set_num_threads(before)
-
-    def _run(self) -> FoldResult:
-        model, opt, sched, _ = self._make()
-        start_epoch, curves, elapsed = 0, {"loss": [], "accuracy": []}, 0.0
-        best: dict[str, Any] = {}
-        checkpoint_state: dict[str, Any] | None = None
-        if self.checkpoint_path.exists():
-            start_epoch, curves, elapsed, best, checkpoint_state = self._resume(model, opt, sched)
-        self.on_start(start_epoch)
-
-        on_gpu = self.device.type == "cuda"
-        gpu_images = self._images_on_device() if on_gpu else None
-        images = gpu_images if gpu_images is not None else nchw(np.array(self.ds.images))  # in memory, writable
-        pairs = _AugmentedPairs(self.ds.images, self.ds.masks, self.cfg.augment) if self.segmentation else None
-        labels = torch.from_numpy(self.ds.labels)
-        dtype = self.cfg.autocast_dtype(self.device)
-        scaler = torch.amp.GradScaler(enabled=dtype == torch.float16 and on_gpu)
-        weights = self._loss_weights()
-        plateau = self._plateau(opt, checkpoint_state)
-        t0 = last_save = time.perf_counter()
-        for epoch in range(start_epoch, self.cfg.epochs):
-            model.train()
-            self._set_milestone_lr(opt, epoch)
-            batches, aug_seeds = self._epoch_plan(epoch)
-            loss_sum = torch.zeros((), device=self.device)
-            correct = torch.zeros((), device=self.device, dtype=torch.long)
-            seen = units = 0
-            gen = torch.Generator().manual_seed(int(aug_seeds[0]) if len(aug_seeds) else 0)
-            source = (
-                self._pair_batches(pairs, batches, aug_seeds)
-                if pairs is not None
-                else self._image_batches(images, labels, batches, gen)
-            )
-            for idx, (x, y) in zip(batches, source):
-                with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    logits = model(x)
-                    loss = (
-                        segmentation_loss(logits.float(), y, self.loss_name)
-                        if self.segmentation
-                        else nn.functional.cross_entropy(logits.float(), y, weight=weights)
-                    )
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                if sched is not None:
-                    sched.step()
-                loss_sum += loss.detach() * len(idx)
-                # accuracy: of the images (classification) or of the pixels (segmentation)
-                pred = (logits[:, 0] > 0).long() if self.segmentation and logits.shape[1] == 1 else logits.argmax(1)
-                correct += (pred == y).sum()
-                seen += len(idx)
-                units += y.numel()
-                self.on_batch(len(idx))
-            mean_loss = float(loss_sum) / max(seen, 1)  # one host sync per epoch
-            if not math.isfinite(mean_loss):
-                raise TrainingDiverged(
-                    f"{self.ds.name}/{self.label}: loss became {mean_loss} in epoch {epoch + 1} of fold "
-                    f"{self.fold.index}; the run is stopped and not stored (try a smaller --lr)"
-                )
-            curves["loss"].append(mean_loss)
-            curves["accuracy"].append(float(correct) / max(units, 1))
-            if self.select_idx is not None:
-                score, val_loss = self._validation(model, gpu_images)
-                curves.setdefault("val_score", []).append(score)
-                curves.setdefault("val_loss", []).append(val_loss)
-                if plateau is not None:
-                    plateau.step(val_loss)
-                    curves.setdefault("lr", []).append(float(opt.param_groups[0]["lr"]))
-                if self.cfg.select != "last" and (not best or score > best["score"]):
-                    best = {
-                        "score": score,
-                        "epoch": epoch,
-                        "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-                    }
-            if self._checkpoint_due(epoch, last_save):
-                seconds = elapsed + time.perf_counter() - t0
-                state = {
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "epoch": epoch,
-                    "scheduler": sched.state_dict() if sched is not None else None,
-                    "plateau": plateau.state_dict() if plateau is not None else None,
-                    "curves": curves,
-                    "seconds": seconds,
-                    "recipe_hash": self.recipe_hash,
-                    "best": best,
-                }
-                atomic_torch_save(self.checkpoint_path, state)
-                last_save = time.perf_counter()
-            self.on_epoch(epoch, curves["loss"][-1], curves["accuracy"][-1])
-        if best:
-            model.load_state_dict(best["model"])
-            curves["selected_epoch"] = [best["epoch"] + 1]
-        probs = self.predict(model, self.fold.test, gpu_images)
-        val = self.predict(model, self.fold.val, gpu_images) if self.fold.val is not None else None
-        if not np.isfinite(probs).all() or (val is not None and not np.isfinite(val).all()):
-            raise TrainingDiverged(
-                f"{self.ds.name}/{self.label}: the trained model of fold {self.fold.index} predicts NaN/inf; "
-                "the run is stopped and not stored (try a smaller --lr)"
-            )
-        weights_kept, dtype_kept = (
-            self.storable_weights(model, probs, gpu_images) if self.cfg.keep_weights else (None, None)
-        )
-        seconds = elapsed + time.perf_counter() - t0
-        return FoldResult(
-            probs,
-            self.targets(self.fold.test),
-            self.ds.ids[self.fold.test],
-            val,
-            curves,
-            seconds,
-            weights_kept,
-            dtype_kept,
-        )
-
-    def _checkpoint_due(self, epoch: int, last_save: float) -> bool:
-        """Save the training state after an epoch when ``checkpoint_every`` seconds have passed since the last
-        save: a save of model and optimizer costs about an epoch of a small model on a CPU, and a kill then
-        loses at most that interval (every epoch is a function of the seed, so a resume gives the same
-        member). Never after the last epoch: prediction follows at once and the fold is then staged."""
-        if epoch == self.cfg.epochs - 1:
-            return False
-        return time.perf_counter() - last_save >= self.cfg.checkpoint_every
-
-    def targets(self, indices: np.ndarray) -> np.ndarray:
-        """What the predictions of ``indices`` are scored against: labels, or masks (class per pixel)."""
-        return np.asarray(self.ds.masks[indices]) if self.segmentation else self.ds.labels[indices]
-
-    def _plateau(self, opt: torch.optim.Optimizer, state: dict[str, Any] | None):  # noqa: ANN202
+    def _plateau(
+        self, opt: torch.optim.Optimizer, checkpoint: dict[str, Any] | None
+    ) -> torch.optim.lr_scheduler.ReduceLROnPlateau | None:
         """torch's ReduceLROnPlateau on the validation loss (the lightweight U-Net paper's: halve after
         ``plateau`` epochs without improvement), restored from the checkpoint on resume."""
         if not self.plateau:
             return None
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=self.cfg.plateau)
-        if state and state.get("plateau"):
-            plateau.load_state_dict(state["plateau"])
+        if checkpoint and checkpoint.get("plateau"):
+            plateau.load_state_dict(checkpoint["plateau"])
         return plateau
 
-    def _resume(
-        self, model: nn.Module, opt: torch.optim.Optimizer, sched: Any
-    ) -> tuple[int, dict, float, dict[str, Any], dict[str, Any]]:
-        """Load the last epoch's checkpoint (tensors and plain values only; never code)."""
+    def _resume(self, state: FoldState) -> dict[str, Any]:
+        """Load the last saved epoch's checkpoint into ``state`` (tensors and plain values only; never code)
+        and return it."""
         try:
             ckpt = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
         except Exception as err:  # unreadable, or a pickle asking for more than tensors
@@ -418,16 +316,36 @@ class FoldTrainer:
                 "delete it (or pass --restart) to train this fold from the start"
             )
         try:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            if sched is not None:
-                sched.load_state_dict(ckpt["scheduler"])
-            return int(ckpt["epoch"]) + 1, ckpt["curves"], float(ckpt["seconds"]), ckpt.get("best") or {}, ckpt
+            state.model.load_state_dict(ckpt["model"])
+            state.opt.load_state_dict(ckpt["optimizer"])
+            if state.sched is not None:
+                state.sched.load_state_dict(ckpt["scheduler"])
+            state.start_epoch, state.curves = int(ckpt["epoch"]) + 1, ckpt["curves"]
+            state.elapsed, state.best = float(ckpt["seconds"]), ckpt.get("best") or {}
+            return ckpt
         except Exception as err:  # from another model/optimizer: never guess
             raise EnsError(
                 f"cannot resume from checkpoint {self.checkpoint_path} ({first_line(err, 200)}); "
                 "delete it to train this fold from the start"
             ) from None
+
+    def epoch_tools(self) -> EpochTools:
+        """The task's batch maker, autocast dtype, gradient scaler and class weights; the images go to the GPU
+        once when they fit, for training and prediction alike."""
+        on_gpu = self.device.type == "cuda"
+        gpu_images = self._images_on_device() if on_gpu else None
+        batches = self.task.training_batches(self, gpu_images)
+        dtype = self.cfg.autocast_dtype(self.device)
+        scaler = torch.amp.GradScaler(enabled=dtype == torch.float16 and on_gpu)
+        return EpochTools(batches, dtype, scaler, self._loss_weights(), gpu_images)
+
+    def _loss_weights(self) -> torch.Tensor | None:
+        """``--class-weights balanced``: n / (C * n_c) of the training split (0 for a class it lacks)."""
+        if self.cfg.class_weights != "balanced":
+            return None
+        counts = np.bincount(self.ds.labels[self.train_idx], minlength=len(self.ds.classes)).astype(np.float64)
+        weights = np.where(counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)), 0.0)
+        return torch.tensor(weights, dtype=torch.float32, device=self.device)
 
     def _images_on_device(self) -> torch.Tensor | None:
         """All images on the GPU as uint8 when they take under half of its free memory."""
@@ -437,9 +355,28 @@ class FoldTrainer:
             return None
         return torch.from_numpy(np.ascontiguousarray(self.ds.images)).to(self.device).permute(0, 3, 1, 2)
 
+    # -------------------------------------------------------------- batches (the task picks one maker)
+    def device_batches(self, gpu_images: torch.Tensor | None) -> EpochBatches:
+        """Gathered, moved and augmented in torch on the training device (:meth:`_image_batches`), each epoch
+        drawing from a CPU generator seeded by its first augmentation seed."""
+        images = gpu_images if gpu_images is not None else nchw(np.array(self.ds.images))  # in memory, writable
+        labels = torch.from_numpy(self.ds.labels)
+
+        def epoch(batches: list[np.ndarray], aug_seeds: np.ndarray) -> Batches:
+            gen = torch.Generator().manual_seed(int(aug_seeds[0]) if len(aug_seeds) else 0)
+            return self._image_batches(images, labels, batches, gen)
+
+        return epoch
+
+    def paired_batches(self) -> EpochBatches:
+        """Image and mask augmented together, per image with its own seed, through a DataLoader
+        (:meth:`_pair_batches`)."""
+        pairs = _AugmentedPairs(self.ds.images, self.ds.masks, self.cfg.augment)
+        return lambda batches, aug_seeds: self._pair_batches(pairs, batches, aug_seeds)
+
     def _image_batches(
         self, images: torch.Tensor, labels: torch.Tensor, batches: list[np.ndarray], gen: torch.Generator
-    ):
+    ) -> Batches:
         """Classification: the batch is gathered, moved and augmented in torch on the training device, with
         random numbers from the CPU generator ``gen`` -- the same draws on CPU and GPU, no worker processes."""
         for idx in batches:
@@ -449,7 +386,7 @@ class FoldTrainer:
             x = augment_batch(x.float().contiguous(), gen, self.cfg.augment)
             yield self._normalise(x), labels[idx].to(self.device, non_blocking=True)
 
-    def _pair_batches(self, pairs: _AugmentedPairs, batches: list[np.ndarray], aug_seeds: np.ndarray):
+    def _pair_batches(self, pairs: _AugmentedPairs, batches: list[np.ndarray], aug_seeds: np.ndarray) -> Batches:
         """Segmentation: image and mask augmented together per image (albumentations), each with its own seed."""
         pos = 0
         sampler = []
@@ -466,6 +403,151 @@ class FoldTrainer:
         )
         for x, y in loader:
             yield self._normalise(x), y.to(self.device, non_blocking=True).long()
+
+    # -------------------------------------------------------------- one epoch
+    def _epoch_plan(self, epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """Sample order (as batches of dataset indices) and per-position augmentation seeds: a function of the
+        seed and the epoch alone, so a resumed run draws what an uninterrupted one would."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = self.train_idx[rng.permutation(len(self.train_idx))]
+        return _batches(order, self.cfg.batch_size), rng.integers(0, 2**31 - 1, size=len(order))
+
+    def _set_milestone_lr(self, opt: torch.optim.Optimizer, epoch: int) -> None:
+        """lr = base lr x gamma^(milestones passed): a function of the epoch, so a resume needs no state."""
+        if self.cfg.milestones:
+            factor = self.cfg.gamma ** sum(epoch >= m for m in self.cfg.milestones)
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * factor
+
+    def train_epoch(self, state: FoldState, tools: EpochTools, epoch: int) -> None:
+        """One pass over the training split; appends the mean loss and the accuracy (of images or pixels, as
+        the task counts hits) to the curves. Sums stay on the device: one host sync per epoch."""
+        state.model.train()
+        self._set_milestone_lr(state.opt, epoch)
+        batches, aug_seeds = self._epoch_plan(epoch)
+        loss_sum = torch.zeros((), device=self.device)
+        hits = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = units = 0
+        for idx, (x, y) in zip(batches, tools.batches(batches, aug_seeds)):
+            loss, batch_hits = self.train_step(state, tools, x, y)
+            loss_sum += loss * len(idx)
+            hits += batch_hits
+            seen += len(idx)
+            units += y.numel()
+            self.on_batch(len(idx))
+        mean_loss = float(loss_sum) / max(seen, 1)
+        if not math.isfinite(mean_loss):
+            raise TrainingDiverged(
+                f"{self.ds.name}/{self.label}: loss became {mean_loss} in epoch {epoch + 1} of fold "
+                f"{self.fold.index}; the run is stopped and not stored (try a smaller --lr)"
+            )
+        state.curves["loss"].append(mean_loss)
+        state.curves["accuracy"].append(float(hits) / max(units, 1))
+
+    def train_step(
+        self, state: FoldState, tools: EpochTools, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and the task's loss under autocast, then one optimizer (and schedule) step; returns the
+        detached loss and the task's hit count, both still on the device."""
+        dtype = tools.autocast
+        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = state.model(x)
+            loss = self.task.loss(logits, y, name=self.loss_name, class_weights=tools.class_weights)
+        state.opt.zero_grad(set_to_none=True)
+        tools.scaler.scale(loss).backward()
+        tools.scaler.step(state.opt)
+        tools.scaler.update()
+        if state.sched is not None:
+            state.sched.step()
+        return loss.detach(), self.task.hits(logits, y)
+
+    # -------------------------------------------------------------- validate, select, checkpoint
+    def validate(self, state: FoldState, gpu_images: torch.Tensor | None) -> float:
+        """Score the validation split (curves ``val_score``, ``val_loss``), step the plateau schedule on its
+        loss (curve ``lr``), and return the score."""
+        score, val_loss = self._validation(state.model, gpu_images)
+        state.curves.setdefault("val_score", []).append(score)
+        state.curves.setdefault("val_loss", []).append(val_loss)
+        if state.plateau is not None:
+            state.plateau.step(val_loss)
+            state.curves.setdefault("lr", []).append(float(state.opt.param_groups[0]["lr"]))
+        return score
+
+    def _validation(self, model: nn.Module, gpu_images: torch.Tensor | None) -> tuple[float, float]:
+        """(score, loss) on the validation split, as the task scores it (higher score is better)."""
+        probs = self.predict(model, self.select_idx, gpu_images)
+        targets = self.task.targets(self.ds, self.select_idx)
+        return self.task.validation(probs, targets, loss=self.loss_name, select=self.cfg.select)
+
+    def keep_if_best(self, state: FoldState, epoch: int, score: float) -> None:
+        """Under ``--select best-*``, a CPU copy of the model of the best-scoring epoch so far (the first on
+        ties)."""
+        if self.cfg.select != "last" and (not state.best or score > state.best["score"]):
+            state.best = {
+                "score": score,
+                "epoch": epoch,
+                "model": {k: v.detach().to("cpu", copy=True) for k, v in state.model.state_dict().items()},
+            }
+
+    def _checkpoint_due(self, epoch: int, last_save: float) -> bool:
+        """Save the training state after an epoch when ``checkpoint_every`` seconds have passed since the last
+        save: a save of model and optimizer costs about an epoch of a small model on a CPU, and a kill then
+        loses at most that interval (every epoch is a function of the seed, so a resume gives the same
+        member). Never after the last epoch: prediction follows at once and the fold is then staged."""
+        if epoch == self.cfg.epochs - 1:
+            return False
+        return time.perf_counter() - last_save >= self.cfg.checkpoint_every
+
+    def save_checkpoint(self, state: FoldState, epoch: int) -> None:
+        """Write everything :meth:`prepare` needs to continue after ``epoch`` (atomically: a kill mid-write
+        leaves the previous checkpoint)."""
+        seconds = state.seconds()
+        checkpoint = {
+            "model": state.model.state_dict(),
+            "optimizer": state.opt.state_dict(),
+            "epoch": epoch,
+            "scheduler": state.sched.state_dict() if state.sched is not None else None,
+            "plateau": state.plateau.state_dict() if state.plateau is not None else None,
+            "curves": state.curves,
+            "seconds": seconds,
+            "recipe_hash": self.recipe_hash,
+            "best": state.best,
+        }
+        atomic_torch_save(self.checkpoint_path, checkpoint)
+        state.last_save = time.perf_counter()
+
+    def select_epoch(self, state: FoldState) -> None:
+        """Put the kept epoch's weights into the model (the best under ``--select best-*``, else the last) and
+        record which epoch it was (curve ``selected_epoch``, 1-based)."""
+        if state.best:
+            state.model.load_state_dict(state.best["model"])
+            state.curves["selected_epoch"] = [state.best["epoch"] + 1]
+
+    # -------------------------------------------------------------- predict, keep
+    def fold_result(self, state: FoldState, gpu_images: torch.Tensor | None) -> FoldResult:
+        """The kept model's predictions of the test fold (and of the validation split), its targets, ids and
+        curves, the training time, and the weights to store."""
+        probs, val = self.predict_fold(state.model, gpu_images)
+        weights, weights_dtype = (
+            self.storable_weights(state.model, probs, gpu_images) if self.cfg.keep_weights else (None, None)
+        )
+        seconds = state.seconds()
+        targets = self.task.targets(self.ds, self.fold.test)
+        return FoldResult(
+            probs, targets, self.ds.ids[self.fold.test], val, state.curves, seconds, weights, weights_dtype
+        )
+
+    def predict_fold(self, model: nn.Module, gpu_images: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities of the test fold and of the dataset's validation split (None without one); a model
+        predicting NaN or inf stops the run, which is then not stored."""
+        probs = self.predict(model, self.fold.test, gpu_images)
+        val = self.predict(model, self.fold.val, gpu_images) if self.fold.val is not None else None
+        if not np.isfinite(probs).all() or (val is not None and not np.isfinite(val).all()):
+            raise TrainingDiverged(
+                f"{self.ds.name}/{self.label}: the trained model of fold {self.fold.index} predicts NaN/inf; "
+                "the run is stopped and not stored (try a smaller --lr)"
+            )
+        return probs, val
 
     def predict(self, model: nn.Module, indices: np.ndarray, gpu_images: torch.Tensor | None) -> np.ndarray:
         """Softmax probabilities (float32) for ``indices`` -- (n, C), or (n, C, H, W) maps for segmentation --
