@@ -409,3 +409,44 @@ def test_segmentation_task_hits_loss_and_validation_by_hand():
     assert val_loss == pytest.approx(float(1 - dice), rel=1e-6) and score == -val_loss
     ds = type("DS", (), {"masks": np.arange(8, dtype=np.uint8).reshape(2, 2, 2)})()
     assert task.targets(ds, np.array([1])).tolist() == [[[4, 5], [6, 7]]]
+
+
+def test_a_resumed_segmentation_fold_equals_an_uninterrupted_one(tmp_path):
+    """The U-Nets' dropout draws from torch's global generator: the checkpoint carries it, so a fold stopped
+    after its second epoch and resumed ends bit for bit as a fold never stopped."""
+    from ensemble.data.dataset import load
+    from ensemble.train.trainer import FoldTrainer, TrainConfig
+
+    ds = load(f"seg:{make_seg_folder(tmp_path / 'd', n=10)}", size=16, cache_dir=tmp_path / "cache")
+    cfg = TrainConfig(
+        model="lighter-unet@4",
+        epochs=3,
+        size=16,
+        device="cpu",
+        pretrained=False,
+        batch_size=4,
+        workers=0,
+        threads=1,
+        keep_weights=False,
+        checkpoint_every=0,
+        loss="dice",
+        augment="flips",
+        plateau=0,
+    )
+    whole = FoldTrainer(ds, ds.folds[0], "Adam", cfg, seed=5, checkpoint=tmp_path / "whole.pt").run()
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_second_epoch(epoch: int, loss: float, acc: float) -> None:
+        if epoch == 1:
+            raise Stop
+
+    ckpt = tmp_path / "stopped.pt"
+    with pytest.raises(Stop):
+        FoldTrainer(ds, ds.folds[0], "Adam", cfg, seed=5, checkpoint=ckpt, on_epoch=stop_after_second_epoch).run()
+    starts = []
+    resumed = FoldTrainer(ds, ds.folds[0], "Adam", cfg, seed=5, checkpoint=ckpt, on_start=starts.append).run()
+    assert starts == [2]
+    assert resumed.curves["loss"] == whole.curves["loss"]
+    assert np.array_equal(resumed.probs, whole.probs)

@@ -322,6 +322,10 @@ class FoldTrainer:
                 state.sched.load_state_dict(ckpt["scheduler"])
             state.start_epoch, state.curves = int(ckpt["epoch"]) + 1, ckpt["curves"]
             state.elapsed, state.best = float(ckpt["seconds"]), ckpt.get("best") or {}
+            if ckpt.get("rng") is not None:  # checkpoints of ens 0.2 carry none
+                torch.set_rng_state(ckpt["rng"].cpu())
+            if ckpt.get("cuda_rng") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["cuda_rng"]])
             return ckpt
         except Exception as err:  # from another model/optimizer: never guess
             raise EnsError(
@@ -512,6 +516,9 @@ class FoldTrainer:
             "seconds": seconds,
             "recipe_hash": self.recipe_hash,
             "best": state.best,
+            # torch's global generators drive dropout (the U-Nets) and DataLoader seeds: a resume continues them
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
         }
         atomic_torch_save(self.checkpoint_path, checkpoint)
         state.last_save = time.perf_counter()
