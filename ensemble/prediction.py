@@ -154,8 +154,7 @@ def member_probs(
     advance: Callable[[int], None] = lambda n: None,
 ) -> np.ndarray:
     """(N, C): the mean softmax of the member's fold models (or of fold ``fold`` alone)."""
-    from .train.infer import Normaliser, nchw, probabilities
-    from .train.trainer import NORMALISATIONS
+    from .train.infer import NORMALISATIONS, Normaliser, nchw, probabilities
 
     images = inputs.images(int(member.meta.recipe["size"]))
     normalise = Normaliser(device, *NORMALISATIONS[member.meta.recipe.get("normalisation", "imagenet")])
@@ -323,8 +322,7 @@ def predict_masks(
     targets = mask_targets(inputs, masks)
     shapes = inputs.shapes()
 
-    from .train.infer import Normaliser, nchw, probabilities
-    from .train.trainer import NORMALISATIONS
+    from .train.infer import NORMALISATIONS, Normaliser, nchw, probabilities
 
     classes = members[0].classes
     size = max(int(m.meta.recipe["size"]) for m in members)

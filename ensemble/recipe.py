@@ -36,6 +36,7 @@ import click
 from .errors import UsageError
 from .optim.registry import get, resolve
 from .options import NON_NEGATIVE, OPEN_UNIT, POSITIVE, Device, Milestones, check_value
+from .tasks import TASKS, get_task
 
 if TYPE_CHECKING:
     import torch
@@ -252,7 +253,7 @@ RECIPE_KEYS = tuple(o.name for o in OPTIONS if o.in_presets)
 RECIPES: Mapping[str, dict[str, Any]] = MappingProxyType(
     {name: {key: OPTION[key].preset(name) for key in RECIPE_KEYS} for name in PRESETS}
 )
-DEFAULT_RECIPE = {"classification": "paper", "segmentation": "unet"}
+DEFAULT_RECIPE = {name: task.default_recipe for name, task in TASKS.items()}
 RECIPE_HELP = {
     "paper": "SPEC §2 (Nanni et al. 2021): torchvision's ImageNet ResNet50 fine-tuned, head x20, L2 1e-4, "
     "flips + x/y scale, 20 epochs, batch 30, constant lr",
@@ -322,7 +323,8 @@ class _TrainConfigMethods:
         return self.plateau > 0 and get(label).kind != "schedule"
 
     def loss_for(self, task: str) -> str:
-        return ("dice" if task == "segmentation" else "ce") if self.loss == "auto" else self.loss
+        """The loss a member of ``task`` trains on (``auto``: the task's own)."""
+        return get_task(task).loss_name(self.loss)
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
         import torch
@@ -541,16 +543,9 @@ def check_recipe(cfg: TrainConfig, label: str, task: str) -> dict[str, Any]:
         raise UsageError(f"{err} (check --lr and the optimizer's own settings in `ens optimizers`)") from None
     if optimizer.get("fused") is False:  # the eager step: recorded as members before the fused kernels were
         del optimizer["fused"]
-    segmentation = task == "segmentation"
-    loss = cfg.loss_for(task)
-    if segmentation and loss == "ce":
-        raise UsageError("--loss ce is for classification; segmentation trains on dice or bce-dice")
-    if not segmentation and loss != "ce":
-        raise UsageError(f"--loss {loss} is for segmentation datasets (seg:PATH); classification uses ce")
+    get_task(task).check_options(loss=cfg.loss_for(task), select=cfg.select)
     if cfg.plateau and cfg.milestones:
         raise UsageError("--plateau and --milestones both set the learning rate; give one of them")
-    if segmentation and cfg.select == "best-val-auc":
-        raise UsageError("--select best-val-auc is for classification; segmentation selects on best-val-loss")
     return optimizer
 
 
@@ -562,8 +557,6 @@ def build_recipe(cfg: TrainConfig, label: str, ds: Dataset) -> dict[str, Any]:
     keep their hash.
     """
     optimizer = check_recipe(cfg, label, ds.task)
-    segmentation = ds.task == "segmentation"
-    loss = cfg.loss_for(ds.task)
     recipe = {
         "model": cfg.model,
         "weights": weight_source(cfg),
@@ -589,13 +582,10 @@ def build_recipe(cfg: TrainConfig, label: str, ds: Dataset) -> dict[str, Any]:
             "classes": list(ds.classes),
         },
     }
-    if segmentation or loss != "ce":
-        recipe["loss"] = loss
+    get_task(ds.task).stamp_recipe(recipe, loss=cfg.loss_for(ds.task))
     if cfg.uses_plateau(label):
         recipe["plateau"] = {"patience": cfg.plateau, "factor": 0.5, "on": "validation loss"}
         recipe["val_fraction"] = cfg.val_fraction
-    if segmentation:
-        recipe["dataset"]["task"] = "segmentation"
     return json.loads(json.dumps(recipe))  # tuples become lists: the form it has when read back
 
 

@@ -150,7 +150,8 @@ def train_fold_task(
     rd.write_fold(task.fold, ds.task, result.probs, result.labels, result.ids)
     if result.val_probs is not None:
         fold = ds.folds[task.fold]
-        rd.write_fold(task.fold, ds.task, result.val_probs, ds.labels[fold.val], ds.ids[fold.val], split="val")
+        targets = get_task(ds.task).targets(ds, fold.val)
+        rd.write_fold(task.fold, ds.task, result.val_probs, targets, ds.ids[fold.val], split="val")
     model = None
     if result.weights is not None:
         from safetensors.torch import save

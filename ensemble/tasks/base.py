@@ -66,6 +66,16 @@ class Task:
         images when they live on the GPU."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ recipe (ensemble.recipe asks these)
+    default_recipe: str = "paper"  # the preset `ens train` starts from for a dataset of this task
+
+    def check_options(self, *, loss: str, select: str) -> None:
+        """Refuse training options the task cannot train with (before any work)."""
+
+    def stamp_recipe(self, recipe: dict[str, Any], *, loss: str) -> None:
+        """Add the task's own keys to a member's recipe. Keys appear only where they differ from what the
+        earliest (classification) members recorded, so their recipes keep their hashes."""
+
     # ------------------------------------------------------------------ store, fusion, report, predict
     target_key: str = "labels"  # the fold file's array of targets
     metric: str = "accuracy"  # the member-level score member.json and `ens members` show

@@ -57,6 +57,13 @@ class ClassificationTask(Task):
         """Whole batches gathered and augmented in torch on the training device (no worker processes)."""
         return trainer.device_batches(gpu_images)
 
+    # ------------------------------------------------------------------ recipe
+    default_recipe = "paper"
+
+    def check_options(self, *, loss: str, select: str) -> None:
+        if loss != self.default_loss:
+            raise UsageError(f"--loss {loss} is for segmentation datasets (seg:PATH); classification uses ce")
+
     # ------------------------------------------------------------------ store, fusion, report, predict
     target_key = "labels"
     metric = "accuracy"

@@ -54,6 +54,20 @@ class SegmentationTask(Task):
         """Image and mask augmented together per image (albumentations), through a DataLoader."""
         return trainer.paired_batches()
 
+    # ------------------------------------------------------------------ recipe
+    default_recipe = "unet"
+
+    def check_options(self, *, loss: str, select: str) -> None:
+        if loss == "ce":
+            raise UsageError("--loss ce is for classification; segmentation trains on dice or bce-dice")
+        if select == "best-val-auc":
+            raise UsageError("--select best-val-auc is for classification; segmentation selects on best-val-loss")
+
+    def stamp_recipe(self, recipe: dict[str, Any], *, loss: str) -> None:
+        """The loss, and the task in the dataset block (both absent from classification recipes)."""
+        recipe["loss"] = loss
+        recipe["dataset"]["task"] = self.name
+
     # ------------------------------------------------------------------ store, fusion, report, predict
     target_key = "masks"
     metric = "dice"

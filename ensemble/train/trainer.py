@@ -28,7 +28,7 @@ from ..io import atomic_torch_save
 from ..optim import build, get
 from ..recipe import TrainConfig  # the one declaration of every option; imported here for old callers
 from ..tasks import get_task
-from .infer import IMAGENET_MEAN, IMAGENET_STD, Normaliser, nchw, probabilities
+from .infer import NORMALISATIONS, Normaliser, nchw, probabilities
 from .model import apply_lr_scale, create_model, output_channels, param_groups
 
 HALF_TOLERANCE = 2e-4  # fold models are kept in float16 when that moves no test probability by more
@@ -36,14 +36,6 @@ HALF_TOLERANCE = 2e-4  # fold models are kept in float16 when that moves no test
 
 class TrainingDiverged(EnsError):
     """The loss became NaN or inf: the run stops and nothing of it is stored as complete."""
-
-
-AUGMENTATIONS = ("paper", "flips", "none")
-NORMALISATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": ((0.5,) * 3, (0.5,) * 3)}
-STEMS = ("default", "small")
-SELECTIONS = ("last", "best-val-auc", "best-val-loss")
-CLASS_WEIGHTS = ("none", "balanced")
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass
