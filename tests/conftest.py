@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +94,41 @@ def stage_run(folder: Path, members: Path, *, label: str = "DGrad", run: int = 0
     rd.label_dir.mkdir(parents=True, exist_ok=True)
     prepare_run(rd, build_recipe(cfg, label, ds), folds=len(ds.folds), restart=False)
     return rd.staging
+
+
+def tiny(epochs: int = 1, *extra: str) -> list[str]:
+    """The `ens train` flags of a tiny, fast CPU member (timm's test_resnet at 16 px, no download), ``extra``
+    appended: the one place the tests spell them."""
+    return [
+        "--model",
+        "test_resnet",
+        "--epochs",
+        str(epochs),
+        "--size",
+        "16",
+        "--no-pretrained",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def run_ens(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``ens ARGS`` in this process, through the console entry point, as a finished process would report it
+    (exit code, stdout, stderr): for tests where no process boundary is under test."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.ExitStack() as stack:
+        if cwd is not None:
+            here = os.getcwd()
+            os.chdir(cwd)
+            stack.callback(os.chdir, here)
+        stack.enter_context(contextlib.redirect_stdout(out))
+        stack.enter_context(contextlib.redirect_stderr(err))
+        code = invoke_main(*args)
+    return subprocess.CompletedProcess(["ens", *args], code, out.getvalue(), err.getvalue())
 
 
 def invoke_main(*args: str) -> int:

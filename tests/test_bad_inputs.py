@@ -16,22 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import make_folder, run_cli, write_member
+from tests.conftest import make_folder, run_cli, tiny, write_member
 
-TINY = [
-    "--model",
-    "test_resnet",
-    "--epochs",
-    "1",
-    "--size",
-    "16",
-    "--no-pretrained",
-    "--device",
-    "cpu",
-    "--workers",
-    "0",
-    "--no-progress",
-]
+TINY = tiny(1)
 
 
 @pytest.fixture(scope="module")

@@ -18,32 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import make_folder, stage_run
+from tests.conftest import make_folder, stage_run, tiny
 
 pytestmark = pytest.mark.slow
 
 # --threads 1: CPU results depend on the thread count, which by default differs between executors (every
 # core here, a share of them per pool worker); at one count every executor trains the same members
-TINY = [
-    "--model",
-    "test_resnet",
-    "--epochs",
-    "4",
-    "--batch-size",
-    "8",
-    "--size",
-    "16",
-    "--no-pretrained",
-    "--device",
-    "cpu",
-    "--workers",
-    "0",
-    "--no-progress",
-    "--threads",
-    "1",
-    "--checkpoint-every",
-    "0",
-]
+TINY = tiny(4, "--batch-size", "8", "--threads", "1", "--checkpoint-every", "0")
 
 
 def train_args(folder: Path, members: Path, *extra: str, n: int = 2) -> list[str]:

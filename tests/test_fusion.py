@@ -141,15 +141,10 @@ def test_different_fingerprints_are_not_fused(tmp_path):
 
 
 def test_cli_errors_exit_2_without_traceback(store, tmp_path):
-    import subprocess
-    import sys
+    from tests.conftest import run_ens
 
     for expr in ["SGD2+", "SGD9"]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "ensemble.cli", "fuse", "--dataset", "toy", expr, "--members-dir", str(store.root)],
-            capture_output=True,
-            text=True,
-        )
+        proc = run_ens("fuse", "--dataset", "toy", expr, "--members-dir", str(store.root))
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and "Error:" in proc.stderr
 

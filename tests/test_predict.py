@@ -12,22 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import invoke_main, make_folder, run_cli
+from tests.conftest import invoke_main, make_folder, run_cli, tiny
 
-TINY = [
-    "--model",
-    "test_resnet",
-    "--epochs",
-    "2",
-    "--size",
-    "16",
-    "--no-pretrained",
-    "--device",
-    "cpu",
-    "--workers",
-    "0",
-    "--no-progress",
-]
+TINY = tiny(2)
 
 
 @pytest.fixture(scope="module")

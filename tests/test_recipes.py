@@ -13,23 +13,9 @@ import torch
 
 from ensemble.train.recipe import RECIPE_KEYS, RECIPES, compose_config
 from ensemble.train.trainer import TrainConfig
-from tests.conftest import invoke_main, make_folder, run_cli
+from tests.conftest import invoke_main, make_folder, run_cli, tiny
 
-TINY = [
-    "--model",
-    "test_resnet",
-    "--epochs",
-    "2",
-    "--size",
-    "16",
-    "--no-pretrained",
-    "--device",
-    "cpu",
-    "--workers",
-    "0",
-    "--no-progress",
-    "--no-keep-weights",
-]
+TINY = tiny(2, "--no-keep-weights")
 
 
 @pytest.fixture(scope="module")

@@ -14,24 +14,11 @@ from ensemble.errors import EnsError, StoreError, UsageError
 from ensemble.fusion import parse
 from ensemble.fusion.expr import ExpressionError
 from ensemble.store import Store, check_name, recipe_hash
-from tests.conftest import make_folder, run_cli, stage_run, write_member
+from tests.conftest import make_folder, run_cli, stage_run, tiny, write_member
 
 cli = run_cli
 
-TINY = [
-    "--model",
-    "test_resnet",
-    "--epochs",
-    "1",
-    "--size",
-    "16",
-    "--no-pretrained",
-    "--device",
-    "cpu",
-    "--workers",
-    "0",
-    "--no-progress",
-]
+TINY = tiny(1)
 
 
 def snapshot(root: Path) -> dict[str, str]:

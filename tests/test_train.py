@@ -12,28 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SHARED, make_folder
+from tests.conftest import SHARED, make_folder, run_ens, tiny
 
-TINY = [
-    "--model",
-    "test_resnet",
-    "--epochs",
-    "1",
-    "--size",
-    "16",
-    "--no-pretrained",
-    "--device",
-    "cpu",
-    "--workers",
-    "0",
-    "--no-progress",
-]
+TINY = tiny(1)
 
 
-def ens(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ensemble.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
-    )
+def ens(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``ens ARGS`` in this process: the kill and lock tests below run real processes."""
+    return run_ens(*args, cwd=cwd)
 
 
 def complete_runs(label_dir: Path) -> list[Path]:
