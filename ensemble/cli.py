@@ -437,17 +437,26 @@ def recipes(names: tuple[str, ...]) -> None:
 # --------------------------------------------------------------------------- demo
 @cli.command()
 @click.option(
-    "--members-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("members"),
-    help="The member store the demo fills (members/digits/...).",
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A new (or empty) folder for the demo's store, cache and report [default: ./ens-demo-<date>-<time>].",
 )
-@click.option("--n", "count", type=click.IntRange(min=1), default=2, help="Members per optimizer.")
-def demo(members_dir: Path, count: int) -> None:
-    """Train a few tiny members of SGD, DGrad and Cos1 on scikit-learn's digits, then fuse them."""
-    from .demo import run_demo
+@click.option("--n", "count", type=click.IntRange(min=1, max=10), default=2, help="Members per optimizer.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="torch CPU threads while training [default: every usable core].",
+)
+def demo(out: Path | None, count: int, threads: int | None) -> None:
+    """Train small members of SGD, Adam and DGrad on BreastMNIST (shipped with ens), fuse them, set members
+    against ensembles with 95% intervals and write the HTML report -- all into one fresh folder."""
+    from .demo import check_out, run_demo
 
-    run_demo(members_dir, count, progress=sys.stderr.isatty(), echo=click.echo)
+    if out is not None:
+        check_out(out)
+    run_demo(out, n=count, threads=threads, progress=sys.stderr.isatty(), echo=click.echo)
 
 
 # --------------------------------------------------------------------------- fuse
