@@ -28,9 +28,9 @@ from ensemble.data.dataset import Dataset
 from ensemble.data.splits import Fold
 from ensemble.executors.pools import usable_cores
 from ensemble.io import atomic_torch_save
+from ensemble.learn.model import create_model
+from ensemble.learn.trainer import FoldTrainer, TrainConfig
 from ensemble.optim import build
-from ensemble.train.model import create_model
-from ensemble.train.trainer import FoldTrainer, TrainConfig
 
 
 def _sync(device: str) -> None:

@@ -24,10 +24,10 @@ from .errors import EnsError, UsageError
 from .fusion import select
 from .fusion.expr import format_terms
 from .fusion.rules import RULES
+from .learn.infer import NORMALISATIONS, TTA_FLIPS
 from .prediction import check_members, load_fold_model
 from .store import Store, run_name
 from .tasks import get_task
-from .train.infer import NORMALISATIONS, TTA_FLIPS
 
 ONNX_TOLERANCE = 1e-4
 

@@ -19,9 +19,9 @@ from typing import Any
 
 from .data.dataset import Dataset
 from .errors import StoreError
+from .learn.recipe import build_recipe
+from .learn.trainer import TrainConfig
 from .store import MemberMeta, RunDir, Store, label_key, recipe_diff, recipe_hash, run_name
-from .train.recipe import build_recipe
-from .train.trainer import TrainConfig
 
 
 class RecipeMismatch(StoreError):

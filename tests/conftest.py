@@ -82,11 +82,11 @@ def write_member(
 
 def stage_run(folder: Path, members: Path, *, label: str = "DGrad", run: int = 0, **cfg_kw) -> Path:
     """A run staged (started, not finished) under the recipe of ``cfg_kw``, as a killed `ens train` leaves it."""
+    from ensemble.learn.recipe import build_recipe
+    from ensemble.learn.trainer import TrainConfig
     from ensemble.plan import prepare_run
     from ensemble.runs import load_dataset
     from ensemble.store import Store
-    from ensemble.train.recipe import build_recipe
-    from ensemble.train.trainer import TrainConfig
 
     cfg = TrainConfig(**{"model": "test_resnet", "pretrained": False, "device": "cpu", "workers": 0, **cfg_kw})
     ds = load_dataset(f"folder:{folder}", "datasets", cfg.size, None, 0)

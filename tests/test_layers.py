@@ -123,3 +123,15 @@ def test_no_code_outside_the_task_modules_branches_on_a_task_name():
             if pattern.search(line):
                 offenders.append(f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+def test_no_api_name_is_shadowed_by_a_submodule():
+    """``import ensemble as ens; ens.train(...)``: importing ``ensemble.X`` binds X on the package, so no public
+    function of the API may share its name with a module of the package."""
+    import pkgutil
+
+    import ensemble
+
+    modules = {m.name for m in pkgutil.iter_modules(ensemble.__path__)}
+    assert modules & set(ensemble.__all__) == set()
+    assert {"fuse", "predict", "report", "train"} <= set(ensemble.__all__)

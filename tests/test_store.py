@@ -196,8 +196,8 @@ def test_crafted_checkpoint_is_not_executed(capsys, folder, tmp_path):
 def test_checkpoint_of_another_recipe_is_refused(tmp_path, folder):
     import torch
 
+    from ensemble.learn.trainer import FoldTrainer, TrainConfig
     from ensemble.runs import load_dataset
-    from ensemble.train.trainer import FoldTrainer, TrainConfig
 
     ds = load_dataset(f"folder:{folder}", "datasets", 16, None, 0)
     cfg = TrainConfig(model="test_resnet", epochs=1, size=16, pretrained=False, device="cpu", workers=0)
@@ -209,8 +209,8 @@ def test_checkpoint_of_another_recipe_is_refused(tmp_path, folder):
 
 
 def test_publish_killed_at_each_step_completes_without_retraining(capsys, folder, tmp_path, monkeypatch):
+    from ensemble.learn import trainer
     from ensemble.store import RunDir
-    from ensemble.train import trainer
 
     members = tmp_path / "M"
     real_rename = os.rename
@@ -222,7 +222,7 @@ def test_publish_killed_at_each_step_completes_without_retraining(capsys, folder
 
     monkeypatch.setattr(os, "rename", killed_before_rename)
     with pytest.raises(KeyboardInterrupt):
-        from ensemble.train.trainer import TrainConfig
+        from ensemble.learn.trainer import TrainConfig
         from ensemble.training import TrainRequest, train_members
 
         cfg = TrainConfig(model="test_resnet", epochs=1, size=16, pretrained=False, device="cpu", workers=0)
