@@ -35,7 +35,7 @@ RECIPE = dict(
     head_lr_factor=1.0,
     weight_decay=0.0,
 )
-SETS = ("sgd.lr=0.05", "adam.lr=0.002", "dgrad.lr=0.002")
+SETS = ("sgd.lr=0.02", "adam.lr=0.002", "dgrad.lr=0.002")
 
 
 def default_out() -> Path:
