@@ -125,6 +125,34 @@ def _cell(v: object, digits: int, na: str = "") -> str:
     return "" if v is None else str(v)
 
 
+_NUMBER = re.compile(r"-?\d+(\.\d+)?( \[-?\d+(\.\d+)?, -?\d+(\.\d+)?\])?")
+
+
+def numeric(column: pd.Series) -> bool:
+    """Whether a column holds numbers (or numbers already written, "0.81 [0.77, 0.85]"): right-aligned."""
+    if pd.api.types.is_bool_dtype(column):
+        return False
+    if pd.api.types.is_numeric_dtype(column):
+        return True
+    written = [v for v in column if isinstance(v, str) and v]
+    return bool(written) and all(isinstance(v, str) for v in column) and all(_NUMBER.fullmatch(v) for v in written)
+
+
+def to_html(df: pd.DataFrame, digits: int = 4) -> str:
+    """An HTML table with human headers (the CSV's name as the header's tooltip), numbers right-aligned,
+    every name escaped."""
+    from html import escape
+
+    num = [numeric(df[c]) for c in df.columns]
+    NUM = ' class="num"'  # noqa: N806
+    head = "".join(f'<th title="{escape(str(c))}">{escape(human(str(c)))}</th>' for c in df.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td{NUM if n else ''}>{escape(_cell(v, digits))}</td>" for v, n in zip(row, num)) + "</tr>"
+        for row in df.itertuples(index=False)
+    )
+    return f'<div class="table"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
 def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
     """A GitHub Markdown table with human headers (pandas' own needs the extra 'tabulate' package)."""
 
@@ -132,7 +160,7 @@ def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
         return text.replace("|", "\\|")
 
     head = "| " + " | ".join(esc(human(str(c))) for c in df.columns) + " |"
-    sep = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else "---" for c in df.columns) + "|"
+    sep = "|" + "|".join("---:" if numeric(df[c]) else "---" for c in df.columns) + "|"
     body = ["| " + " | ".join(esc(_cell(v, digits)) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([head, sep, *body])
 
@@ -165,7 +193,7 @@ def to_latex(df: pd.DataFrame, digits: int = 4) -> str:
     """A LaTeX tabular with human headers; long text columns wrap (``p{...}``) so the table fits a page."""
     fmt = []
     for col in df.columns:
-        if pd.api.types.is_numeric_dtype(df[col]):
+        if numeric(df[col]):
             fmt.append("r")
             continue
         longest = max((len(_cell(v, digits)) for v in df[col]), default=0)
