@@ -147,13 +147,15 @@ def write_figures(out: Path, by_label: dict[str, list[Member]], best: str) -> li
     paths.append(_save(fig, out / "accuracy_vs_size.png"))
 
     cm, classes = confusion_of(by_label, best)
-    fig, ax = plt.subplots(figsize=(1 + 0.5 * len(classes) + 3, 1 + 0.5 * len(classes) + 2))
+    fig, ax = plt.subplots(figsize=(max(5.5, 4 + 0.5 * len(classes)), 1 + 0.5 * len(classes) + 2))
     im = ax.imshow(cm, cmap="Blues")
-    annotate(ax, im, cm.astype(float), "{:.0f}")
+    annotate(ax, im, cm.astype(float), "{:.0f}", fontsize=10)
     integer_ticks(fig.colorbar(im, ax=ax, label="samples").ax.yaxis)  # a count axis
     ax.set_xticks(range(len(classes)), [plain(c) for c in classes], rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), [plain(c) for c in classes])
-    ax.set(xlabel="predicted", ylabel="true", title=plain(f"Confusion matrix of {best}"))
+    ax.set(
+        xlabel="predicted", ylabel="true", title=plain(f"Confusion matrix\nof {best}")
+    )  # two lines: clear of the colour bar
     paths.append(_save(fig, out / "confusion_best.png"))
 
     preds = {}
