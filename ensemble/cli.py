@@ -536,6 +536,8 @@ def fuse(
         click.echo(render(rows, fmt, title=title))
     if details and fmt != "json":
         for r in results:
+            if r.labels.ndim != 1:  # masks, not one class per sample: no per-class table (the full one is above)
+                continue
             per, cm = fusion_details(r)
             click.echo(f"\n{r.expression}: per class")
             click.echo(render(per, fmt))

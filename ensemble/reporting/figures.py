@@ -153,9 +153,8 @@ def write_figures(out: Path, by_label: dict[str, list[Member]], best: str) -> li
     integer_ticks(fig.colorbar(im, ax=ax, label="samples").ax.yaxis)  # a count axis
     ax.set_xticks(range(len(classes)), [plain(c) for c in classes], rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), [plain(c) for c in classes])
-    ax.set(
-        xlabel="predicted", ylabel="true", title=plain(f"Confusion matrix\nof {best}")
-    )  # two lines: clear of the colour bar
+    # the title on two lines, clear of the colour bar
+    ax.set(xlabel="predicted", ylabel="true", title=plain(f"Confusion matrix\nof {best}"))
     paths.append(_save(fig, out / "confusion_best.png"))
 
     preds = {}
