@@ -51,7 +51,7 @@ def plot_schedules(path: Path, period: int = 30, epochs: int = 20, steps_per_epo
         top.tick_params(labelbottom=False)
         bottom.plot(x, moms, color="C1")
         bottom.set(xlabel="epoch", ylabel="momentum")
-        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+        bottom.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
         for ax in (top, bottom):
             ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -55,7 +55,7 @@ def integer_ticks(axis) -> None:  # noqa: ANN001 - a matplotlib Axis
     """Ticks at whole numbers only: the axis counts something (members, samples)."""
     from matplotlib.ticker import MaxNLocator
 
-    axis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
 
 
 def legend_outside(ax: plt.Axes, **kwargs: object) -> None:
