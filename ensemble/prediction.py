@@ -125,7 +125,7 @@ def load_fold_model(member: Member, k: int, device):  # noqa: ANN001, ANN201 - a
     from safetensors.torch import load_file
 
     from .errors import StoreError, first_line
-    from .train.model import create_model, output_channels
+    from .learn.model import create_model, output_channels
 
     recipe = member.meta.recipe
     model = create_model(
@@ -154,7 +154,7 @@ def member_probs(
     advance: Callable[[int], None] = lambda n: None,
 ) -> np.ndarray:
     """(N, C): the mean softmax of the member's fold models (or of fold ``fold`` alone)."""
-    from .train.infer import NORMALISATIONS, Normaliser, nchw, probabilities
+    from .learn.infer import NORMALISATIONS, Normaliser, nchw, probabilities
 
     images = inputs.images(int(member.meta.recipe["size"]))
     normalise = Normaliser(device, *NORMALISATIONS[member.meta.recipe.get("normalisation", "imagenet")])
@@ -219,7 +219,7 @@ def predict(
     (segmentation members: the mask written into ``masks`` and its summary, see :func:`predict_masks`)."""
     from rich.progress import Progress
 
-    from .train.trainer import resolve_device
+    from .learn.trainer import resolve_device
 
     if rule not in RULES:
         raise UsageError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
@@ -322,7 +322,7 @@ def predict_masks(
     targets = mask_targets(inputs, masks)
     shapes = inputs.shapes()
 
-    from .train.infer import NORMALISATIONS, Normaliser, nchw, probabilities
+    from .learn.infer import NORMALISATIONS, Normaliser, nchw, probabilities
 
     classes = members[0].classes
     size = max(int(m.meta.recipe["size"]) for m in members)

@@ -516,7 +516,7 @@ def weight_source(cfg: TrainConfig) -> str:
         except OSError as err:
             raise UsageError(f"--weights {cfg.weights}: cannot be read ({err.strerror})") from None
         return f"file:sha256:{h.hexdigest()[:16]}"
-    from .train.model import is_segmentation_model
+    from .learn.model import is_segmentation_model
 
     if not cfg.pretrained or is_segmentation_model(cfg.model):
         return "none"

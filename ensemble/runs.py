@@ -25,7 +25,7 @@ from .errors import DataError, StoreError
 from .io import atomic_write_bytes, atomic_write_json
 from .store import SCHEMA_VERSION, MemberMeta, RunDir, Store, recipe_hash, run_name, split_key
 from .tasks import get_task
-from .train.trainer import FoldTrainer, TrainConfig, _batches, derive_seed
+from .learn.trainer import FoldTrainer, TrainConfig, _batches, derive_seed
 
 
 @dataclass(frozen=True)
