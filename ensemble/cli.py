@@ -499,7 +499,12 @@ def _fuse_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
 @_fuse_options
 @click.option("--ci", is_flag=True, help="95% bootstrap intervals of accuracy, macro-F1 and AUC.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", help="Output format.")
-@click.option("--details", is_flag=True, help="Also per-class precision/recall/F1 and the confusion matrix.")
+@click.option(
+    "--details",
+    is_flag=True,
+    help="The full table (every metric, fold spread, interval bounds), per-class precision/recall/F1 and the "
+    "confusion matrix. The default terminal table shows the key columns; --format gives every column.",
+)
 def fuse(
     dataset: str,
     expressions: tuple[str, ...],
@@ -514,11 +519,13 @@ def fuse(
     """Fuse stored members, one row per EXPRESSION (e.g. "SGD14+DGrad7+Cos1_7").
 
     Each row gives accuracy, macro-F1, AUC, NLL, Brier score and ECE (15 equal-width bins of the
-    top-class confidence), pooled over folds.
+    top-class confidence), pooled over folds. The terminal table shows the key columns (with --ci, each
+    interval beside its metric) in the terminal's width; --details or --format csv/json/markdown/latex
+    give every column.
     """
     from .api import fuse_results, store_dataset
     from .fusion import details as fusion_details
-    from .reporting.tables import render
+    from .reporting.tables import key_view, render
 
     name = store_dataset(dataset, members_dir)[1]
     results = fuse_results(
@@ -531,9 +538,15 @@ def fuse(
         resamples=resamples,
     )
     rows = [r.row() for r in results]
-    click.echo(render(rows, fmt, title=f"{name}: {rule} rule"))
+    title = f"{name}: {rows[0]['rule'] if rows else rule} rule"
+    if fmt == "table" and not details:  # the key columns; intervals to 3 digits, so that they fit
+        click.echo(render(key_view(rows, 3 if ci else 4), fmt, title=title, digits=3 if ci else 4))
+    else:
+        click.echo(render(rows, fmt, title=title))
     if details and fmt != "json":
         for r in results:
+            if r.labels.ndim != 1:  # masks, not one class per sample: no per-class table (the full one is above)
+                continue
             per, cm = fusion_details(r)
             click.echo(f"\n{r.expression}: per class")
             click.echo(render(per, fmt))

@@ -339,6 +339,8 @@ def test_report_shows_calibration_and_mixed_vs_single(tmp_path):
     assert "p_mcnemar" in page and "SGD2+DGrad2" in page and "SGD4" in page
     mixed = (d / "mixed_vs_single.csv").read_text()
     assert "SGD2+DGrad2,SGD4" in mixed
-    table2 = (d / "table2.md").read_text()
-    for words in ("weighted sum", "greedy selection", "stacking", "accuracy_lo", "ece"):
+    table2 = (d / "table2.md").read_text()  # human headers; the interval beside its metric
+    for words in ("weighted sum", "greedy selection", "stacking", "Accuracy [95% CI]", "ECE"):
         assert words in table2
+    header = (d / "table2.csv").read_text().splitlines()[0].split(",")  # machine names, for scripts
+    assert {"accuracy_lo", "accuracy_hi", "ece"} <= set(header)

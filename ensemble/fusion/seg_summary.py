@@ -101,11 +101,14 @@ def seg_table2(by_label: dict[str, list[Member]]) -> list[dict]:
     everything = [m for ms in by_label.values() for m in ms]
     if len(by_label) > 1:
         add("+".join(term_text(lab, len(ms)) for lab, ms in by_label.items()), everything, "all members")
-    return rows
+    from .summary import distinct
+
+    return distinct(rows, "ensemble")  # one row per multiset of members
 
 
 def seg_mixed_vs_single(by_label: dict[str, list[Member]]) -> list[dict]:
-    """A{ceil(n/2)}+B{floor(n/2)} against A{n} and B{n}: the paired test is Wilcoxon's on per-image Dice."""
+    """A{ceil(n/2)}+B{floor(n/2)} against A{n} and B{n}: the paired test is Wilcoxon's on per-image Dice.
+    Each pair of labels is taken once, so each mixed ensemble (a multiset) is built and written once."""
     from scipy.stats import wilcoxon
 
     rows = []

@@ -119,6 +119,7 @@ def table2(
                 **_metrics(y, scores, fold_of),
             }
         )
+    rows = distinct(rows, "ensemble", "selection")  # the search may find a seed's-list ensemble again
     rows.append(_honest(by_label, step, val_by_label))
     for method in LEARNED:
         if sum(len(ms) for ms in by_label.values()) < 2:
@@ -154,34 +155,68 @@ def _metrics(y: np.ndarray, scores: np.ndarray, fold_of: np.ndarray) -> dict[str
 
 
 def mixed_vs_single(by_label: dict[str, list[Member]], resamples: int = 1000) -> list[dict]:
-    """For labels A and B: A{k}+B{k} against A{2k} (the largest k both allow), with the paired tests."""
+    """For labels A and B: the mixed ensemble A{k}+B{k} against each single-optimizer ensemble of the same
+    size the store holds, A{2k} and B{2k}, with the paired tests (k is the largest that allows one). A
+    sum-rule ensemble is a multiset (A1+B1 is B1+A1), so each mixed ensemble is built once, written in the
+    store's label order, and each comparison is one row."""
     from .core import fuse_members
 
     rows = []
-    for a, ms_a in by_label.items():
-        for b, ms_b in by_label.items():
-            k = min(len(ms_a) // 2, len(ms_b))
-            if a == b or k < 1:
+    labels = list(by_label)
+    for i, a in enumerate(labels):
+        for b in labels[i + 1 :]:
+            n_a, n_b = len(by_label[a]), len(by_label[b])
+            k = min(max(n_a, n_b) // 2, n_a, n_b)
+            if k < 1:
                 continue
-            mixed = fuse_members(ms_a[:k] + ms_b[:k], "sum", f"{term_text(a, k)}+{term_text(b, k)}")
-            single = fuse_members(ms_a[: 2 * k], "sum", term_text(a, 2 * k))
-            cmp = compare_results(mixed, single, resamples)
-            acc, auc = cmp.rows[0], cmp.rows[1]
-            rows.append(
-                {
-                    "mixed": mixed.expression,
-                    "single": single.expression,
-                    "accuracy_mixed": acc["A"],
-                    "accuracy_single": acc["B"],
-                    "difference": acc["difference"],
-                    "p_mcnemar": acc["p"],
-                    "auc_mixed": auc["A"],
-                    "auc_single": auc["B"],
-                    f"p_auc ({auc['test']})": auc["p"],
-                    "verdict": _short_verdict(acc["difference"], acc["p"]),
-                }
-            )
-    return rows
+            mixed = fuse_members(by_label[a][:k] + by_label[b][:k], "sum", f"{term_text(a, k)}+{term_text(b, k)}")
+            for lab in (a, b):
+                if len(by_label[lab]) < 2 * k:
+                    continue
+                single = fuse_members(by_label[lab][: 2 * k], "sum", term_text(lab, 2 * k))
+                cmp = compare_results(mixed, single, resamples)
+                acc, auc = cmp.rows[0], cmp.rows[1]
+                rows.append(
+                    {
+                        "mixed": mixed.expression,
+                        "single": single.expression,
+                        "accuracy_mixed": acc["A"],
+                        "accuracy_single": acc["B"],
+                        "difference": acc["difference"],
+                        "p_mcnemar": acc["p"],
+                        "auc_mixed": auc["A"],
+                        "auc_single": auc["B"],
+                        f"p_auc ({auc['test']})": auc["p"],
+                        "verdict": _short_verdict(acc["difference"], acc["p"]),
+                    }
+                )
+    return distinct(rows, "mixed", "single")
+
+
+def multiset(expression: str) -> object:
+    """What a sum-rule expression fuses, order aside: its (label, members) pairs, so "SGD1+DGrad1" is
+    "DGrad1+SGD1"; text that is no expression (a learned fusion's name) stands for itself."""
+    try:
+        terms = parse(expression)
+    except UsageError:
+        return expression
+    counts: dict[str, int] = defaultdict(int)
+    for t in terms:
+        counts[t.label] += t.count
+    return frozenset((lab, k) for lab, k in counts.items() if k)
+
+
+def distinct(rows: list[dict], column: str, *also: str) -> list[dict]:
+    """The rows with the first of each distinct ensemble in ``column`` (a multiset; with ``also``, per
+    value of those columns too), in order."""
+    seen: set = set()
+    out = []
+    for row in rows:
+        key = (multiset(str(row[column])), *(row[c] for c in also))
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out
 
 
 def _short_verdict(difference: float, p: float) -> str:

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .diffgrad import cyclic_terms  # noqa: E402
 from .registry import build  # noqa: E402
@@ -28,27 +29,34 @@ def schedule_curves(name: str, epochs: int = 20, steps_per_epoch: int = 10) -> t
 
 
 def plot_schedules(path: Path, period: int = 30, epochs: int = 20, steps_per_epoch: int = 10) -> Path:
-    """The seed's Fig. 1 (a_t and c_t over two periods) and CLMR/TASO over an ``epochs`` run."""
+    """The seed's Fig. 1 (a_t and c_t over two periods) and CLMR/TASO over an ``epochs`` run: each
+    schedule's learning rate and momentum in panels of their own (one above the other, sharing the epoch
+    axis), so neither curve hides the other; the one legend sits below its panel."""
     t = list(range(1, 2 * period + 1))
     a, c = zip(*(cyclic_terms(s, period) for s in t))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    axes[0].plot(t, c, label="c_t (Cos#1, Cos#2)")
-    axes[0].plot(t, a, label="a_t (Cos#2)")
-    axes[0].set(title=f"Cyclic terms, period {period}", xlabel="optimizer step t")
-    axes[0].legend()
+    fig = plt.figure(figsize=(15, 5.5))
+    grid = fig.add_gridspec(2, 3)
+    cyc = fig.add_subplot(grid[:, 0])
+    cyc.plot(t, c, label="c_t (Cos#1, Cos#2)")
+    cyc.plot(t, a, label="a_t (Cos#2)")
+    cyc.set(title=f"Cyclic terms, period {period}", xlabel="optimizer step t")
+    cyc.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     x = [i / steps_per_epoch for i in range(epochs * steps_per_epoch)]
-    for name, ax in (("clmr", axes[1]), ("taso", axes[2])):
+    for col, name in ((1, "clmr"), (2, "taso")):
         lrs, moms = schedule_curves(name, epochs, steps_per_epoch)
-        ax.plot(x, lrs, color="C0", label="learning rate")
-        ax.set(title=f"{name.upper()} over {epochs} epochs", xlabel="epoch", ylabel="learning rate")
-        ax2 = ax.twinx()
-        ax2.plot(x, moms, color="C1", label="momentum")
-        ax2.set_ylabel("momentum")
-        ax.legend(loc="upper left")
-        ax2.legend(loc="upper right")
+        top = fig.add_subplot(grid[0, col])
+        bottom = fig.add_subplot(grid[1, col], sharex=top)
+        top.plot(x, lrs, color="C0")
+        top.set(title=f"{name.upper()} over {epochs} epochs", ylabel="learning rate")
+        top.tick_params(labelbottom=False)
+        bottom.plot(x, moms, color="C1")
+        bottom.set(xlabel="epoch", ylabel="momentum")
+        bottom.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
     return path

@@ -16,14 +16,33 @@ from ..fusion.seg_summary import SegSummary
 from ..fusion.summary import GroupSummary, summarise
 from ..store import Store
 from ..tasks import get_task
-from .tables import render, to_markdown
+from .tables import render, to_html, to_latex, to_markdown, with_intervals
+
+RECIPE_COLUMNS = ("model", "parameters", "recipe", "setup")  # Table 1's own small table: what was trained
+PER_MIXED = ("mixed", "accuracy_mixed", "auc_mixed", "dice_mixed")  # a mixed ensemble's cells, shown once
+
+
+def presented(rows: list[dict]) -> list[pd.DataFrame]:
+    """The tables a reader sees for ``rows`` (the CSV keeps them whole, with machine names): each metric's
+    interval beside it as one column; Table 1's recipe columns split off into their own table; a mixed
+    ensemble's own cells written once above the comparisons it is in."""
+    df = with_intervals(pd.DataFrame(rows))
+    recipe = [c for c in RECIPE_COLUMNS if c in df.columns]
+    if recipe and "label" in df.columns:
+        return [df.drop(columns=recipe), df[["label", *recipe]]]
+    if "mixed" in df.columns:
+        repeat = df["mixed"].eq(df["mixed"].shift())
+        for col in (c for c in PER_MIXED if c in df.columns):
+            df[col] = ["" if r else (f"{v:.4f}" if isinstance(v, float) else str(v)) for v, r in zip(df[col], repeat)]
+    return [df]
 
 
 def write_tables(out: Path, stem: str, rows: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.md").write_text(to_markdown(pd.DataFrame(rows)) + "\n")
+    parts = presented(rows)
+    (out / f"{stem}.md").write_text("\n\n".join(to_markdown(df) for df in parts) + "\n")
     (out / f"{stem}.csv").write_text(render(rows, "csv") + "\n")
-    (out / f"{stem}.tex").write_text(render(rows, "latex"))
+    (out / f"{stem}.tex").write_text("\n".join(to_latex(df) for df in parts))
 
 
 def report(store: Store, out: Path, step: int = 7) -> list[Path]:
@@ -67,15 +86,19 @@ def segmentation_page(target: Path, group: SegSummary) -> Path:
 <h2>Table 2: ensembles (mean of the probability maps, then argmax)</h2>{_table(group.table2)}
 <p>Per image, then averaged over every image of the 5 folds: Dice and IoU of the foreground, HD95 (95th
 percentile of the pooled surface distances, pixels of the stored size). Both masks empty: Dice 1, HD95 0;
-one empty: Dice 0, HD95 the image diagonal. _std: over images (Table 2) or members (Table 1).</p>
+one empty: Dice 0, HD95 the image diagonal. (std): over images (Table 2) or members (Table 1).</p>
 <h2>Mixed against single-optimizer ensembles of the same size</h2>
 {_table(group.comparison) if group.comparison else "<p>Not enough members of two labels with one network.</p>"}
 <p>Paired Wilcoxon signed-rank test on the per-image Dice; a difference is called one only at p &lt; 0.05.</p>"""
     return _page(target, group.name, group.fingerprint, body, figs)
 
 
-def _table(rows: list[dict]) -> str:
-    return pd.DataFrame(rows).to_html(index=False, float_format="%.4f", na_rep="", escape=True)
+def _table(rows: list[dict], recipe_caption: str = "Recipes (what each label's members share)") -> str:
+    parts = presented(rows)
+    html_parts = [to_html(df) for df in parts]
+    if len(parts) > 1:
+        html_parts[1] = f'<p class="caption">{html.escape(recipe_caption)}</p>{html_parts[1]}'
+    return "\n".join(html_parts)
 
 
 def _page(target: Path, name: str, fingerprint: str, body: str, figs: list[Path]) -> Path:
@@ -86,8 +109,17 @@ def _page(target: Path, name: str, fingerprint: str, body: str, figs: list[Path]
     )
     name = html.escape(name)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>ens report: {name}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:3px 8px}} img{{max-width:520px}} figure{{display:inline-block}}</style>
+<style>
+body{{font-family:sans-serif;max-width:1100px;margin:auto;padding:0 12px;line-height:1.35}}
+div.table{{max-width:100%;overflow-x:auto;margin:0.4em 0 0.8em}}
+table{{border-collapse:collapse;font-size:13px}}
+th{{background:#f2f2f2;text-align:left;vertical-align:bottom}}
+td,th{{border:1px solid #ccc;padding:3px 7px;vertical-align:top;max-width:26em;overflow-wrap:break-word}}
+td.num{{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}}
+p.caption{{margin:0.6em 0 0.2em;font-style:italic}}
+figure{{display:inline-block;vertical-align:top;margin:8px;max-width:100%}}
+img{{max-width:100%;height:auto}} figcaption{{text-align:center;font-size:13px;color:#555}}
+</style>
 </head><body><h1>{name}</h1><p>dataset fingerprint {html.escape(fingerprint)}</p>
 {body.rstrip()}
 <h2>Figures</h2>{imgs}</body></html>
@@ -103,7 +135,7 @@ def _learnt_nothing_note(group: GroupSummary | SegSummary) -> str:
     if not bad:
         return ""
     items = "".join(f"<li>{html.escape(m.name)}: {html.escape(m.meta.diagnosis)}</li>" for m in bad)
-    return f"<p><strong>Members that learnt nothing</strong> (column learnt_nothing):</p><ul>{items}</ul>"
+    return f"<p><strong>Members that learnt nothing</strong> (column Learnt nothing):</p><ul>{items}</ul>"
 
 
 def _html(target: Path, group: GroupSummary, per_class: list[dict], figs: list[Path]) -> Path:
@@ -113,12 +145,13 @@ def _html(target: Path, group: GroupSummary, per_class: list[dict], figs: list[P
 <p>Rows marked "optimistic" are chosen on the very test folds they are scored on; the "honest" row is chosen
 without them (validation split, or cross-validated over folds).</p>
 {_table(group.table2)}
-<p>accuracy_lo/hi: 95% interval, bootstrap over samples stratified by class (1000 resamples, seed 0).
+<p>Accuracy [95% CI]: bootstrap over samples stratified by class (1000 resamples, seed 0).
 NLL, Brier and ECE (15 equal-width bins of the top-class confidence) measure calibration.</p>
 <h2>Mixed against single-optimizer ensembles of the same size</h2>
 {_table(group.comparison) if group.comparison else "<p>Not enough members of two labels.</p>"}
-<p>Paired tests on the same samples: McNemar's exact test for accuracy, DeLong's test for a binary AUC
-(paired bootstrap otherwise). A difference is called one only at p &lt; 0.05.</p>
+<p>Each mixed ensemble A<i>k</i>+B<i>k</i> against A2<i>k</i> and B2<i>k</i>, on the same samples: McNemar's
+exact test for accuracy, DeLong's test for a binary AUC (paired bootstrap otherwise). A difference is called
+one only at p &lt; 0.05.</p>
 <h2>Diversity between labels</h2>{_table(group.diversity)}
 <h2>Per class: {html.escape(group.best)}</h2>{_table(per_class)}
 """
