@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ensemble.prediction import collect_inputs, load_fold_model, predict  # noqa: E402
 from ensemble.store import Store  # noqa: E402
-from ensemble.train.infer import Normaliser, nchw  # noqa: E402
-from ensemble.train.trainer import TrainConfig, resolve_device  # noqa: E402
+from ensemble.learn.infer import Normaliser, nchw  # noqa: E402
+from ensemble.learn.trainer import TrainConfig, resolve_device  # noqa: E402
 from ensemble.training import TrainRequest, train_members  # noqa: E402
 
 

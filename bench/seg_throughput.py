@@ -21,9 +21,9 @@ import torch
 from ensemble.data.dataset import Dataset
 from ensemble.data.splits import Fold
 from ensemble.optim import build
-from ensemble.train.losses import segmentation_loss
-from ensemble.train.model import create_model
-from ensemble.train.trainer import FoldTrainer, TrainConfig
+from ensemble.learn.losses import segmentation_loss
+from ensemble.learn.model import create_model
+from ensemble.learn.trainer import FoldTrainer, TrainConfig
 
 
 def bound(model_name: str, size: int, batch: int, steps: int, device: str) -> float:

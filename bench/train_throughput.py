@@ -29,8 +29,8 @@ from ensemble.data.splits import Fold
 from ensemble.executors.pools import usable_cores
 from ensemble.io import atomic_torch_save
 from ensemble.optim import build
-from ensemble.train.model import create_model
-from ensemble.train.trainer import FoldTrainer, TrainConfig
+from ensemble.learn.model import create_model
+from ensemble.learn.trainer import FoldTrainer, TrainConfig
 
 
 def _sync(device: str) -> None:

@@ -1,7 +1,7 @@
 """ens: deep ensembles of CNNs for medical image classification and segmentation.
 
 Data flows one way: dataset sources (``ensemble.data``) -> recipe -> member trainer
-(``ensemble.train``) -> store (``ensemble.store``) -> fusion (``ensemble.fusion``) -> report,
+(``ensemble.learn``) -> store (``ensemble.store``) -> fusion (``ensemble.fusion``) -> report,
 predict and export; every task-specific step asks its task (``ensemble.tasks``). The public
 Python API is :mod:`ensemble.api`, re-exported here (``import ensemble as ens; ens.fuse(...)``);
 it is loaded on first use, so ``import ensemble`` stays instant.

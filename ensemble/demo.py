@@ -13,7 +13,7 @@ from pathlib import Path
 from .fusion import fuse
 from .reporting.tables import render
 from .store import Store
-from .train.trainer import TrainConfig
+from .learn.trainer import TrainConfig
 from .training import TrainRequest, train_members
 
 DEMO_MEMBERS = {"SGD": {"lr": 0.02}, "DGrad": {}, "Cos1": {}}

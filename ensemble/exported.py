@@ -180,8 +180,8 @@ def load_export(path: str | Path, *, engine: str = "torch") -> ExportedEnsemble:
 def _member(root: Path, where: Path, i: int, entry: Any, classes: list[str], engine: str) -> ExportedMember:
     import timm
 
-    from .train.infer import NORMALISATIONS
-    from .train.model import is_segmentation_model
+    from .learn.infer import NORMALISATIONS
+    from .learn.model import is_segmentation_model
 
     at = f"members[{i}]"
     if not isinstance(entry, dict):

@@ -30,7 +30,7 @@ from .fusion.rules import RULES
 from .prediction import check_members, load_fold_model
 from .store import Store, run_name
 from .tasks import get_task
-from .train.infer import NORMALISATIONS, TTA_FLIPS
+from .learn.infer import NORMALISATIONS, TTA_FLIPS
 
 ONNX_TOLERANCE = 1e-4
 MANIFEST_VERSION = 1  # what ensemble.exported reads; bump it when the manifest's meaning changes

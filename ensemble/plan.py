@@ -20,8 +20,8 @@ from typing import Any
 from .data.dataset import Dataset
 from .errors import StoreError
 from .store import MemberMeta, RunDir, Store, label_key, recipe_diff, recipe_hash, run_name
-from .train.recipe import build_recipe
-from .train.trainer import TrainConfig
+from .learn.recipe import build_recipe
+from .learn.trainer import TrainConfig
 
 
 class RecipeMismatch(StoreError):

@@ -142,7 +142,7 @@ def build_fold_model(model_name: str, stem: str, n_classes: int, path: Path, dev
     from safetensors.torch import load_file
 
     from .errors import StoreError, first_line
-    from .train.model import create_model, output_channels
+    from .learn.model import create_model, output_channels
 
     model = create_model(model_name, output_channels(model_name, n_classes), pretrained=False, stem=stem)
     try:
@@ -202,7 +202,7 @@ def member_probs(
     advance: Callable[[int], None] = lambda n: None,
 ) -> np.ndarray:
     """(N, C): the mean softmax of the member's fold models (or of fold ``fold`` alone)."""
-    from .train.infer import NORMALISATIONS, Normaliser, nchw, probabilities
+    from .learn.infer import NORMALISATIONS, Normaliser, nchw, probabilities
 
     images = inputs.images(member.size)
     normalise = Normaliser(device, *NORMALISATIONS[member.normalisation])
@@ -298,7 +298,7 @@ def apply_members(
     or an export); ``what`` names the ensemble in usage errors."""
     from rich.progress import Progress
 
-    from .train.trainer import resolve_device
+    from .learn.trainer import resolve_device
 
     if rule not in RULES:
         raise UsageError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
@@ -402,7 +402,7 @@ def predict_masks(
     targets = mask_targets(inputs, masks)
     shapes = inputs.shapes()
 
-    from .train.infer import NORMALISATIONS, Normaliser, nchw, probabilities
+    from .learn.infer import NORMALISATIONS, Normaliser, nchw, probabilities
 
     classes = members[0].classes
     size = max(m.size for m in members)

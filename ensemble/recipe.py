@@ -128,12 +128,12 @@ class LogChoice(click.Choice):
     """``--log none|tensorboard``, refused as it is parsed (before any training) when tensorboard is missing."""
 
     def __init__(self) -> None:
-        from .train.tblog import LOGS
+        from .learn.tblog import LOGS
 
         super().__init__(list(LOGS))
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from .train.tblog import check_available
+        from .learn.tblog import check_available
 
         value = super().convert(value, param, ctx)
         check_available(value)
@@ -540,7 +540,7 @@ def weight_source(cfg: TrainConfig) -> str:
         except OSError as err:
             raise UsageError(f"--weights {cfg.weights}: cannot be read ({err.strerror})") from None
         return f"file:sha256:{h.hexdigest()[:16]}"
-    from .train.model import is_segmentation_model
+    from .learn.model import is_segmentation_model
 
     if not cfg.pretrained or is_segmentation_model(cfg.model):
         return "none"

@@ -25,8 +25,8 @@ from .errors import DataError, StoreError
 from .io import atomic_write_bytes, atomic_write_json
 from .store import SCHEMA_VERSION, MemberMeta, RunDir, Store, recipe_hash, run_name, split_key
 from .tasks import get_task
-from .train.tblog import EpochLog
-from .train.trainer import FoldTrainer, TrainConfig, _batches, derive_seed
+from .learn.tblog import EpochLog
+from .learn.trainer import FoldTrainer, TrainConfig, _batches, derive_seed
 
 
 @dataclass(frozen=True)

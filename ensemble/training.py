@@ -119,7 +119,7 @@ def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> lis
 def job_config(req: TrainRequest) -> tuple[TrainConfig, str]:
     """The configuration every task of the job uses, and the device type it trains on: the CPU thread count
     fixed once (so every task computes the same bits), the weights file made absolute for workers."""
-    from .train.trainer import resolve_device
+    from .learn.trainer import resolve_device
 
     cfg = req.config
     device = resolve_device(cfg.device).type if not req.scheduler else cfg.device
@@ -250,8 +250,8 @@ def preflight(req: TrainRequest, ds: Dataset) -> None:
     """
     import timm
 
-    from .train.model import create_model
-    from .train.trainer import resolve_device
+    from .learn.model import create_model
+    from .learn.trainer import resolve_device
 
     if req.executor == "dask" and req.scheduler:
         if not timm.is_model(req.config.model):

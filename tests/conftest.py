@@ -85,8 +85,8 @@ def stage_run(folder: Path, members: Path, *, label: str = "DGrad", run: int = 0
     from ensemble.plan import prepare_run
     from ensemble.runs import load_dataset
     from ensemble.store import Store
-    from ensemble.train.recipe import build_recipe
-    from ensemble.train.trainer import TrainConfig
+    from ensemble.learn.recipe import build_recipe
+    from ensemble.learn.trainer import TrainConfig
 
     cfg = TrainConfig(**{"model": "test_resnet", "pretrained": False, "device": "cpu", "workers": 0, **cfg_kw})
     ds = load_dataset(f"folder:{folder}", "datasets", cfg.size, None, 0)

@@ -231,7 +231,7 @@ def test_failing_task_retried_once_then_reported(folder, tmp_path):
 def test_flaky_task_is_retried_in_process(folder, tmp_path, monkeypatch):
     """--executor local: an error in one fold is retried once; the run completes."""
     from ensemble.executors import job
-    from ensemble.train.trainer import TrainConfig
+    from ensemble.learn.trainer import TrainConfig
     from ensemble.training import TrainRequest, train_members
 
     calls: list[str] = []
@@ -257,7 +257,7 @@ def test_unexpected_error_keeps_its_traceback(folder, tmp_path, monkeypatch):
     """A bug (not an EnsError) in a fold: reported in one line, its traceback kept in staging."""
     from ensemble.errors import EnsError
     from ensemble.executors import job
-    from ensemble.train.trainer import TrainConfig
+    from ensemble.learn.trainer import TrainConfig
     from ensemble.training import TrainRequest, train_members
 
     def broken(task, **kw):

@@ -25,7 +25,7 @@ def hub(monkeypatch, tmp_path):
 
 
 def test_unreachable_hub_is_one_line_at_once(hub, monkeypatch, image_folder, tmp_path):
-    import ensemble.train.model as model
+    import ensemble.learn.model as model
 
     monkeypatch.setattr(hub, "ENDPOINT", "https://hub.invalid")  # reserved: never resolves, online or not
     probe, asked = model.hub_unreachable, []
@@ -65,7 +65,7 @@ def test_unreachable_hub_is_one_line_at_once(hub, monkeypatch, image_folder, tmp
 
 
 def test_probe_answers_for_a_closed_and_an_open_port(hub, monkeypatch):
-    from ensemble.train.model import hub_unreachable
+    from ensemble.learn.model import hub_unreachable
 
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble.train.recipe import RECIPE_KEYS, RECIPES, compose_config
-from ensemble.train.trainer import TrainConfig
+from ensemble.learn.recipe import RECIPE_KEYS, RECIPES, compose_config
+from ensemble.learn.trainer import TrainConfig
 from tests.conftest import invoke_main, make_folder, run_cli, tiny
 
 TINY = tiny(2, "--no-keep-weights")
@@ -104,7 +104,7 @@ def test_config_file_then_flags_then_set(tmp_path):
 def test_schedules_give_the_head_factor_one(folder):
     """CLMR's range is the learning rate the paper intended for every layer: the head never gets 20x it."""
     from ensemble.runs import load_dataset
-    from ensemble.train.trainer import FoldTrainer
+    from ensemble.learn.trainer import FoldTrainer
 
     ds = load_dataset(f"folder:{folder}", "datasets", 16, None, 0)
     cfg = TrainConfig(model="test_resnet", size=16, pretrained=False, device="cpu", workers=0, epochs=2)
@@ -123,7 +123,7 @@ def test_schedules_give_the_head_factor_one(folder):
 
 def test_milestones_multiply_the_rate_by_gamma(folder):
     from ensemble.runs import load_dataset
-    from ensemble.train.trainer import FoldTrainer
+    from ensemble.learn.trainer import FoldTrainer
 
     ds = load_dataset(f"folder:{folder}", "datasets", 16, None, 0)
     cfg = TrainConfig(
@@ -147,8 +147,8 @@ def test_milestones_multiply_the_rate_by_gamma(folder):
 
 def test_small_stem_and_balanced_weights(folder):
     from ensemble.runs import load_dataset
-    from ensemble.train.model import create_model
-    from ensemble.train.trainer import FoldTrainer
+    from ensemble.learn.model import create_model
+    from ensemble.learn.trainer import FoldTrainer
 
     model = create_model("resnet18", 2, pretrained=False, stem="small")
     assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from ensemble.train.unet import PAPER_PARAMETERS as TABLE_2  # the paper's Table 2, kept once
+from ensemble.learn.unet import PAPER_PARAMETERS as TABLE_2  # the paper's Table 2, kept once
 from tests.conftest import SHARED, run_cli
 
 
 @pytest.mark.parametrize("name", list(TABLE_2))
 def test_parameter_counts_equal_the_papers_table_2(name):
-    from ensemble.train.model import create_model
+    from ensemble.learn.model import create_model
 
     model = create_model(name, 1)  # no --no-pretrained needed: they have no ImageNet weights
     assert sum(p.numel() for p in model.parameters()) == TABLE_2[name]
@@ -27,7 +27,7 @@ def test_parameter_counts_equal_the_papers_table_2(name):
 
 def test_unknown_group_size_lists_the_valid_ones():
     from ensemble.errors import UsageError
-    from ensemble.train.model import create_model
+    from ensemble.learn.model import create_model
 
     with pytest.raises(UsageError, match="1, 2, 4, 8, 16, 32, 64, 128"):
         create_model("lighter-unet@3", 1)
@@ -235,7 +235,7 @@ def test_dice_iou_and_hd95_against_hand_computed_cases():
 
 
 def test_soft_dice_loss_by_hand():
-    from ensemble.train.losses import segmentation_loss
+    from ensemble.learn.losses import segmentation_loss
 
     logits = torch.tensor([[[[0.0, 100.0], [-100.0, 0.0]]]])  # foreground p = 0.5, 1, 0, 0.5
     masks = torch.tensor([[[0, 1], [0, 1]]])
@@ -363,7 +363,7 @@ def test_unet_weights_load_from_a_state_dict_or_safetensors_and_a_wrong_file_is_
     from safetensors.torch import save_file
 
     from ensemble.errors import EnsError
-    from ensemble.train.model import create_model
+    from ensemble.learn.model import create_model
 
     torch.manual_seed(0)
     source = create_model("lighter-unet@1", 1)
@@ -388,7 +388,7 @@ def test_segmentation_task_hits_loss_and_validation_by_hand():
     import torch
 
     from ensemble.tasks import get_task
-    from ensemble.train.losses import class_probabilities
+    from ensemble.learn.losses import class_probabilities
 
     task = get_task("segmentation")
     logits = torch.tensor([[[[2.0, -1.0], [0.5, -3.0]]]])  # (1, 1, 2, 2): foreground where > 0
@@ -415,7 +415,7 @@ def test_a_resumed_segmentation_fold_equals_an_uninterrupted_one(tmp_path):
     """The U-Nets' dropout draws from torch's global generator: the checkpoint carries it, so a fold stopped
     after its second epoch and resumed ends bit for bit as a fold never stopped."""
     from ensemble.data.dataset import load
-    from ensemble.train.trainer import FoldTrainer, TrainConfig
+    from ensemble.learn.trainer import FoldTrainer, TrainConfig
 
     ds = load(f"seg:{make_seg_folder(tmp_path / 'd', n=10)}", size=16, cache_dir=tmp_path / "cache")
     cfg = TrainConfig(

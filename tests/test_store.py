@@ -197,7 +197,7 @@ def test_checkpoint_of_another_recipe_is_refused(tmp_path, folder):
     import torch
 
     from ensemble.runs import load_dataset
-    from ensemble.train.trainer import FoldTrainer, TrainConfig
+    from ensemble.learn.trainer import FoldTrainer, TrainConfig
 
     ds = load_dataset(f"folder:{folder}", "datasets", 16, None, 0)
     cfg = TrainConfig(model="test_resnet", epochs=1, size=16, pretrained=False, device="cpu", workers=0)
@@ -210,7 +210,7 @@ def test_checkpoint_of_another_recipe_is_refused(tmp_path, folder):
 
 def test_publish_killed_at_each_step_completes_without_retraining(capsys, folder, tmp_path, monkeypatch):
     from ensemble.store import RunDir
-    from ensemble.train import trainer
+    from ensemble.learn import trainer
 
     members = tmp_path / "M"
     real_rename = os.rename
@@ -222,7 +222,7 @@ def test_publish_killed_at_each_step_completes_without_retraining(capsys, folder
 
     monkeypatch.setattr(os, "rename", killed_before_rename)
     with pytest.raises(KeyboardInterrupt):
-        from ensemble.train.trainer import TrainConfig
+        from ensemble.learn.trainer import TrainConfig
         from ensemble.training import TrainRequest, train_members
 
         cfg = TrainConfig(model="test_resnet", epochs=1, size=16, pretrained=False, device="cpu", workers=0)

@@ -218,7 +218,7 @@ def test_local_weights_are_loaded(tmp_path):
     import timm
     import torch
 
-    from ensemble.train.model import create_model
+    from ensemble.learn.model import create_model
 
     src = timm.create_model("test_resnet", num_classes=1000)
     path = tmp_path / "w.pth"
@@ -357,8 +357,8 @@ def test_batched_augmentation_does_what_the_spec_says(image_folder, tmp_path, ki
     import torch
 
     from ensemble.data.dataset import load
-    from ensemble.train.infer import nchw
-    from ensemble.train.trainer import FoldTrainer, TrainConfig
+    from ensemble.learn.infer import nchw
+    from ensemble.learn.trainer import FoldTrainer, TrainConfig
 
     ds = load(f"folder:{image_folder}", size=17, cache_dir=tmp_path)
     cfg = TrainConfig(model="test_resnet", size=17, device="cpu", augment=kind, pretrained=False, batch_size=6)
@@ -385,7 +385,7 @@ def test_resume_after_an_interrupt_gives_the_same_fold(image_folder, tmp_path, e
     a run stopped after an epoch resumes from the last save, or from the start when there was none, and
     ends with the same predictions bit for bit as a run never stopped."""
     from ensemble.data.dataset import load
-    from ensemble.train.trainer import FoldTrainer, TrainConfig
+    from ensemble.learn.trainer import FoldTrainer, TrainConfig
 
     ds = load(f"folder:{image_folder}", size=16, cache_dir=tmp_path)
     cfg = TrainConfig(

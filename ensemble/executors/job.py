@@ -21,7 +21,7 @@ from ..errors import first_line
 from ..io import atomic_write_bytes
 from ..runs import FoldTask, assemble_run, epoch_images, train_fold_task
 from ..store import RunDir, Store, read_meta, run_name
-from ..train.trainer import TrainConfig
+from ..learn.trainer import TrainConfig
 from .pools import Outcome, Pool
 from .progress import JobProgress, read_progress
 from .worker import TaskError

@@ -22,7 +22,7 @@ from .segmentation import per_image
 @cache
 def parameters(model: str, n_classes: int) -> int | None:
     """Trainable parameters of the member network (None when it cannot be built here)."""
-    from ..train.model import create_model, output_channels
+    from ..learn.model import create_model, output_channels
 
     try:
         net = create_model(model, output_channels(model, n_classes), pretrained=False)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # the package imports no torch at import time (the CLI reads 
     import torch
 
     from ..data.dataset import Dataset
-    from ..train.trainer import EpochBatches, FoldTrainer
+    from ..learn.trainer import EpochBatches, FoldTrainer
 
 
 class Task:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..data.dataset import Dataset
-    from ..train.trainer import EpochBatches, FoldTrainer
+    from ..learn.trainer import EpochBatches, FoldTrainer
 
 
 class ClassificationTask(Task):
@@ -31,7 +31,7 @@ class ClassificationTask(Task):
         self, logits: torch.Tensor, targets: torch.Tensor, *, name: str, class_weights: torch.Tensor | None
     ) -> torch.Tensor:
         """Cross-entropy, weighted by ``class_weights`` when ``--class-weights balanced`` gave them."""
-        from ..train.losses import classification_loss
+        from ..learn.losses import classification_loss
 
         return classification_loss(logits.float(), targets, name, weight=class_weights)
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..data.dataset import Dataset
-    from ..train.trainer import EpochBatches, FoldTrainer
+    from ..learn.trainer import EpochBatches, FoldTrainer
 
 
 class SegmentationTask(Task):
@@ -31,7 +31,7 @@ class SegmentationTask(Task):
         self, logits: torch.Tensor, targets: torch.Tensor, *, name: str, class_weights: torch.Tensor | None
     ) -> torch.Tensor:
         """Soft Dice or BCE + Dice of the logit maps; class weights do not apply to them."""
-        from ..train.losses import segmentation_loss
+        from ..learn.losses import segmentation_loss
 
         return segmentation_loss(logits.float(), targets, name)
 
@@ -45,7 +45,7 @@ class SegmentationTask(Task):
         """The training loss on the stored probability maps, and minus it as the score."""
         import torch
 
-        from ..train.losses import segmentation_loss
+        from ..learn.losses import segmentation_loss
 
         value = segmentation_loss(torch.from_numpy(probs), torch.from_numpy(targets).long(), loss, probabilities=True)
         return -float(value), float(value)

@@ -106,7 +106,7 @@ class UNet(nn.Module):
         return self.outc(x)
 
     def get_classifier(self) -> nn.Module:
-        """The output convolution (the "head" of :func:`ensemble.train.model.param_groups`)."""
+        """The output convolution (the "head" of :func:`ensemble.learn.model.param_groups`)."""
         return self.outc
 
 
