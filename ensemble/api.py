@@ -30,6 +30,7 @@ from .store import Store
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .exported import ExportedEnsemble
     from .fusion.compare import Comparison
     from .fusion.core import FusionResult
     from .recipe import TrainConfig
@@ -44,6 +45,7 @@ __all__ = [
     "fuse",
     "fuse_results",
     "inventory",
+    "load_export",
     "members",
     "open_store",
     "predict",
@@ -324,13 +326,15 @@ def compare(
 
 
 def predict(
-    expression: str,
-    inputs: PathLike | Iterable[PathLike] | np.ndarray,
+    expression: str | None = None,
+    inputs: PathLike | Iterable[PathLike] | np.ndarray | None = None,
     *,
-    dataset: str,
+    dataset: str | None = None,
+    from_export: PathLike | None = None,
+    engine: str = "torch",
     members_dir: PathLike = "members",
     data_dir: PathLike = "datasets",
-    rule: str = "sum",
+    rule: str | None = None,
     tta: bool = False,
     fold: int | None = None,
     device: str = "auto",
@@ -342,30 +346,47 @@ def predict(
 
     ``inputs`` are image files, folders, dataset specs (``folder:PATH``, ``medmnist:NAME``), or an array of
     images (N, H, W) or (N, H, W, 3) uint8 (rows are then named ``array:0``, ``array:1``, ...).
-    Segmentation members write one mask per image into ``masks``.
+    Segmentation members write one mask per image into ``masks``. The members come from the store
+    (``expression`` and ``dataset``) or from an ``ens export`` folder (``from_export``, nothing else needed;
+    ``engine`` ``onnx`` applies its ONNX models). ``rule`` None is the sum rule, or the export's own.
     """
     from .prediction import collect_inputs
     from .prediction import predict as run_predict
 
-    store, name = store_dataset(dataset, members_dir)
+    if inputs is None:
+        raise UsageError("inputs: give the images to predict (files, folders, dataset specs or an array)")
+    if from_export is not None and (expression is not None or dataset is not None):
+        raise UsageError("--from: an export names its own members and dataset; give no expression or --dataset")
+    if from_export is None and (expression is None or dataset is None):
+        raise UsageError("give an EXPRESSION and --dataset (members from the store), or --from an export folder")
+    ensemble = load_export(from_export, engine=engine) if from_export is not None else None
     if isinstance(inputs, np.ndarray):
         items = _array_inputs(inputs)
     else:
         paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
         items = collect_inputs([str(p) for p in paths], Path(data_dir))
-    return run_predict(
-        store,
-        name,
-        expression,
-        items,
-        rule=rule,
-        device=device,
-        batch_size=batch_size,
-        tta=tta,
-        fold=fold,
-        progress=progress,
-        masks=Path(masks) if masks is not None else None,
-    )
+    options = {
+        "device": device,
+        "batch_size": batch_size,
+        "tta": tta,
+        "fold": fold,
+        "progress": progress,
+        "masks": Path(masks) if masks is not None else None,
+    }
+    if ensemble is not None:
+        return ensemble.predict(items, rule=rule, **options)
+    if engine != "torch":
+        raise UsageError(f"--engine {engine} applies an export's ONNX models: give --from EXPORT_DIR")
+    store, name = store_dataset(dataset, members_dir)
+    return run_predict(store, name, expression, items, rule=rule or "sum", **options)
+
+
+def load_export(path: PathLike, *, engine: str = "torch") -> ExportedEnsemble:
+    """An ``ens export`` folder read back and checked (its manifest is untrusted input); its ``predict``
+    gives the rows :func:`predict` gives from the store."""
+    from .exported import load_export as load
+
+    return load(Path(path), engine=engine)
 
 
 def _array_inputs(images: np.ndarray):  # noqa: ANN202 - an ensemble.prediction.Inputs

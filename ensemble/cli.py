@@ -609,9 +609,22 @@ def _check_out_suffix(ctx: click.Context, param: click.Parameter, value: Path | 
 
 
 @cli.command()
-@click.option("--dataset", required=True, help="The dataset the members were trained on (as for ens fuse).")
-@click.argument("expression")
-@click.argument("inputs", nargs=-1, required=True)
+@click.option("--dataset", default=None, help="The dataset the members were trained on (as for ens fuse).")
+@click.option(
+    "--from",
+    "from_export",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="EXPORT_DIR",
+    help="Apply the ensemble `ens export` wrote into this folder (no store, no --dataset, no EXPRESSION).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["torch", "onnx"]),
+    default="torch",
+    help="With --from: apply the fold models in PyTorch, or the folder's ONNX models (onnxruntime, CPU).",
+)
+@click.argument("arguments", nargs=-1, required=True, metavar="[EXPRESSION] INPUTS...")
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -619,7 +632,12 @@ def _check_out_suffix(ctx: click.Context, param: click.Parameter, value: Path | 
     callback=_check_out_suffix,
     help="Write the table here (.csv, .json or .parquet) [default: CSV on standard output].",
 )
-@click.option("--rule", type=click.Choice(["sum", "product", "max", "vote"]), default="sum", help="Fusion rule.")
+@click.option(
+    "--rule",
+    type=click.Choice(["sum", "product", "max", "vote"]),
+    default=None,
+    help="Fusion rule [default: sum; with --from, the export's].",
+)
 @click.option(
     "--tta",
     is_flag=True,
@@ -650,11 +668,12 @@ def _check_out_suffix(ctx: click.Context, param: click.Parameter, value: Path | 
     "--members-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("members"), help="The member store."
 )
 def predict(
-    dataset: str,
-    expression: str,
-    inputs: tuple[str, ...],
+    dataset: str | None,
+    from_export: Path | None,
+    engine: str,
+    arguments: tuple[str, ...],
     out: Path | None,
-    rule: str,
+    rule: str | None,
     tta: bool,
     fold: int | None,
     device: str,
@@ -663,22 +682,43 @@ def predict(
     data_dir: Path,
     members_dir: Path,
 ) -> None:
-    """Apply the ensemble EXPRESSION to INPUTS (image files, folders, folder:PATH, seg:PATH's images,
-    medmnist:NAME's test split).
+    """Apply the ensemble EXPRESSION of the store (or the export --from EXPORT_DIR) to INPUTS (image files,
+    folders, folder:PATH, seg:PATH's images, medmnist:NAME's test split).
 
     One row per image: path, the fused probability of each class, the predicted class, and its
     uncertainty -- predictive entropy, the members' mutual information (epistemic part) and the
     share of members that agree with the fused prediction. Segmentation members write a mask per
     image into --masks DIR; their rows give the mask, each class's share of the pixels and the
     mean entropy and agreement over the pixels.
+
+    With --from EXPORT_DIR the members are those `ens export` wrote there: give only INPUTS.
     """
+    from click.core import ParameterSource
+
     from . import api
     from .prediction import write_table
 
+    ctx = click.get_current_context()
+    if from_export is not None:
+        if dataset is not None:
+            raise click.UsageError("--from: the export names its own dataset and members; drop --dataset")
+        if ctx.get_parameter_source("members_dir") is not ParameterSource.DEFAULT:
+            raise click.UsageError("--from: the export holds its own members; drop --members-dir")
+        expression, inputs = None, list(arguments)
+    else:
+        if dataset is None:
+            raise click.UsageError("give --dataset (members from the store) or --from EXPORT_DIR (an export)")
+        if len(arguments) < 2:
+            raise click.UsageError("give an EXPRESSION and at least one INPUT (image files, folders, dataset specs)")
+        if engine != "torch":
+            raise click.UsageError("--engine onnx applies an export's ONNX models: give --from EXPORT_DIR")
+        expression, inputs = arguments[0], list(arguments[1:])
     table = api.predict(
         expression,
-        list(inputs),
+        inputs,
         dataset=dataset,
+        from_export=from_export,
+        engine=engine,
         members_dir=members_dir,
         data_dir=data_dir,
         rule=rule,
@@ -771,7 +811,7 @@ def export_cmd(dataset: str, expression: str, out: Path, rule: str, onnx: bool |
     from . import api
 
     path = api.export(expression, out, dataset=dataset, members_dir=members_dir, rule=rule, onnx=onnx)
-    click.echo(f"wrote {path} (manifest.json, fold models)")
+    click.echo(f"wrote {path} (manifest.json, fold models); apply it with: ens predict --from {path} IMAGES...")
 
 
 # --------------------------------------------------------------------------- report

@@ -6,14 +6,17 @@
 
 Each ONNX file is checked against PyTorch on a few random inputs (onnxruntime, max abs
 difference of the logits below ``ONNX_TOLERANCE``) before the folder is put in place; the
-folder appears by one rename, and an existing one is never overwritten.
+folder appears by one rename, and an existing one is never overwritten. Folders and files get
+the modes ``mkdir`` and ``open()`` give (the umask's), so a shared lab folder stays readable.
+
+:func:`ensemble.exported.load_export` reads the folder back (``ens predict --from DIR``).
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from .store import Store, run_name
 from .tasks import get_task
 
 ONNX_TOLERANCE = 1e-4
+MANIFEST_VERSION = 1  # what ensemble.exported reads; bump it when the manifest's meaning changes
 
 
 def onnx_available() -> bool:
@@ -75,12 +79,13 @@ def export(store: Store, dataset: str, expr: str, out: Path, *, rule: str = "sum
     if out.exists():
         raise UsageError(f"--out {out} already exists; an export never overwrites")
     terms, members = select(store, dataset, expr)
-    check_members(members, None)
+    check_members(members)
     with_onnx = onnx_available() if onnx is None else onnx
     if with_onnx and not onnx_available():
         raise UsageError('--onnx needs onnx and onnxruntime: pip install "ens[onnx]"')
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
+    tmp.mkdir()  # the umask's mode, as the folder will keep (mkdtemp's 0700 would hide it from the lab)
     try:
         entries = []
         for m in members:
@@ -88,7 +93,7 @@ def export(store: Store, dataset: str, expr: str, out: Path, *, rule: str = "sum
             (tmp / rel).mkdir(parents=True)
             files, onnx_files, worst = [], [], 0.0
             for k in range(m.meta.folds):
-                shutil.copy2(m.model_file(k), tmp / rel / m.model_file(k).name)
+                shutil.copyfile(m.model_file(k), tmp / rel / m.model_file(k).name)  # mode as open() gives
                 files.append((rel / m.model_file(k).name).as_posix())
                 if with_onnx:
                     path = tmp / rel / f"model-{k}.onnx"
@@ -107,11 +112,14 @@ def export(store: Store, dataset: str, expr: str, out: Path, *, rule: str = "sum
                     "run": m.run,
                     "recipe_hash": m.recipe_hash,
                     "model": m.meta.recipe["model"],
+                    "stem": m.meta.recipe.get("stem", "default"),
+                    "recipe": m.meta.recipe,
                     "folds": files,
                     "onnx": onnx_files,
                     "onnx_max_abs_diff": worst if with_onnx else None,
                     "preprocessing": {
                         "size": m.meta.recipe["size"],
+                        "normalisation": norm,
                         "resize": "bilinear",
                         "channels": "grey replicated to RGB, alpha dropped",
                         "scale": "uint8 (16-bit and float images by their own range)",
@@ -123,6 +131,7 @@ def export(store: Store, dataset: str, expr: str, out: Path, *, rule: str = "sum
             )
         notes = get_task(members[0].meta.task).export_notes()
         manifest = {
+            "manifest_version": MANIFEST_VERSION,
             "ens": __version__,
             "dataset": dataset,
             "task": members[0].meta.task,

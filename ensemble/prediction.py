@@ -21,9 +21,10 @@ share of the pixels, and the mean over pixels of the entropy and agreement colum
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -120,48 +121,95 @@ def collect_inputs(items: list[str], data_dir: Path) -> Inputs:
     return Inputs(ids, files=files)
 
 
-def load_fold_model(member: Member, k: int, device):  # noqa: ANN001, ANN201 - a torch device and module
-    """Fold ``k``'s model of ``member`` (weights read as tensors only, float32 on ``device``)."""
+class Applicable(Protocol):
+    """What applying a member needs -- its name, classes, input size, normalisation, fold count and fold
+    models -- so that a store member (:class:`StoredMember`) and an exported one
+    (:class:`ensemble.exported.ExportedMember`) feed the same code."""
+
+    name: str
+    classes: list[str]
+    size: int
+    normalisation: str
+    folds: int
+
+    def fold_model(self, k: int, device: Any) -> Any:
+        """Fold ``k``'s network in eval mode on ``device``: called on a uint8-normalised NCHW batch."""
+        ...
+
+
+def build_fold_model(model_name: str, stem: str, n_classes: int, path: Path, device: Any) -> Any:
+    """The network ``model_name`` with the weights of ``path`` (read as tensors only, float32 on ``device``)."""
     from safetensors.torch import load_file
 
     from .errors import StoreError, first_line
     from .learn.model import create_model, output_channels
 
-    recipe = member.meta.recipe
-    model = create_model(
-        recipe["model"],
-        output_channels(recipe["model"], len(member.classes)),
-        pretrained=False,
-        stem=recipe.get("stem", "default"),
-    )
-    path = member.model_file(k)
+    model = create_model(model_name, output_channels(model_name, n_classes), pretrained=False, stem=stem)
     try:
         state = load_file(path)
         model.load_state_dict({n: t.float() if t.is_floating_point() else t for n, t in state.items()})
     except Exception as err:  # a damaged or foreign file
-        raise StoreError(f"{path}: cannot be loaded into {recipe['model']} ({first_line(err, 200)})") from None
+        raise StoreError(f"{path}: cannot be loaded into {model_name} ({first_line(err, 200)})") from None
     return model.to(device).eval()
 
 
+def load_fold_model(member: Member, k: int, device: Any) -> Any:
+    """Fold ``k``'s model of the store member ``member`` (weights read as tensors only, float32 on ``device``)."""
+    recipe = member.meta.recipe
+    return build_fold_model(
+        recipe["model"], recipe.get("stem", "default"), len(member.classes), member.model_file(k), device
+    )
+
+
+@dataclass(frozen=True)
+class StoredMember:
+    """A store member as :class:`Applicable`, read from its recipe."""
+
+    member: Member
+
+    @property
+    def name(self) -> str:
+        return self.member.name
+
+    @property
+    def classes(self) -> list[str]:
+        return self.member.classes
+
+    @property
+    def size(self) -> int:
+        return int(self.member.meta.recipe["size"])
+
+    @property
+    def normalisation(self) -> str:
+        return self.member.meta.recipe.get("normalisation", "imagenet")
+
+    @property
+    def folds(self) -> int:
+        return self.member.meta.folds
+
+    def fold_model(self, k: int, device: Any) -> Any:
+        return load_fold_model(self.member, k, device)
+
+
 def member_probs(
-    member: Member,
+    member: Applicable,
     inputs: Inputs,
     *,
-    device,
+    device: Any,
     batch_size: int,
-    tta: bool,  # noqa: ANN001
+    tta: bool,
     fold: int | None = None,
     advance: Callable[[int], None] = lambda n: None,
 ) -> np.ndarray:
     """(N, C): the mean softmax of the member's fold models (or of fold ``fold`` alone)."""
     from .learn.infer import NORMALISATIONS, Normaliser, nchw, probabilities
 
-    images = inputs.images(int(member.meta.recipe["size"]))
-    normalise = Normaliser(device, *NORMALISATIONS[member.meta.recipe.get("normalisation", "imagenet")])
-    folds = [fold] if fold is not None else list(range(member.meta.folds))
+    images = inputs.images(member.size)
+    normalise = Normaliser(device, *NORMALISATIONS[member.normalisation])
+    folds = [fold] if fold is not None else list(range(member.folds))
     total = np.zeros((len(inputs), len(member.classes)), np.float64)
     for k in folds:
-        model = load_fold_model(member, k, device)
+        model = member.fold_model(k, device)
 
         def batches():  # noqa: ANN202
             for start in range(0, len(images), batch_size):
@@ -179,8 +227,8 @@ def _entropy(p: np.ndarray) -> np.ndarray:
         return -np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=-1)
 
 
-def check_members(members: list[Member], fold: int | None) -> None:
-    """Every member can predict: fold models kept, one class list, the fold asked for exists."""
+def check_members(members: list[Member]) -> None:
+    """Every store member can predict: a recipe, fold models kept, one task and one class list."""
     for m in members:
         if not m.meta.recipe:
             raise UsageError(f"{m.name} records no recipe (trained by an older ens or by hand): it cannot predict")
@@ -197,8 +245,6 @@ def check_members(members: list[Member], fold: int | None) -> None:
             raise UsageError(
                 f"{m.name} has classes {m.classes}, {members[0].name} has {members[0].classes}: they cannot be fused"
             )
-        if fold is not None and not 0 <= fold < m.meta.folds:
-            raise UsageError(f"--fold {fold}: {m.name} has folds 0..{m.meta.folds - 1}")
 
 
 def predict(
@@ -217,22 +263,56 @@ def predict(
 ):  # noqa: ANN201
     """One row per input: path, fused probability per class, predicted class and the uncertainty columns
     (segmentation members: the mask written into ``masks`` and its summary, see :func:`predict_masks`)."""
+    _, members = select(store, dataset, expr)
+    check_members(members)
+    return apply_members(
+        [StoredMember(m) for m in members],
+        members[0].meta.task,
+        inputs,
+        what=expr,
+        rule=rule,
+        device=device,
+        batch_size=batch_size,
+        tta=tta,
+        fold=fold,
+        progress=progress,
+        masks=masks,
+    )
+
+
+def apply_members(
+    members: Sequence[Applicable],
+    task_name: str,
+    inputs: Inputs,
+    *,
+    what: str,
+    rule: str,
+    device: str,
+    batch_size: int,
+    tta: bool,
+    fold: int | None,
+    progress: bool,
+    masks: Path | None,
+):  # noqa: ANN201
+    """The task's table for ``inputs`` from members of one task and class list, whatever holds them (a store
+    or an export); ``what`` names the ensemble in usage errors."""
     from rich.progress import Progress
 
     from .learn.trainer import resolve_device
 
     if rule not in RULES:
         raise UsageError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
-    _, members = select(store, dataset, expr)
-    check_members(members, fold)
-    task = get_task(members[0].meta.task)
-    task.check_predict(expr, masks)
+    for m in members:
+        if fold is not None and not 0 <= fold < m.folds:
+            raise UsageError(f"--fold {fold}: {m.name} has folds 0..{m.folds - 1}")
+    task = get_task(task_name)
+    task.check_predict(what, masks)
     dev = resolve_device(device)
-    views = sum(1 if fold is not None else m.meta.folds for m in members) * len(inputs)
+    views = sum(1 if fold is not None else m.folds for m in members) * len(inputs)
     with Progress(*Progress.get_default_columns(), disable=not progress, transient=True) as bar:
         job = bar.add_task(f"predicting {len(inputs)} image(s) with {len(members)} member(s)", total=views)
         return task.predict(
-            members,
+            list(members),
             inputs,
             rule=rule,
             device=dev,
@@ -245,7 +325,7 @@ def predict(
 
 
 def predict_classes(
-    members: list[Member],
+    members: list[Applicable],
     inputs: Inputs,
     *,
     rule: str,
@@ -301,7 +381,7 @@ def mask_targets(inputs: Inputs, folder: Path) -> list[Path]:
 
 
 def predict_masks(
-    members: list[Member],
+    members: list[Applicable],
     inputs: Inputs,
     *,
     rule: str,
@@ -325,12 +405,10 @@ def predict_masks(
     from .learn.infer import NORMALISATIONS, Normaliser, nchw, probabilities
 
     classes = members[0].classes
-    size = max(int(m.meta.recipe["size"]) for m in members)
-    folds = {m.name: [fold] if fold is not None else list(range(m.meta.folds)) for m in members}
-    models = {m.name: [load_fold_model(m, k, device) for k in folds[m.name]] for m in members}
-    normalisers = {
-        m.name: Normaliser(device, *NORMALISATIONS[m.meta.recipe.get("normalisation", "imagenet")]) for m in members
-    }
+    size = max(m.size for m in members)
+    folds = {m.name: [fold] if fold is not None else list(range(m.folds)) for m in members}
+    models = {m.name: [m.fold_model(k, device) for k in folds[m.name]] for m in members}
+    normalisers = {m.name: Normaliser(device, *NORMALISATIONS[m.normalisation]) for m in members}
     binary = len(classes) == 2
     rows = []
     for folder in {t.parent for t in targets}:
@@ -339,7 +417,7 @@ def predict_masks(
         stop = min(start + batch_size, len(inputs))
         per_member = []
         for m in members:
-            images = inputs.images(int(m.meta.recipe["size"]))[start:stop]
+            images = inputs.images(m.size)[start:stop]
             maps = sum(
                 probabilities(model, [nchw(images)], normalisers[m.name], n_classes=len(classes), tta=tta)
                 for model in models[m.name]

@@ -124,6 +124,22 @@ def _choice(name: str) -> click.Choice:
     return click.Choice(list(_CHOICES[name]))
 
 
+class LogChoice(click.Choice):
+    """``--log none|tensorboard``, refused as it is parsed (before any training) when tensorboard is missing."""
+
+    def __init__(self) -> None:
+        from .learn.tblog import LOGS
+
+        super().__init__(list(LOGS))
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from .learn.tblog import check_available
+
+        value = super().convert(value, param, ctx)
+        check_available(value)
+        return value
+
+
 # presets:                paper               medmnist    unet
 OPTIONS: tuple[Option, ...] = (
     Option(
@@ -243,6 +259,14 @@ OPTIONS: tuple[Option, ...] = (
         identity=False,
         default=60.0,
         metavar="SECONDS",
+    ),
+    Option(
+        "log",
+        LogChoice(),
+        "tensorboard: write each fold's loss, accuracy and learning rate per epoch under the run "
+        '(<run>/tensorboard/fold-<k>; pip install "ens[tensorboard]").',
+        identity=False,
+        default="none",
     ),
 )
 

@@ -23,6 +23,7 @@ from . import __version__
 from .data.dataset import Dataset, load
 from .errors import DataError, StoreError
 from .io import atomic_write_bytes, atomic_write_json
+from .learn.tblog import EpochLog
 from .learn.trainer import FoldTrainer, TrainConfig, _batches, derive_seed
 from .store import SCHEMA_VERSION, MemberMeta, RunDir, Store, recipe_hash, run_name, split_key
 from .tasks import get_task
@@ -134,6 +135,7 @@ def train_fold_task(
             on_start(task.config.epochs)
         return json.loads(rd.summary(task.fold).read_text())
     seed = run_seed(task.dataset, task.label, task.run, task.fold)
+    log = EpochLog(rd.staging / "tensorboard" / f"fold-{task.fold}") if task.config.log == "tensorboard" else None
     trainer = FoldTrainer(
         ds,
         ds.folds[task.fold],
@@ -145,8 +147,13 @@ def train_fold_task(
         on_start=on_start,
         on_batch=on_batch,
         on_epoch=on_epoch,
+        on_curves=log,
     )
-    result = trainer.run()
+    try:
+        result = trainer.run()
+    finally:
+        if log is not None:
+            log.close()
     rd.write_fold(task.fold, ds.task, result.probs, result.labels, result.ids)
     if result.val_probs is not None:
         fold = ds.folds[task.fold]

@@ -211,3 +211,142 @@ def test_export_writes_a_self_contained_folder(capsys, trained, tmp_path):
         capsys, "export", "--dataset", "imgs", "DGrad1", "--out", str(out_dir), "--members-dir", str(members)
     )
     assert code == 2 and "already exists" in err
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory) -> Path:
+    """DGrad1+SGD1 exported (with ONNX models when onnx and onnxruntime are installed)."""
+    _, members = trained
+    out = tmp_path_factory.mktemp("export") / "ens-export"
+    assert (
+        invoke_main("export", "--dataset", "imgs", "DGrad1+SGD1", "--out", str(out), "--members-dir", str(members)) == 0
+    )
+    return out
+
+
+def test_predict_from_export_gives_the_store_rows(capsys, trained, exported):
+    folder, members = trained
+    code, out, err = run_cli(
+        capsys,
+        "predict",
+        "--dataset",
+        "imgs",
+        "DGrad1+SGD1",
+        str(folder),
+        "--device",
+        "cpu",
+        "--members-dir",
+        str(members),
+    )
+    assert code == 0, err
+    store = _table(out)
+    code, out, err = run_cli(capsys, "predict", "--from", str(exported), str(folder), "--device", "cpu")
+    assert code == 0, err
+    got = _table(out)
+    assert list(got.columns) == list(store.columns) and list(got["path"]) == list(store["path"])
+    assert list(got["predicted"]) == list(store["predicted"])
+    numbers = ["a", "b", "c", "entropy", "mutual_information", "agreement"]
+    assert np.abs(got[numbers].to_numpy() - store[numbers].to_numpy()).max() < 1e-5
+    # the Python API, as the CLI: from_export= and no expression
+    from ensemble import api
+
+    table = api.predict(inputs=[folder], from_export=exported, device="cpu")
+    assert np.abs(table[numbers].to_numpy() - store[numbers].to_numpy()).max() < 1e-5
+    # one fold, and TTA, through the same code
+    for extra in (["--fold", "2"], ["--tta"]):
+        code, out, err = run_cli(
+            capsys, "predict", "--dataset", "imgs", "DGrad1+SGD1", str(folder), *extra, "--members-dir", str(members)
+        )
+        assert code == 0, err
+        want = _table(out)
+        code, out, err = run_cli(capsys, "predict", "--from", str(exported), str(folder), *extra)
+        assert code == 0, err
+        assert np.abs(_table(out)[numbers].to_numpy() - want[numbers].to_numpy()).max() < 1e-5, extra
+
+
+def test_predict_from_export_with_onnx(capsys, trained, exported):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    folder, members = trained
+    code, out, err = run_cli(
+        capsys, "predict", "--dataset", "imgs", "DGrad1+SGD1", str(folder), "--members-dir", str(members)
+    )
+    assert code == 0, err
+    store = _table(out)
+    code, out, err = run_cli(capsys, "predict", "--from", str(exported), "--engine", "onnx", str(folder))
+    assert code == 0, err
+    got = _table(out)
+    assert list(got["path"]) == list(store["path"])
+    assert np.abs(got[["a", "b", "c"]].to_numpy() - store[["a", "b", "c"]].to_numpy()).max() < 1e-5
+
+
+def test_export_modes_follow_the_umask(trained, tmp_path):
+    import os
+    import stat
+
+    from ensemble import api
+
+    _, members = trained
+    old = os.umask(0o022)
+    try:
+        out = api.export("SGD1", tmp_path / "e", dataset="imgs", members_dir=members, onnx=False)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    for p in out.rglob("*"):
+        assert stat.S_IMODE(p.stat().st_mode) == (0o755 if p.is_dir() else 0o644), p
+    assert not list(tmp_path.glob(".e.*"))  # no staging folder left
+
+
+def test_predict_from_refuses_a_bad_manifest_in_one_line(capsys, trained, exported, tmp_path):
+    import shutil
+
+    folder, _ = trained
+    image = str(next(folder.glob("a/*.png")))
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes(b"x")
+    good = json.loads((exported / "manifest.json").read_text())
+
+    def broken(change) -> dict:  # noqa: ANN001
+        manifest = json.loads(json.dumps(good))
+        change(manifest)
+        return manifest
+
+    cases = [
+        (lambda m: m.pop("manifest_version"), "'manifest_version'"),
+        (lambda m: m.update(classes=["a"]), "'classes'"),
+        (lambda m: m.update(classes=["a", "a", "b"]), "'classes'"),
+        (lambda m: m.update(rule="median"), "'rule'"),
+        (lambda m: m.update(task="detection"), "'task'"),
+        (lambda m: m.update(members=[]), "'members'"),
+        (lambda m: m["members"][0]["folds"].__setitem__(0, "../outside.safetensors"), "'members[0].folds[0]'"),
+        (lambda m: m["members"][0]["folds"].__setitem__(0, str(outside)), "'members[0].folds[0]'"),
+        (lambda m: m["members"][1]["folds"].__setitem__(4, "DGrad/000/model-9.safetensors"), "'members[1].folds[4]'"),
+        (lambda m: m["members"][0]["folds"].__setitem__(0, "manifest.json"), "'members[0].folds[0]'"),
+        (lambda m: m["members"][0]["preprocessing"].update(size=0), "'members[0].preprocessing.size'"),
+        (lambda m: m["members"][0]["preprocessing"].update(size="16"), "'members[0].preprocessing.size'"),
+        (lambda m: m["members"][0].update(model="no_such_net"), "'members[0].model'"),
+        (lambda m: m["members"][0].update(run=True), "'members[0].run'"),
+        (lambda m: m["members"][1].update(label="DGrad", run=0), "'members'"),
+    ]
+    for i, (change, field) in enumerate(cases):
+        d = tmp_path / f"x{i}"
+        shutil.copytree(exported, d)
+        (d / "manifest.json").write_text(json.dumps(broken(change)))
+        code, out, err = run_cli(capsys, "predict", "--from", str(d), image)
+        lines = err.strip().splitlines()
+        assert code != 0 and len(lines) == 1 and "Traceback" not in err, (field, err)
+        assert str(d / "manifest.json") in lines[0] and field in lines[0], (field, err)
+    (d / "manifest.json").write_text("{not json")
+    code, out, err = run_cli(capsys, "predict", "--from", str(d), image)
+    assert code != 0 and "manifest.json" in err and "JSON" in err
+    for args, words in [
+        (["--from", str(tmp_path / "nope"), image], "nope"),
+        (["--from", str(exported), "--dataset", "imgs", image], "--dataset"),
+        (["SGD1", image], "--dataset"),
+        (["--dataset", "imgs", "--engine", "onnx", "SGD1", image], "--from"),
+        (["--from", str(exported), image, "--fold", "7"], "--fold 7"),
+        (["--from", str(exported), image, "--masks", str(tmp_path / "m")], "classification members"),
+    ]:
+        code, out, err = run_cli(capsys, "predict", *args)
+        assert code != 0 and words in err and "Traceback" not in err, (args, err)

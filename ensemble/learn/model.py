@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -96,13 +99,68 @@ def build_model(name: str, num_classes: int, *, pretrained: bool = True, weights
             raise EnsError(f"cannot load weights {weights} into {name}: {first_line(err)}") from None
     if not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
+    offline = hub_unreachable()
     try:
-        return timm.create_model(name, pretrained=True, num_classes=num_classes)
+        with _hub_offline(offline is not None):  # a cached copy still loads; a missing one fails at once
+            return timm.create_model(name, pretrained=True, num_classes=num_classes)
     except Exception as err:  # offline, hub unreachable, no pretrained tag for this model
+        why = f": {offline}, and they are not in the local Hugging Face cache" if offline else f" ({first_line(err)})"
         raise EnsError(
-            f"could not get ImageNet weights for {name} ({first_line(err)}); "
+            f"could not get ImageNet weights for {name}{why}; "
             f"pass --weights PATH (a local state dict or .safetensors file) or --no-pretrained"
         ) from None
+
+
+HUB_PROBE_SECONDS = 2.0  # the connection probe's limit: an unreachable hub is known at once, not after retries
+_PROXIES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_SECONDS) -> str | None:
+    """Why the Hugging Face hub cannot be reached (``HF_HUB_OFFLINE`` set, or no TCP connection to its host
+    within ``timeout``), or None when it answers or cannot be probed (behind a proxy). huggingface_hub retries a
+    dead network for over a minute, a line per retry; this answers in at most ``timeout`` seconds."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in _PROXIES):
+        return None  # only the proxy knows; let huggingface_hub try
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    result: list[BaseException | None] = []
+
+    def connect() -> None:  # name resolution has no timeout of its own: the thread bounds it
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(None)
+        except OSError as err:
+            result.append(err)
+
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(timeout)
+    if not result:
+        return f"{host} does not answer within {timeout:g} s (offline?)"
+    if result[0] is not None:
+        return f"{host} cannot be reached ({first_line(result[0], 80)}; offline?)"
+    return None
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """huggingface_hub in offline mode (the cache only, no retries) while the block runs, when ``offline``."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def param_groups(model: nn.Module, head_lr_factor: float) -> list[dict]:

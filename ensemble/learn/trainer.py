@@ -164,12 +164,14 @@ class FoldTrainer:
         on_start: Callable[[int], None] | None = None,
         on_batch: Callable[[int], None] | None = None,
         on_epoch: Callable[[int, float, float], None] | None = None,
+        on_curves: Callable[[int, dict[str, float]], None] | None = None,
     ) -> None:
         self.ds, self.fold, self.label, self.cfg, self.seed = ds, fold, get(label).label, cfg, seed
         self.checkpoint_path, self.recipe_hash = Path(checkpoint), recipe_hash
         self.on_start = on_start or (lambda epoch: None)
         self.on_batch = on_batch or (lambda n: None)
         self.on_epoch = on_epoch or (lambda e, loss, acc: None)
+        self.on_curves = on_curves  # after each epoch: loss, accuracy, the body's lr (--log tensorboard)
         self.device = resolve_device(cfg.device)
         self._normalise = Normaliser(self.device, *NORMALISATIONS[cfg.normalise])
         self.task = get_task(ds.task)
@@ -236,6 +238,11 @@ class FoldTrainer:
             if self._checkpoint_due(epoch, state.last_save):
                 self.save_checkpoint(state, epoch)
             self.on_epoch(epoch, state.curves["loss"][-1], state.curves["accuracy"][-1])
+            if self.on_curves is not None:  # reads only: the member is the same with or without it
+                lr = float(state.opt.param_groups[0]["lr"])
+                self.on_curves(
+                    epoch, {"loss": state.curves["loss"][-1], "accuracy": state.curves["accuracy"][-1], "lr": lr}
+                )
         self.select_epoch(state)
         return self.fold_result(state, tools.gpu_images)
 
