@@ -19,6 +19,7 @@ _API = (
     "fuse",
     "fuse_results",
     "inventory",
+    "load_export",
     "members",
     "open_store",
     "predict",
