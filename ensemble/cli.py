@@ -166,7 +166,7 @@ def _medmnist_table(data_dir: Path):  # noqa: ANN202 - a rich Table
     )
     table.add_column("medmnist:NAME", no_wrap=True)
     table.add_column("task", overflow="fold")
-    table.add_column("train/val/test", overflow="fold")
+    table.add_column("images", no_wrap=True)
     table.add_column("@SIZE  md5 of the official file", no_wrap=True)
     for name, entry in MEDMNIST.items():
         lines = []
@@ -174,7 +174,8 @@ def _medmnist_table(data_dir: Path):  # noqa: ANN202 - a rich Table
             here = (data_dir / "medmnist" / medmnist_file(name, size)).exists()
             lines.append(Text(f"@{size:<4d} {entry.md5[size]}" + (" here" if here else "")))
         task = f"{entry.task} ({entry.n_classes})" + ("\nnot trainable yet" if entry.multilabel else "")
-        table.add_row(Text(name), task, "/".join(map(str, entry.split)), Text("\n").join(lines))
+        counts = "\n".join(f"{part:<5} {n:>6}" for part, n in zip(("train", "val", "test"), entry.split))
+        table.add_row(Text(name), task, counts, Text("\n").join(lines))
     return table
 
 
