@@ -105,12 +105,12 @@ DATA_DIR = click.option(
 @data.command("list")
 @DATA_DIR
 def data_list(data_dir: Path) -> None:
-    """Every dataset: where it is expected, whether it is there, images per class."""
+    """Every dataset: where it is expected, whether it is there, images per class; then MedMNIST 2D at each
+    size with its official checksums."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    from .data.catalog import MEDMNIST
     from .data.scan import scan
     from .data.sources import listed, resolve
 
@@ -143,13 +143,79 @@ def data_list(data_dir: Path) -> None:
         notes += listing.warnings
     console = Console()
     console.print(table)
+    console.print(_medmnist_table(data_dir))
     console.print(
-        "Other MedMNIST sets: medmnist:NAME with NAME one of "
-        + ", ".join(MEDMNIST)
-        + "; any image folder: folder:PATH."
+        "Any image folder: folder:PATH (or the PATH alone); a manifest of images: csv:PATH "
+        "(columns path, label[, patient, split]); your own folds: ens train --splits FILE."
     )
     for note in notes:
         console.print(Text("warning: ", "yellow") + Text(note), highlight=False)
+
+
+def _medmnist_table(data_dir: Path):  # noqa: ANN202 - a rich Table
+    """MedMNIST 2D: one row per dataset, one line per size (28 px first) with its MD5 and whether it is here --
+    narrow enough for 100 columns."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from .data.catalog import MEDMNIST, MEDMNIST_SIZES, medmnist_file
+
+    table = Table(
+        title=Text("MedMNIST 2D (v2 and MedMNIST+): ens data fetch medmnist:NAME[@SIZE], 28 px if no size"),
+        show_lines=True,
+    )
+    table.add_column("medmnist:NAME", no_wrap=True)
+    table.add_column("task", overflow="fold")
+    table.add_column("images", no_wrap=True)
+    table.add_column("@SIZE  md5 of the official file", no_wrap=True)
+    for name, entry in MEDMNIST.items():
+        lines = []
+        for size in MEDMNIST_SIZES:
+            here = (data_dir / "medmnist" / medmnist_file(name, size)).exists()
+            lines.append(Text(f"@{size:<4d} {entry.md5[size]}" + (" here" if here else "")))
+        task = f"{entry.task} ({entry.n_classes})" + ("\nnot trainable yet" if entry.multilabel else "")
+        counts = "\n".join(f"{part:<5} {n:>6}" for part, n in zip(("train", "val", "test"), entry.split))
+        table.add_row(Text(name), task, counts, Text("\n").join(lines))
+    return table
+
+
+@data.command("split")
+@click.argument("dataset")
+@DATA_DIR
+@click.option(
+    "--members-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("members"),
+    help="The member store whose recorded split is written, where it has one.",
+)
+@click.option("--name", default=None, help="The dataset's name in the store [default: the catalog's, or the folder's].")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The JSON file to write (a list of folds, {train: [ids], val: [ids]}); edit it, then train --splits.",
+)
+def data_split(dataset: str, data_dir: Path, members_dir: Path, name: str | None, out: Path) -> None:
+    """Write the folds DATASET is trained on: the store's recorded ones, else its own protocol's."""
+    from .data.dataset import dataset_folds
+    from .data.scan import scan
+    from .data.sources import resolve
+    from .data.splits import splits_document
+    from .io import atomic_write_json
+    from .store import Store
+
+    ref = resolve(dataset, data_dir)
+    store_name = name or ref.name
+    doc = Store(members_dir).recorded_splits(store_name) if ref.splits is None else None
+    where = f"recorded in {members_dir / store_name}"
+    if doc is None:
+        listing = scan(ref)
+        doc = splits_document(listing.ids, dataset_folds(ref, listing))
+        where = "your --splits file's" if ref.splits else f"its {ref.info.protocol} protocol"
+    if out.exists():
+        raise UsageError(f"--out {out} exists already; remove it or choose another name")
+    atomic_write_json(out, doc)
+    click.echo(f"{dataset}: {len(doc)} fold(s) ({where}) written to {out}")
 
 
 @data.command("fetch")
@@ -249,6 +315,7 @@ _RUN_PARAMS = (
     "variant",
     "name",
     "restart",
+    "splits",
 )
 
 
@@ -297,7 +364,8 @@ def _check_store_name(ctx: click.Context, param: click.Parameter, value: str | N
 @click.option(
     "--dataset",
     required=True,
-    help="hela, bg, lar, digits, medmnist:NAME, folder:PATH, or seg:PATH (images/ + masks/).",
+    help="hela, bg, lar, digits, medmnist:NAME[@SIZE], folder:PATH, seg:PATH (images/ + masks/), csv:PATH "
+    "(a manifest), or a PATH alone (a folder by its layout, or a .csv/.tsv).",
 )
 @click.option(
     "--opt",
@@ -358,6 +426,13 @@ def _check_store_name(ctx: click.Context, param: click.Parameter, value: str | N
     is_flag=True,
     help="A run staged under another recipe is moved aside (kept as .<run>.stale-*) and started clean.",
 )
+@click.option(
+    "--splits",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Your own folds: a JSON list of {train: [ids], val: [ids]} (nnU-Net's splits_final.json; val is the "
+    "fold's test part). Part of the dataset: the same as DATASET?splits=FILE.",
+)
 def train(
     dataset: str,
     opt: list[str],
@@ -373,6 +448,7 @@ def train(
     variant: str | None,
     name: str | None,
     restart: bool,
+    splits: Path | None,
     **kw,
 ) -> None:  # noqa: ANN003
     """Make sure N complete members of each optimizer exist; train only the missing ones.
@@ -385,6 +461,9 @@ def train(
     """
     if count is not None and runs:
         raise click.UsageError("--n and --run exclude each other")
+    from .data.sources import with_splits
+
+    dataset = with_splits(dataset, splits)  # the folds travel with the dataset: into workers and retrain commands
     cfg = _config(opt, dataset=dataset, **kw)  # every option checked before torch is imported
     from .api import run_training
 

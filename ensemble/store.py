@@ -2,6 +2,7 @@
 
     members/<dataset>/<Label>[@<variant>]/<run>/member.json    (written last)
     members/<dataset>/<Label>[@<variant>]/<run>/fold-<k>.npz   (probs, labels, ids)
+    members/<dataset>/splits.json                              (the folds every member of it used)
 
 A run is built in a hidden staging directory ``.<run>.staging`` and renamed into place
 when complete, so readers (which ignore names beginning with ``.``) never see half a
@@ -40,6 +41,7 @@ RUN_DIGITS = 3
 SCHEMA_VERSION = 2
 MODEL_FILE = "model-{}.safetensors"  # fold k's model, kept beside its predictions
 LOCK_FILE = ".lock"  # a label's lock: one `ens train` trains its runs at a time
+SPLITS_FILE = "splits.json"  # a dataset's folds, nnU-Net's splits_final.json form: the same for every member
 LEASE_FILE = ".lease.json"  # a label's lease: remote workers watch it instead of the coordinator's pid
 _PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
 _VARIANT = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,39}")
@@ -510,6 +512,10 @@ class RunDir:
         shutil.rmtree(self.final / "scratch", ignore_errors=True)
 
 
+def _split_sets(doc: list[dict[str, list[str]]]) -> list[dict[str, frozenset[str]]]:
+    return [{key: frozenset(map(str, ids)) for key, ids in fold.items()} for fold in doc]
+
+
 class Store:
     """A members/ directory."""
 
@@ -533,6 +539,41 @@ class Store:
 
     def run_dir(self, dataset: str, label: str, run: int) -> RunDir:
         return RunDir(self.label_dir(dataset, label), run)
+
+    def splits_file(self, dataset: str) -> Path:
+        return self.root / check_name(dataset, "dataset") / SPLITS_FILE
+
+    def recorded_splits(self, dataset: str) -> list[dict[str, list[str]]] | None:
+        """The folds the members of ``dataset`` were trained on (None: none recorded, e.g. an older store)."""
+        path = self.splits_file(dataset)
+        if not path.is_file():
+            return None
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise StoreError(f"{path}: unreadable ({err})") from None
+        if not isinstance(doc, list) or not all(isinstance(f, dict) and {"train", "val"} <= set(f) for f in doc):
+            raise StoreError(f"{path}: not a list of folds, each {{'train': [ids], 'val': [ids]}}")
+        return doc
+
+    def record_splits(self, dataset: str, doc: list[dict[str, list[str]]]) -> Path:
+        """Write the folds beside the members, once: a different split for the same store name is refused
+        (train it under another --name, or another --members-dir)."""
+        path = self.splits_file(dataset)
+        old = self.recorded_splits(dataset)
+        if old is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, doc)
+        elif _split_sets(old) != _split_sets(doc):
+            diff = next(
+                (k for k, (a, b) in enumerate(zip(_split_sets(old), _split_sets(doc))) if a != b),
+                min(len(old), len(doc)),
+            )
+            raise StoreError(
+                f"{path} records other folds than this training's ({len(old)} fold(s) there, {len(doc)} here; "
+                f"fold {diff} differs): store these members apart with --name NAME, or use another --members-dir"
+            )
+        return path
 
     def datasets(self) -> list[str]:
         if not self.root.is_dir():

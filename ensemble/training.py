@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .data.dataset import Dataset
+from .data.splits import splits_document
 from .errors import EnsError, UsageError
 from .executors.job import Job, run_local, run_pool
 from .executors.lease import Lease, take_over
@@ -108,6 +109,7 @@ def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> lis
     if not any(p.todo for p in plans):
         return []
     preflight(req, ds)
+    store.record_splits(dataset, splits_document(ds.ids, ds.folds))  # the same for every member, or refused
     with contextlib.ExitStack() as stack:
         staged = stage_runs(req, ds, store, dataset, plans, stack, echo)
         if not staged.runs:

@@ -21,7 +21,7 @@ from ..errors import DataError
 from .images import MAX_LABELS, mask_classes, prepare, read_image, read_mask
 from .scan import Listing, scan
 from .sources import DatasetRef, resolve
-from .splits import Fold, make_folds
+from .splits import Fold, make_folds, read_splits
 
 CACHE_VERSION = 1
 
@@ -51,6 +51,7 @@ class Dataset:
     protocol: str
     warnings: list[str] = field(default_factory=list)
     masks: np.ndarray | None = None  # (N, size, size) uint8 class index per pixel: a segmentation dataset
+    patients: np.ndarray | None = None  # (N,) str: the group (patient) of each sample, kept apart by every split
 
     @property
     def task(self) -> str:
@@ -159,10 +160,10 @@ def load(
     progress: bool = False,
 ) -> Dataset:
     """Resolve (a :class:`DatasetRef` is taken as it is), scan, decode (or read the cache) and split a
-    dataset."""
+    dataset: by its protocol, or by your own folds (``?splits=FILE``), checked before anything is decoded."""
     ref = resolve(spec, data_dir)
     listing = scan(ref)
-    folds = make_folds(ref.info.protocol, listing)
+    folds = dataset_folds(ref, listing)
     images = load_images(ref, listing, size, cache_dir, workers, progress)
     masks, classes = None, listing.classes
     if listing.masks is not None:
@@ -179,7 +180,13 @@ def load(
         protocol=folds[0].protocol if folds else ref.info.protocol,
         warnings=listing.warnings,
         masks=masks,
+        patients=np.array(listing.patients) if listing.patients is not None else None,
     )
+
+
+def dataset_folds(ref: DatasetRef, listing: Listing) -> list[Fold]:
+    """The folds a dataset is trained on: your own (``ref.splits``) or its protocol's."""
+    return read_splits(ref.splits, listing.ids) if ref.splits else make_folds(ref.info.protocol, listing)
 
 
 def load_masks(

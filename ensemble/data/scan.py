@@ -1,13 +1,15 @@
 """Listing what a dataset holds, without decoding it: ids, labels, folds.
 
-Four layouts on disk (SPEC §4, §7):
+Five layouts on disk (SPEC §4, §7):
 
 * classes -- ``ROOT/<class>/<image>``;
 * folds   -- ``ROOT/<fold>/<class>/<image>`` (predefined folds, e.g. LAR);
 * npz     -- MedMNIST's ``NAME.npz`` with ``{train,val,test}_{images,labels}``;
-* seg     -- ``ROOT/images/<name>`` and ``ROOT/masks/<name>`` (same names; ``seg:PATH``).
+* seg     -- ``ROOT/images/<name>`` and ``ROOT/masks/<name>`` (same names; ``seg:PATH``);
+* csv     -- a manifest of image paths, labels, patients and splits (:mod:`.manifest`; ``csv:PATH``).
 
-Sample ids are paths relative to ROOT (POSIX form) or ``split/index`` for arrays.
+Sample ids are paths relative to ROOT (POSIX form), ``split/index`` for arrays, or a manifest's ``path``
+values as written.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class Listing:
-    """What a dataset holds. ``groups`` is the predefined fold or split of each sample (or None)."""
+    """What a dataset holds. ``groups`` is the predefined fold or split of each sample (or None);
+    ``patients`` the group (patient) each sample belongs to, which no two folds' test sets share (or None)."""
 
     ids: list[str]
     labels: np.ndarray
@@ -38,6 +41,7 @@ class Listing:
     files: list[Path] | None = None  # for image folders: the file behind each id
     pixels: np.ndarray | None = None  # for array datasets: every image, in id order
     masks: list[Path] | None = None  # for segmentation folders: the mask behind each id
+    patients: list[str] | None = None  # a manifest's patient (any group id) of each sample
     warnings: list[str] = field(default_factory=list)
 
 
@@ -143,8 +147,9 @@ def _class_images(folder: Path) -> list[Path]:
     return images
 
 
-def scan_npz(path: Path, dataset: str) -> Listing:
-    """List a MedMNIST ``.npz``: labels may be shaped (N,) or (N, 1)."""
+def scan_npz(path: Path, dataset: str, *, classes: str | None = None) -> Listing:
+    """List a MedMNIST ``.npz``: labels may be shaped (N,) or (N, 1). ``classes`` is the MedMNIST name whose
+    class names to use (``dataset``, the store name, without its prefix, if not given)."""
     if not path.exists():
         raise DataError(f"{path} does not exist")
     try:
@@ -161,7 +166,10 @@ def scan_npz(path: Path, dataset: str) -> Listing:
             raise DataError(f"{path} has no {xk}/{yk} arrays (found {', '.join(sorted(arrays))})")
         x, y = arrays[xk], np.asarray(arrays[yk])
         if y.ndim == 2 and y.shape[1] != 1:
-            raise DataError(f"{path}: {yk} has shape {y.shape}; multi-label datasets are not supported")
+            raise DataError(
+                f"{path}: {yk} has shape {y.shape}: a multi-label dataset; multi-label training is the next "
+                "step (issue 23, item 4) and not supported yet"
+            )
         y = y.reshape(-1).astype(np.int64)
         if len(x) != len(y):
             raise DataError(f"{path}: {xk} has {len(x)} images but {yk} has {len(y)} labels")
@@ -171,9 +179,9 @@ def scan_npz(path: Path, dataset: str) -> Listing:
         groups += [split] * len(y)
     labels_arr = np.concatenate(labels)
     n_classes = int(labels_arr.max()) + 1
-    name = dataset.removeprefix("medmnist-")
-    classes = list(MEDMNIST_CLASSES.get(name, [str(i) for i in range(n_classes)]))
-    return Listing(ids, labels_arr, classes, groups, pixels=np.concatenate(images))
+    name = classes or dataset.removeprefix("medmnist-")
+    names = list(MEDMNIST_CLASSES.get(name, [str(i) for i in range(n_classes)]))
+    return Listing(ids, labels_arr, names, groups, pixels=np.concatenate(images))
 
 
 def scan_digits() -> Listing:

@@ -3,9 +3,19 @@
 A ``--dataset`` argument (or a dataset given to ``ens predict``) is one of
 
 * a name of the catalogue -- ``hela``, ``bg``, ``lar``, ``digits`` (:data:`.catalog.CATALOG`);
-* ``medmnist:NAME`` -- MedMNIST's official ``NAME.npz``, at ``<data-dir>/medmnist/NAME.npz``;
+* ``medmnist:NAME[@SIZE]`` -- MedMNIST's official ``NAME.npz`` (28 px) or ``NAME_SIZE.npz`` (64, 128,
+  224 px: MedMNIST+), at ``<data-dir>/medmnist/``;
 * ``folder:PATH`` -- an image folder: class folders, or fold folders of class folders;
-* ``seg:PATH`` -- a segmentation folder: ``images/`` and ``masks/``.
+* ``seg:PATH`` -- a segmentation folder: ``images/`` and ``masks/``;
+* ``csv:PATH`` -- a manifest (``.csv`` or ``.tsv``): one row per image, columns ``path``, ``label`` and
+  optionally ``patient`` and ``split`` (see :mod:`.manifest`);
+* ``PATH`` alone -- an existing folder (read by its layout, as ``folder:`` or ``seg:``) or a ``.csv``/``.tsv``
+  file (as ``csv:``); catalogue names come first, so ``lar`` is always the catalogue's.
+
+Any of them may end in options, ``?key=value&key=value``: ``splits=FILE`` (your own folds, a JSON list
+of ``{"train": [ids], "val": [ids]}``, see :func:`.splits.read_splits`) for every kind, and the column
+names for ``csv:`` (``csv:m.csv?label=diagnosis&patient=subject``). Options are part of the text, so
+a recorded retrain command carries them.
 
 :func:`resolve` is the one door: it parses the text once into a frozen :class:`DatasetRef` that
 knows its kind, its name in the member store, its task, its absolute path (resolved against the
@@ -14,7 +24,7 @@ and both of its spellings -- ``spec``, as the user typed it (recorded in retrain
 stay portable), and ``absolute_spec`` (what workers are given).
 
 Each kind is one :class:`SourceKind` in :data:`SOURCES` (modelled on timm's registries). A new kind
-(``csv:PATH``, a bare folder path) is one :func:`register` call: nothing else branches on kinds.
+is one :func:`register` call: nothing else branches on kinds.
 Nothing here imports numpy, PIL or torch at module level: usage errors must answer fast.
 """
 
@@ -22,13 +32,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote, unquote
 
 from ..errors import DataError, UsageError
-from .catalog import CATALOG, MEDMNIST, MEDMNIST_URL, DatasetInfo, Source
+from .catalog import CATALOG, MEDMNIST, MEDMNIST_SIZES, MEDMNIST_URL, DatasetInfo, Source, medmnist_file
 
 if TYPE_CHECKING:
     from .scan import Listing
@@ -56,6 +67,7 @@ class SourceKind:
     store_spec: Callable[[str], str | None] | None = None  # a store name back to the text that makes it
     listed: Callable[[Path], list[tuple[str, bool]]] | None = None  # `ens data list` rows: (text, show if absent)
     images: str | None = None  # a sub-folder holding the images alone (read as a plain folder by ens predict)
+    options: tuple[str, ...] = ()  # the kind's own ``?key=value`` options (``splits`` is every kind's)
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,12 @@ class DatasetRef:
     path: Path | None
     given_path: Path | None
     info: DatasetInfo
+    options: tuple[tuple[str, str], ...] = ()  # the kind's own ``?key=value`` options, as given
+    splits: Path | None = None  # your own folds (``?splits=FILE``), absolute
+
+    def option(self, key: str, default: str) -> str:
+        """A ``?key=value`` option's value (a manifest's column name), or ``default``."""
+        return dict(self.options).get(key, default)
 
     @property
     def present(self) -> bool:
@@ -117,13 +135,56 @@ def resolve(text: str | DatasetRef, data_dir: Path | str = "datasets") -> Datase
     if isinstance(text, DatasetRef):
         return text
     data_dir = Path(data_dir)
-    kind = _prefixed_kind(text)
+    body, sep, query = text.partition("?")
+    kind = _prefixed_kind(body)
     if kind is not None:
-        return kind.parse(kind, text, text.partition(":")[2], data_dir)
-    for kind in SOURCES.values():
-        if not kind.prefixed and kind.claims(text):
-            return kind.parse(kind, text, text, data_dir)
-    raise UsageError(f"unknown dataset {text!r}; valid: {valid_forms()}")
+        ref = kind.parse(kind, body, body.partition(":")[2], data_dir)
+    else:
+        kind = next((k for k in SOURCES.values() if not k.prefixed and k.claims(body)), None)
+        if kind is None:
+            raise UsageError(f"unknown dataset {text!r}; valid: {valid_forms()}")
+        ref = kind.parse(kind, body, body, data_dir)
+    return _with_options(ref, text, _parse_options(text, query, ref.kind)) if sep else ref
+
+
+SPLITS_OPTION = "splits"
+
+
+def _parse_options(text: str, query: str, kind: SourceKind) -> dict[str, str]:
+    """``key=value&key=value`` (values percent-decoded, ``+`` kept): each key the kind's or ``splits``."""
+    allowed = (SPLITS_OPTION, *kind.options)
+    out: dict[str, str] = {}
+    for item in query.split("&"):
+        key, eq, value = item.partition("=")
+        key = key.strip().lower()
+        if not eq or not key or not value:
+            raise UsageError(f"{text}: option {item!r} is not KEY=VALUE (options: {', '.join(allowed)})")
+        if key not in allowed:
+            raise UsageError(f"{text}: unknown option {key!r} for {kind.name}: (options: {', '.join(allowed)})")
+        if key in out:
+            raise UsageError(f"{text}: option {key!r} is given twice")
+        out[key] = unquote(value)
+    return out
+
+
+def _with_options(ref: DatasetRef, text: str, options: dict[str, str]) -> DatasetRef:
+    """``ref`` with its options: the spec as typed, the absolute spec with the splits file made absolute."""
+    splits = options.pop(SPLITS_OPTION, None)
+    path = Path(splits).expanduser().resolve() if splits else None
+    pairs = tuple(options.items())
+    absolute = pairs + (((SPLITS_OPTION, str(path)),) if path else ())
+    query = "&".join(f"{k}={quote(v, safe='/:._-~@ ')}" for k, v in absolute)
+    return replace(ref, spec=text, absolute_spec=f"{ref.absolute_spec}?{query}", options=pairs, splits=path)
+
+
+def with_splits(text: str, splits: Path | str | None) -> str:
+    """The dataset argument ``text`` with ``?splits=FILE`` added (``ens train --splits FILE``)."""
+    if splits is None:
+        return text
+    if resolve(text).splits is not None:
+        raise UsageError(f"--splits {splits} and {text!r} both give the folds; give them once")
+    sep = "&" if "?" in text else "?"
+    return f"{text}{sep}{SPLITS_OPTION}={quote(str(splits), safe='/:._-~@ ')}"
 
 
 def resolve_prefixed(text: str, data_dir: Path | str = "datasets") -> DatasetRef | None:
@@ -162,12 +223,6 @@ def _scan_catalogue(ref: DatasetRef) -> Listing:
     return scan_digits() if ref.path is None else scan_folder(_require(ref))
 
 
-def _scan_npz(ref: DatasetRef) -> Listing:
-    from .scan import scan_npz
-
-    return scan_npz(ref.path, ref.name)
-
-
 def _scan_folder(ref: DatasetRef) -> Listing:
     from .scan import scan_folder
 
@@ -203,43 +258,80 @@ register(
 )
 
 _MEDMNIST_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_MEDMNIST_STORE = re.compile(r"medmnist-(?P<name>.+?)(?:-(?P<size>64|128|224))?")
 
 
 def _parse_medmnist(kind: SourceKind, text: str, argument: str, data_dir: Path) -> DatasetRef:
-    sub = argument.lower()
+    """``medmnist:NAME[@SIZE]``: 28 px (the default) keeps its store name ``medmnist-NAME``; the MedMNIST+
+    sizes get their own, ``medmnist-NAME-SIZE``."""
+    sub, at, size_text = argument.lower().partition("@")
+    known = ", ".join(MEDMNIST)
     if not sub:
-        raise UsageError(f"medmnist: needs a name, e.g. medmnist:breastmnist ({', '.join(MEDMNIST)})")
+        raise UsageError(f"medmnist: needs a name, e.g. medmnist:breastmnist or medmnist:dermamnist@128 ({known})")
     if not _MEDMNIST_NAME.fullmatch(sub):
-        raise UsageError(f"{text} is not a MedMNIST name (letters, digits, '_' or '-'; known: {', '.join(MEDMNIST)})")
-    md5, n_train, n_val, n_test = MEDMNIST.get(sub, (None, 0, 0, 0))
+        raise UsageError(f"{text} is not a MedMNIST name (letters, digits, '_' or '-'; known: {known})")
+    sizes = ", ".join(map(str, MEDMNIST_SIZES))
+    if at and not (size_text.isdigit() and int(size_text) in MEDMNIST_SIZES):
+        raise UsageError(f"{text}: size {size_text!r} is not a MedMNIST size ({sizes}; 28 if none is given)")
+    size = int(size_text) if at else 28
+    entry = MEDMNIST.get(sub)
+    counts = dict(zip(("_train", "_val", "_test"), entry.split)) if entry else {}
+    file = medmnist_file(sub, size)
+    px = f" at {size} px" if size != 28 else ""
     info = DatasetInfo(
-        f"medmnist-{sub}",
-        f"MedMNIST v2 {sub} (official train/val/test split)",  # Yang et al. (2023), MedMNIST v2
+        f"medmnist-{sub}" + (f"-{size}" if size != 28 else ""),
+        f"MedMNIST v2 {sub}{px} (official train/val/test split)",  # Yang et al. (2023), MedMNIST v2 / MedMNIST+
         "official",
         "npz",
-        {"_train": n_train, "_val": n_val, "_test": n_test} if md5 else {},
-        (Source(MEDMNIST_URL.format(name=sub), f"md5:{md5}" if md5 else None, f"{sub}.npz"),),
+        counts,
+        (Source(MEDMNIST_URL.format(file=file), f"md5:{entry.md5[size]}" if entry else None, file),),
     )
-    given = data_dir / "medmnist" / f"{sub}.npz"
-    path = data_dir.resolve() / "medmnist" / f"{sub}.npz"
+    given = data_dir / "medmnist" / file
+    path = data_dir.resolve() / "medmnist" / file
     return DatasetRef(kind, text, text, info.name, kind.task, path, given, info)
 
 
+def _medmnist_store_spec(name: str) -> str | None:
+    match = _MEDMNIST_STORE.fullmatch(name)
+    if not match:
+        return None
+    sub, size = match["name"], match["size"]
+    return f"medmnist:{sub}@{size}" if size else f"medmnist:{sub}"
+
+
 def _medmnist_listed(data_dir: Path) -> list[tuple[str, bool]]:
-    """The known sets (only BreastMNIST's row shows while absent), then any other ``.npz`` found there."""
+    """The known sets at 28 px (only BreastMNIST's row shows while absent), the other sizes found there, then
+    any other ``.npz`` found there."""
     rows = [(f"medmnist:{m}", m == "breastmnist") for m in MEDMNIST]
+    files = {medmnist_file(m, z): f"medmnist:{m}@{z}" for m in MEDMNIST for z in MEDMNIST_SIZES if z != 28}
     local = sorted((data_dir / "medmnist").glob("*.npz"))
-    return rows + [(f"medmnist:{p.stem}", False) for p in local if p.stem not in MEDMNIST]
+    rows += [(files[p.name], False) for p in local if p.name in files]
+    known = {medmnist_file(m) for m in MEDMNIST} | set(files)
+    return rows + [(f"medmnist:{p.stem}", False) for p in local if p.name not in known]
+
+
+def _scan_medmnist(ref: DatasetRef) -> Listing:
+    """A multi-label set (ChestMNIST) is refused before its file is even looked for."""
+    sub = ref.spec.partition(":")[2].partition("@")[0].lower()
+    entry = MEDMNIST.get(sub)
+    if entry is not None and entry.multilabel:
+        raise DataError(
+            f"{ref.spec} is multi-label ({entry.n_classes} findings per image): multi-label training is the next "
+            "step (issue 23, item 4) and not supported yet; fetch and list it, train on a single-label set"
+        )
+    from .scan import scan_npz
+
+    return scan_npz(ref.path, ref.name, classes=sub)
 
 
 register(
     SourceKind(
         "medmnist",
-        ("medmnist:NAME",),
+        ("medmnist:NAME",),  # and NAME@SIZE: its own messages say so
         "classification",
         _parse_medmnist,
-        _scan_npz,
-        store_spec=lambda name: f"medmnist:{name.removeprefix('medmnist-')}" if name.startswith("medmnist-") else None,
+        _scan_medmnist,
+        store_spec=_medmnist_store_spec,
         listed=_medmnist_listed,
     )
 )
@@ -280,5 +372,70 @@ register(
         partial(_parse_path, describe="segmentation folder {path} (images/ + masks/)", protocol="cv5", layout="seg"),
         _scan_seg,
         images="images",
+    )
+)
+
+
+# --------------------------------------------------------------------------- manifests and bare paths
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".tab")
+
+
+def _parse_csv(kind: SourceKind, text: str, argument: str, data_dir: Path) -> DatasetRef:
+    """``csv:PATH``: the store name is the manifest's file name without its suffix."""
+    if not argument:
+        raise UsageError("csv: needs a manifest, e.g. csv:/data/study/images.csv")
+    given = Path(argument).expanduser()
+    path = given.resolve()
+    name = _folder_name(Path(path.stem))
+    info = DatasetInfo(name, f"manifest {given}", "cv5-or-split", "csv")
+    return DatasetRef(kind, text, f"{kind.name}:{path}", name, kind.task, path, given, info)
+
+
+def _scan_csv(ref: DatasetRef) -> Listing:
+    from .manifest import scan_manifest
+
+    return scan_manifest(ref.path, dict(ref.options))
+
+
+register(
+    SourceKind(
+        "csv",
+        ("csv:PATH",),
+        "classification",
+        _parse_csv,
+        _scan_csv,
+        options=("path", "label", "patient", "split"),  # column names: csv:m.csv?label=diagnosis
+    )
+)
+
+
+def _claims_path(text: str) -> bool:
+    """An existing folder, or a manifest's file name (an absent one is then reported as missing)."""
+    path = Path(text).expanduser()
+    return path.suffix.lower() in MANIFEST_SUFFIXES or path.is_dir()
+
+
+def _parse_bare(kind: SourceKind, text: str, argument: str, data_dir: Path) -> DatasetRef:
+    """A bare path is read as the kind its layout says: ``csv:`` for a manifest, ``seg:`` for images/ and
+    masks/, ``folder:`` otherwise; the spec stays as typed, the absolute spec names the kind."""
+    path = Path(argument).expanduser()
+    if path.suffix.lower() in MANIFEST_SUFFIXES and not path.is_dir():
+        target = SOURCES["csv"]
+    elif (path / "images").is_dir() and (path / "masks").is_dir():
+        target = SOURCES["seg"]
+    else:
+        target = SOURCES["folder"]
+    return target.parse(target, text, argument, data_dir)
+
+
+register(
+    SourceKind(
+        "path",
+        ("PATH",),
+        "classification",
+        _parse_bare,
+        lambda ref: ref.kind.scan(ref),  # never called: a bare path resolves to the kind it is
+        prefixed=False,
+        claims=_claims_path,
     )
 )

@@ -3,19 +3,25 @@
 * ``cv5`` -- stratified 5-fold cross-validation with a fixed seed;
 * ``predefined`` -- the dataset's own fold folders (test on one, train on the rest);
 * ``official`` -- MedMNIST's split: train on train, predict test (val is predicted too,
-  for honest model selection).
+  for honest model selection); a manifest's ``split`` column is read the same way;
+* ``cv5`` with patients -- a manifest's ``patient`` column: stratified *and grouped* 5-fold
+  cross-validation (scikit-learn's ``StratifiedGroupKFold``, fixed seed), no patient in two test sets;
+* ``splits`` -- your own folds, from a JSON file (:func:`read_splits`, nnU-Net's ``splits_final.json``).
 
 Every sample is in exactly one test set (of the folds that have one).
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, UsageError
 
 FOLD_SEED = 0
 N_SPLITS = 5
@@ -45,13 +51,36 @@ def stratified_folds(labels: np.ndarray, n_splits: int = N_SPLITS, seed: int = F
     return [Fold(k, tr, te, protocol="cv5", name=f"fold {k}") for k, (tr, te) in enumerate(splits)]
 
 
+def grouped_folds(
+    labels: np.ndarray, patients: list[str], n_splits: int = N_SPLITS, seed: int = FOLD_SEED
+) -> list[Fold]:
+    """Stratified and grouped k-fold: every patient's images in one test set, the classes as balanced
+    across folds as the patients allow."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_patients = len(set(patients))
+    if n_patients < n_splits:
+        raise DataError(
+            f"{n_splits}-fold cross-validation grouped by patient needs at least {n_splits} patients; "
+            f"found {n_patients}"
+        )
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # a class with fewer patients than folds is allowed, as above
+        warnings.simplefilter("ignore", UserWarning)
+        splits = list(splitter.split(np.zeros(len(labels)), labels, groups=np.asarray(patients)))
+    return [Fold(k, np.sort(tr), np.sort(te), protocol="cv5", name=f"fold {k}") for k, (tr, te) in enumerate(splits)]
+
+
 def make_folds(protocol: str, listing) -> list[Fold]:  # noqa: ANN001 - a scan.Listing
-    """The folds of a listing under ``protocol`` (``cv5-or-predefined`` picks by layout)."""
+    """The folds of a listing under ``protocol`` (``cv5-or-predefined`` and ``cv5-or-split`` pick by layout)."""
     labels, groups = listing.labels, listing.groups
     if protocol == "cv5-or-predefined":
         protocol = "predefined" if groups is not None else "cv5"
+    if protocol == "cv5-or-split":  # a manifest: its split column, else cross-validation
+        protocol = "official" if groups is not None else "cv5"
     if protocol == "cv5":
-        return stratified_folds(labels)
+        patients = getattr(listing, "patients", None)
+        return grouped_folds(labels, patients) if patients is not None else stratified_folds(labels)
     groups_arr = np.asarray(groups)
     if protocol == "predefined":
         names = sorted(set(groups))
@@ -66,3 +95,101 @@ def make_folds(protocol: str, listing) -> list[Fold]:  # noqa: ANN001 - a scan.L
         val = np.flatnonzero(groups_arr == "val")
         return [Fold(0, train, test, val if len(val) else None, protocol="official", name="test")]
     raise ValueError(f"unknown protocol {protocol!r}")
+
+
+# --------------------------------------------------------------------------- your own folds
+def splits_document(ids: list[str] | np.ndarray, folds: list[Fold]) -> list[dict[str, list[str]]]:
+    """The folds as nnU-Net's ``splits_final.json`` has them: ``{"train": [ids], "val": [ids]}`` per fold,
+    ``val`` being the fold's test part; a fold's own validation split (MedMNIST's official ``val``,
+    used for --select and --plateau) is kept as ``"select"``."""
+    ids = [str(i) for i in ids]
+    doc = []
+    for fold in folds:
+        entry = {"train": [ids[i] for i in fold.train], "val": [ids[i] for i in fold.test]}
+        if fold.val is not None and len(fold.val):
+            entry["select"] = [ids[i] for i in fold.val]
+        doc.append(entry)
+    return doc
+
+
+SPLIT_KEYS = ("train", "val", "select")
+
+
+def read_splits(path: Path, ids: list[str]) -> list[Fold]:
+    """Your own folds, checked against the dataset's ids before any work; each fault is one line naming the
+    file, the fold and the id.
+
+    The file is a JSON list of folds, each ``{"train": [ids], "val": [ids]}`` (nnU-Net's
+    ``splits_final.json``; ``val`` is the fold's test part) and optionally ``"select"`` (ids held out of
+    training to choose the kept epoch, as MedMNIST's official ``val``). Within a fold the lists are
+    disjoint and together hold every id (``train`` is the rest); with two folds or more, every id is in
+    exactly one fold's ``val``.
+    """
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise UsageError(f"--splits {path}: cannot read it ({err.strerror or err})") from None
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--splits {path}: not JSON ({err})") from None
+    if not isinstance(doc, list) or not doc:
+        raise UsageError(f'--splits {path}: expected a JSON list of folds, each {{"train": [...], "val": [...]}}')
+    index = {sample: i for i, sample in enumerate(ids)}
+    folds, tested = [], {}
+    for k, fold in enumerate(doc):
+        parts = _read_fold(path, k, fold, index)
+        for sample in parts["val"]:
+            if sample in tested:
+                raise UsageError(f"--splits {path}: id {sample!r} is in the val of fold {tested[sample]} and fold {k}")
+            tested[sample] = k
+        select = parts.get("select")
+        folds.append(
+            Fold(
+                k,
+                np.array(sorted(index[s] for s in parts["train"]), dtype=np.int64),
+                np.array(sorted(index[s] for s in parts["val"]), dtype=np.int64),
+                np.array(sorted(index[s] for s in select), dtype=np.int64) if select else None,
+                protocol="splits",
+                name=f"fold {k}",
+            )
+        )
+    if len(doc) > 1:
+        untested = [sample for sample in ids if sample not in tested]
+        if untested:
+            raise UsageError(
+                f"--splits {path}: id {untested[0]!r} is in no fold's val ({len(untested)} id(s) never tested; "
+                "with several folds every id is tested once)"
+            )
+    return folds
+
+
+def _read_fold(path: Path, k: int, fold: Any, index: dict[str, int]) -> dict[str, list[str]]:
+    """One fold's lists, each id known and used once in the fold; ``train`` is every id not in the others."""
+    if not isinstance(fold, dict) or not {"train", "val"} <= set(fold) or set(fold) - set(SPLIT_KEYS):
+        keys = sorted(fold) if isinstance(fold, dict) else type(fold).__name__
+        raise UsageError(f'--splits {path}: fold {k} must be {{"train": [ids], "val": [ids]}} (found {keys})')
+    parts, seen = {}, {}
+    for key in SPLIT_KEYS:
+        if key not in fold:
+            continue
+        values = fold[key]
+        if not isinstance(values, list) or not all(isinstance(v, (str, int)) for v in values):
+            raise UsageError(f"--splits {path}: fold {k}'s {key} must be a list of ids")
+        for sample in map(str, values):
+            if sample not in index:
+                raise UsageError(
+                    f"--splits {path}: fold {k}'s {key} has id {sample!r}, which the dataset does not have"
+                )
+            if sample in seen:
+                where = "twice in its " + key if seen[sample] == key else f"in both its {seen[sample]} and {key}"
+                raise UsageError(f"--splits {path}: id {sample!r} is {where} (fold {k})")
+            seen[sample] = key
+        parts[key] = [str(v) for v in values]
+    if not parts["val"]:
+        raise UsageError(f"--splits {path}: fold {k}'s val is empty")
+    missing = [sample for sample in index if sample not in seen]
+    if missing:
+        raise UsageError(
+            f"--splits {path}: id {missing[0]!r} is in none of fold {k}'s lists ({len(missing)} id(s); "
+            "a fold's train is every id not in its val)"
+        )
+    return parts

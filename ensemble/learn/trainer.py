@@ -187,6 +187,8 @@ class FoldTrainer:
             return self.fold.train, None
         if self.fold.val is not None and len(self.fold.val):
             return self.fold.train, self.fold.val
+        if getattr(self.ds, "patients", None) is not None:
+            return self._grouped_selection_split()
         from sklearn.model_selection import train_test_split
 
         labels = self.ds.labels[self.fold.train]
@@ -208,6 +210,29 @@ class FoldTrainer:
                 f"{len(self.fold.train)} training images ({err})"
             ) from None
         return np.sort(train), np.sort(val)
+
+    def _grouped_selection_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """The inner split of a dataset with patients: stratified and grouped (no patient on both sides), about
+        ``val_fraction`` of the training fold held out -- one fold of ``round(1 / val_fraction)``."""
+        import warnings
+
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        labels = self.ds.labels[self.fold.train]
+        patients = self.ds.patients[self.fold.train]
+        n_splits = max(2, int(round(1 / self.cfg.val_fraction))) if self.cfg.val_fraction > 0 else 2
+        if len(set(patients.tolist())) < n_splits:
+            raise EnsError(
+                f"--select {self.cfg.select}: fold {self.fold.index}'s training images belong to "
+                f"{len(set(patients.tolist()))} patient(s); a hold-out split by patient needs {n_splits}"
+            )
+        splitter = StratifiedGroupKFold(
+            n_splits=n_splits, shuffle=True, random_state=derive_seed("inner-val", self.fold.index) % 2**31
+        )
+        with warnings.catch_warnings():  # a class with fewer patients than splits is allowed
+            warnings.simplefilter("ignore", UserWarning)
+            train, val = next(splitter.split(np.zeros(len(labels)), labels, groups=patients))
+        return np.sort(self.fold.train[train]), np.sort(self.fold.train[val])
 
     # -------------------------------------------------------------- run
     def intra_op_threads(self) -> int | None:
