@@ -23,7 +23,6 @@ This module imports no torch, timm or numpy: the CLI reads it to answer usage er
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field

