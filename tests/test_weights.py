@@ -71,7 +71,7 @@ def test_a_transposed_or_missing_tensor_is_refused_naming_it(resnet_state, tmp_p
     gone = {k: v for k, v in resnet_state.items() if k != conv}
     with pytest.raises(EnsError, match=rf"the model's '{conv}' needs"):
         create_model("test_resnet", 3, weights=_save(_foreign(gone), tmp_path / "m.pth"))
-    with pytest.raises(EnsError, match=rf"m2\.pth for test_resnet: missing tensor '{conv}'"):
+    with pytest.raises(EnsError, match=rf"m2\.pth into test_resnet: missing tensor '{conv}'"):
         create_model("test_resnet", 3, weights=_save(gone, tmp_path / "m2.pth"))
     extra = {**resnet_state, "layer9.weight": torch.zeros(3)}
     with pytest.raises(EnsError, match=r"unexpected tensor 'layer9.weight'"):

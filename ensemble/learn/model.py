@@ -133,7 +133,7 @@ def _load_file(model: nn.Module, name: str, weights: str, *, head: list[str]) ->
     sha = found.sha256 if found.sha256 and len(found.sha256) == 64 else w.file_sha256(found.path)
     state = w.read_state_dict(found.path)
     where = found.spec if found.spec == str(found.path) else f"{found.spec} ({found.path})"
-    report = w.fit(model, state, head=head, source=found.spec, where=f"{where} for {name}", sha256=sha)
+    report = w.fit(model, state, head=head, source=found.spec, where=f"{where} into {name}", sha256=sha)
     return _keep(model, report, found.path)
 
 
@@ -155,7 +155,7 @@ def _load_timm_tag(model: nn.Module, name: str) -> nn.Module:
     source = f"{source}.{tag}" if tag else source
     state = w.read_state_dict(path)
     report = w.fit(
-        model, state, head=w.head_names(model), source=source, where=f"{path} for {name}", sha256=w.file_sha256(path)
+        model, state, head=w.head_names(model), source=source, where=f"{path} into {name}", sha256=w.file_sha256(path)
     )
     return _keep(model, report, path)
 

@@ -319,15 +319,16 @@ def _by_name(
     missing = [k for k in body if k not in state]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise EnsError(f"weights {where}: missing tensor {missing[0]!r}{more}")
+        raise EnsError(f"cannot load weights {where}: missing tensor {missing[0]!r}{more}")
     unexpected = [k for k in state if k not in target]
     if unexpected:
         more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise EnsError(f"weights {where}: unexpected tensor {unexpected[0]!r}{more}")
+        raise EnsError(f"cannot load weights {where}: unexpected tensor {unexpected[0]!r}{more}")
     for k in body:
         if not _fits(state[k], target[k]):
             raise EnsError(
-                f"weights {where}: tensor {k!r} has shape {_shape(state[k])}, the model needs {_shape(target[k])}"
+                f"cannot load weights {where}: tensor {k!r} has shape {_shape(state[k])}, "
+                f"the model needs {_shape(target[k])}"
             )
     mapping = {k: state[k] for k in body}
     if heads and all(k in state and _fits(state[k], target[k]) for k in heads):
@@ -349,14 +350,14 @@ def _by_position(
     for i, dst in enumerate(body):  # the first tensor out of line, whatever the count
         if i >= len(src):
             raise EnsError(
-                f"weights {where}: {len(src)} tensors by position, the model needs {n}; "
+                f"cannot load weights {where}: {len(src)} tensors by position, the model needs {n}; "
                 f"nothing for {dst!r} (tensor {i})"
             )
         name, tensor = src[i]
         if not _fits(tensor, target[dst]):
             raise EnsError(
-                f"weights {where}: by position, tensor {i} {name!r} has shape {_shape(tensor)} where the model's "
-                f"{dst!r} needs {_shape(target[dst])}"
+                f"cannot load weights {where}: by position, tensor {i} {name!r} has shape {_shape(tensor)} "
+                f"where the model's {dst!r} needs {_shape(target[dst])}"
             )
     rest = src[n:]
     if not rest:
@@ -368,7 +369,7 @@ def _by_position(
             return mapping, [], "position"
         return mapping, list(heads), "position"  # the old classifier, for another class count: dropped
     raise EnsError(
-        f"weights {where}: {len(src)} tensors by position, the model needs {n} (+{len(heads)} head); "
+        f"cannot load weights {where}: {len(src)} tensors by position, the model needs {n} (+{len(heads)} head); "
         f"unexpected tensor {rest[0][0]!r} (tensor {n})"
     )
 
