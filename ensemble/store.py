@@ -160,6 +160,9 @@ class MemberMeta:
     diagnosis: str = ""
     task: str = "classification"  # or segmentation (fold files hold probability maps and masks)
     dice: float | None = None  # segmentation: mean foreground Dice over every image
+    # the starting weights as loaded: source, sha256, tensors_loaded, tensors_new, by ("name" or "position");
+    # None (and absent from the file) for a member from scratch or written before it was recorded
+    weights: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # fields of a hand-made member we keep but do not know
 
     @property
@@ -168,6 +171,8 @@ class MemberMeta:
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        if out["weights"] is None:
+            del out["weights"]  # member.json as before for a member with no starting weights
         return {**self.extra, **out}
 
     @classmethod
@@ -236,6 +241,7 @@ _CHECKS = {
     "dataset_spec": lambda v: isinstance(v, str),
     "protocol": lambda v: isinstance(v, str),
     "recipe": lambda v: isinstance(v, dict),
+    "weights": lambda v: isinstance(v, dict) and _is_int(v.get("tensors_loaded")),
     "recipe_hash": lambda v: isinstance(v, str),
     "optimizer": lambda v: isinstance(v, dict),
     "model": lambda v: isinstance(v, str),

@@ -22,7 +22,7 @@ from .executors.pools import cpu_threads, make_pool
 from .executors.progress import JobProgress
 from .optim import get
 from .plan import LabelPlan, plan_labels, prepare_run
-from .recipe import TrainConfig, train_command
+from .recipe import TrainConfig, resolve_normalisation, train_command
 from .runs import FoldTask, load_dataset
 from .store import Store, check_name, check_variant, run_name
 
@@ -108,7 +108,7 @@ def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> lis
             echo(f"{dataset}/{p.label}: {len(p.existing)} complete member(s) already; nothing to train")
     if not any(p.todo for p in plans):
         return []
-    preflight(req, ds)
+    preflight(req, ds, echo)
     store.record_splits(dataset, splits_document(ds.ids, ds.folds))  # the same for every member, or refused
     with contextlib.ExitStack() as stack:
         staged = stage_runs(req, ds, store, dataset, plans, stack, echo)
@@ -120,16 +120,18 @@ def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> lis
 
 def job_config(req: TrainRequest) -> tuple[TrainConfig, str]:
     """The configuration every task of the job uses, and the device type it trains on: the CPU thread count
-    fixed once (so every task computes the same bits), the weights file made absolute for workers."""
+    fixed once (so every task computes the same bits), a weights file registered by its sha256 (the name the
+    recorded command keeps, which any machine with the same file resolves) and ``--normalise auto`` resolved."""
     from .learn.trainer import resolve_device
+    from .learn.weights import is_portable, register
 
     cfg = req.config
     device = resolve_device(cfg.device).type if not req.scheduler else cfg.device
     if cfg.threads is None and device == "cpu":
         cfg = replace(cfg, threads=cpu_threads(req.executor, req.jobs, remote=bool(req.scheduler)))
-    if cfg.weights:
-        cfg = replace(cfg, weights=str(Path(cfg.weights).resolve()))
-    return cfg, device
+    if cfg.weights and not is_portable(cfg.weights):  # a file: named by its sha256, found in the weights cache
+        cfg = replace(cfg, weights=register(Path(cfg.weights)))
+    return replace(cfg, normalise=resolve_normalisation(cfg)), device
 
 
 def stage_runs(
@@ -210,7 +212,7 @@ def run_job(
             data_dir=str(req.data_dir),
             label=p.label,
             run=r,
-            cfg=req.config,
+            cfg=staged.config,  # the weights by their portable name, --normalise auto resolved
             name=req.name,
             device=staged.device,
             threads=staged.config.threads,
@@ -244,8 +246,10 @@ def run_job(
     return job.published
 
 
-def preflight(req: TrainRequest, ds: Dataset) -> None:
-    """Errors every task would hit (unknown model, missing weights, no CUDA) are raised once, here.
+def preflight(req: TrainRequest, ds: Dataset, echo: Callable[[str], None] = print) -> None:
+    """Errors every task would hit (unknown model, missing or ill-fitting weights, no CUDA) are raised once,
+    here: the model is built and its weights loaded strictly as every fold will, and the line saying what
+    loaded (by name or by position, from where) is printed.
 
     On a remote Dask cluster the devices and the weights are the workers' own, so only the
     model name is checked.
@@ -261,6 +265,10 @@ def preflight(req: TrainRequest, ds: Dataset) -> None:
         return
     cfg = req.config
     resolve_device(cfg.device)
-    create_model(
-        cfg.model, len(ds.classes), pretrained=cfg.pretrained, weights=Path(cfg.weights) if cfg.weights else None
+    resolve_normalisation(cfg)
+    model = create_model(
+        cfg.model, len(ds.classes), pretrained=cfg.pretrained, weights=cfg.weights or None, stem=cfg.stem
     )
+    line = getattr(model, "ens_weights_line", None)
+    if line:
+        echo(f"weights: {line}")

@@ -7,11 +7,15 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..errors import EnsError, UsageError, first_line
+
+if TYPE_CHECKING:
+    from .weights import LoadReport
 
 
 def is_segmentation_model(name: str) -> bool:
@@ -21,18 +25,41 @@ def is_segmentation_model(name: str) -> bool:
 
 
 def create_model(
-    name: str, num_classes: int, *, pretrained: bool = True, weights: Path | None = None, stem: str = "default"
+    name: str,
+    num_classes: int,
+    *,
+    pretrained: bool = True,
+    weights: Path | str | None = None,
+    stem: str = "default",
 ) -> nn.Module:
     """:func:`build_model`, with the small-input stem when ``stem`` is ``small``.
 
     For a segmentation network (``unet``, ``light-unet``, ``lighter-unet@C``) ``num_classes`` is its number
     of output channels (1 for a binary mask, read through a sigmoid); it has no ImageNet weights, so
-    ``pretrained`` does not apply, and ``weights`` loads a state dict of the same network.
+    ``pretrained`` does not apply, and ``weights`` loads a state dict of the same network (every tensor).
     """
     if is_segmentation_model(name):
         return _segmentation_model(name, num_classes, weights=weights, stem=stem)
     model = build_model(name, num_classes, pretrained=pretrained, weights=weights)
-    return small_stem(model, name) if stem == "small" else model
+    if stem == "small":
+        conv = getattr(model, "conv1", None)
+        model = small_stem(model, name)
+        if isinstance(conv, nn.Conv2d) and (report := load_report(model)) is not None:
+            report["tensors_new"] = ["conv1.weight", *report["tensors_new"]]  # the replaced first convolution
+            report["tensors_loaded"] -= 1
+    return _remembered(model, name, weights=weights, pretrained=pretrained)
+
+
+def _remembered(model: nn.Module, name: str, *, weights: Path | str | None, pretrained: bool) -> nn.Module:
+    from .weights import remember
+
+    remember(name, weights=weights, pretrained=pretrained, report=load_report(model))
+    return model
+
+
+def load_report(model: nn.Module) -> dict | None:
+    """What the model's starting weights were (member.json's ``weights`` block), or None when it has none."""
+    return getattr(model, "ens_weights", None)
 
 
 def output_channels(name: str, n_classes: int) -> int:
@@ -40,7 +67,7 @@ def output_channels(name: str, n_classes: int) -> int:
     return 1 if is_segmentation_model(name) and n_classes == 2 else n_classes
 
 
-def _segmentation_model(name: str, out_channels: int, *, weights: Path | None, stem: str) -> nn.Module:
+def _segmentation_model(name: str, out_channels: int, *, weights: Path | str | None, stem: str) -> nn.Module:
     from .unet import unet
 
     if stem != "default":
@@ -50,13 +77,8 @@ def _segmentation_model(name: str, out_channels: int, *, weights: Path | None, s
     except ValueError as err:
         raise UsageError(str(err)) from None
     if weights is not None:
-        from timm.models import load_checkpoint
-
-        try:  # timm's loader: .safetensors or a torch state dict (tensors only), float16 copied into float32
-            load_checkpoint(model, str(weights), weights_only=True)
-        except Exception as err:  # wrong keys or shapes, not a state dict
-            raise EnsError(f"cannot load weights {weights} into {name}: {first_line(err)}") from None
-    return model
+        _load_file(model, name, str(weights), head=[])
+    return _remembered(model, name, weights=weights, pretrained=False)
 
 
 def small_stem(model: nn.Module, name: str) -> nn.Module:
@@ -74,12 +96,17 @@ def small_stem(model: nn.Module, name: str) -> nn.Module:
     return model
 
 
-def build_model(name: str, num_classes: int, *, pretrained: bool = True, weights: Path | None = None) -> nn.Module:
-    """``timm.create_model(name)`` with ``num_classes`` outputs.
+def build_model(
+    name: str, num_classes: int, *, pretrained: bool = True, weights: Path | str | None = None
+) -> nn.Module:
+    """``timm.create_model(name)`` with ``num_classes`` outputs, its weights loaded strictly.
 
-    ImageNet weights come through timm (Hugging Face hub) when ``pretrained``; ``weights``
-    loads a local state dict / safetensors file instead (its classifier is dropped when the
-    class count differs). When weights cannot be had, the error names both ways out.
+    ``weights`` (a file, ``pkg:NAME``/``lite0`` or ``sha256:HEX``: :mod:`.weights`) or, when ``pretrained``,
+    the timm tag's checkpoint (Hugging Face hub, or its local cache offline) fill every tensor but the new
+    head -- by name, or by position for foreign names -- or the build is refused naming the first tensor that
+    does not fit. The model is initialised as timm initialises it (same seed, same bits) before the load.
+    What loaded is kept on the model (:func:`load_report`). When weights cannot be had, the error names both
+    ways out.
     """
     import timm
 
@@ -87,28 +114,57 @@ def build_model(name: str, num_classes: int, *, pretrained: bool = True, weights
         close = timm.list_models(f"*{name}*")[:8]
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise UsageError(f"unknown timm model {name!r}{hint}")
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes)
     if weights is not None:
-        weights = Path(weights)
-        if not weights.is_file():
-            raise UsageError(f"--weights {weights}: no such file")
-        try:
-            return timm.create_model(
-                name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay={"file": str(weights)}
-            )
-        except Exception as err:  # a wrong file: bad keys, bad shapes, not a state dict
-            raise EnsError(f"cannot load weights {weights} into {name}: {first_line(err)}") from None
+        from .weights import head_names
+
+        return _load_file(model, name, str(weights), head=head_names(model))
     if not pretrained:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes)
+        return model
+    return _load_timm_tag(model, name)
+
+
+def _load_file(model: nn.Module, name: str, weights: str, *, head: list[str]) -> nn.Module:
+    from . import weights as w
+
+    found = w.locate(weights)
+    if not found.path.is_file():
+        raise UsageError(f"--weights {weights}: no such file")
+    sha = found.sha256 if found.sha256 and len(found.sha256) == 64 else w.file_sha256(found.path)
+    state = w.read_state_dict(found.path)
+    where = found.spec if found.spec == str(found.path) else f"{found.spec} ({found.path})"
+    report = w.fit(model, state, head=head, source=found.spec, where=f"{where} into {name}", sha256=sha)
+    return _keep(model, report, found.path)
+
+
+def _load_timm_tag(model: nn.Module, name: str) -> nn.Module:
+    from . import weights as w
+
     offline = hub_unreachable()
     try:
         with _hub_offline(offline is not None):  # a cached copy still loads; a missing one fails at once
-            return timm.create_model(name, pretrained=True, num_classes=num_classes)
+            path = w.timm_checkpoint(model)
     except Exception as err:  # offline, hub unreachable, no pretrained tag for this model
         why = f": {offline}, and they are not in the local Hugging Face cache" if offline else f" ({first_line(err)})"
         raise EnsError(
             f"could not get ImageNet weights for {name}{why}; "
             f"pass --weights PATH (a local state dict or .safetensors file) or --no-pretrained"
         ) from None
+    source = f"timm:{model.pretrained_cfg.get('architecture', name)}"
+    tag = model.pretrained_cfg.get("tag")
+    source = f"{source}.{tag}" if tag else source
+    state = w.read_state_dict(path)
+    report = w.fit(
+        model, state, head=w.head_names(model), source=source, where=f"{path} into {name}", sha256=w.file_sha256(path)
+    )
+    return _keep(model, report, path)
+
+
+def _keep(model: nn.Module, report: LoadReport, path: Path) -> nn.Module:
+    """Keep what loaded on the model: member.json's block and the line ``ens train`` prints."""
+    model.ens_weights = report.to_json()  # type: ignore[attr-defined]
+    model.ens_weights_line = report.line(path)  # type: ignore[attr-defined]
+    return model
 
 
 HUB_PROBE_SECONDS = 2.0  # the connection probe's limit: an unreachable hub is known at once, not after retries

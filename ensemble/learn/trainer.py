@@ -26,7 +26,10 @@ from ..data.splits import Fold
 from ..errors import EnsError, first_line
 from ..io import atomic_torch_save
 from ..optim import build, get
-from ..recipe import TrainConfig  # the one declaration of every option; imported here for old callers
+from ..recipe import (
+    TrainConfig,
+    resolve_normalisation,
+)  # the one declaration of every option; imported here for old callers
 from ..tasks import get_task
 from .infer import NORMALISATIONS, Normaliser, nchw, probabilities
 from .model import apply_lr_scale, create_model, output_channels, param_groups
@@ -173,7 +176,7 @@ class FoldTrainer:
         self.on_epoch = on_epoch or (lambda e, loss, acc: None)
         self.on_curves = on_curves  # after each epoch: loss, accuracy, the body's lr (--log tensorboard)
         self.device = resolve_device(cfg.device)
-        self._normalise = Normaliser(self.device, *NORMALISATIONS[cfg.normalise])
+        self._normalise = Normaliser(self.device, *NORMALISATIONS[resolve_normalisation(cfg)])
         self.task = get_task(ds.task)
         self.loss_name = self.task.loss_name(cfg.loss)
         self.plateau = cfg.uses_plateau(self.label)
