@@ -26,10 +26,7 @@ from ..data.splits import Fold
 from ..errors import EnsError, first_line
 from ..io import atomic_torch_save
 from ..optim import build, get
-from ..recipe import (
-    TrainConfig,
-    resolve_normalisation,
-)  # the one declaration of every option; imported here for old callers
+from ..recipe import TrainConfig, resolve_normalisation  # TrainConfig re-exported here for old callers
 from ..tasks import get_task
 from .infer import NORMALISATIONS, Normaliser, nchw, probabilities
 from .model import apply_lr_scale, create_model, output_channels, param_groups
