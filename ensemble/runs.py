@@ -24,7 +24,7 @@ from .data.dataset import Dataset, load
 from .errors import DataError, StoreError
 from .io import atomic_write_bytes, atomic_write_json
 from .learn.tblog import EpochLog
-from .learn.trainer import FoldTrainer, TrainConfig, _batches, derive_seed
+from .learn.trainer import FoldResult, FoldTrainer, TrainConfig, _batches, derive_seed
 from .learn.weights import loaded
 from .store import SCHEMA_VERSION, MemberMeta, RunDir, Store, recipe_hash, run_name, split_key
 from .tasks import get_task
@@ -125,12 +125,7 @@ def train_fold_task(
     """
     ds = load_dataset(task.spec, task.data_dir, task.config.size, task.cache_dir, task.config.workers)
     rd = task.run_dir()
-    staged = check_staged_recipe(rd, task.recipe_hash)
-    if staged["dataset"]["fingerprint"] != ds.fingerprint:
-        raise DataError(
-            f"{task.spec} has changed since this run was planned (fingerprint {ds.fingerprint}, "
-            f"planned {staged['dataset']['fingerprint']})"
-        )
+    check_planned_data(rd, task, ds)
     if task.fold in rd.finished_folds(len(ds.folds)):
         if on_start is not None:
             on_start(task.config.epochs)
@@ -155,11 +150,34 @@ def train_fold_task(
     finally:
         if log is not None:
             log.close()
+    summary = stage_fold(rd, task, ds, result, seed=seed, trainer=trainer)
+    rd.checkpoint(task.fold).unlink(missing_ok=True)
+    return summary
+
+
+def check_planned_data(rd: RunDir, task: FoldTask, ds: Dataset) -> None:
+    """The staged run was planned under this task's recipe and on this very dataset: never train on (or
+    publish) folds of another recipe or of data that changed since."""
+    staged = check_staged_recipe(rd, task.recipe_hash)
+    if staged["dataset"]["fingerprint"] != ds.fingerprint:
+        raise DataError(
+            f"{task.spec} has changed since this run was planned (fingerprint {ds.fingerprint}, "
+            f"planned {staged['dataset']['fingerprint']})"
+        )
+
+
+def stage_fold(
+    rd: RunDir, task: FoldTask, ds: Dataset, result: FoldResult, *, seed: int, trainer: FoldTrainer
+) -> dict[str, Any]:
+    """Write a trained fold into staging -- its predictions, the validation split's, the fold model -- and
+    last its summary, which marks the fold finished (so a kill before it retrains the fold)."""
+    task_kind = get_task(ds.task)
     rd.write_fold(task.fold, ds.task, result.probs, result.labels, result.ids)
     if result.val_probs is not None:
         fold = ds.folds[task.fold]
-        targets = get_task(ds.task).targets(ds, fold.val)
-        rd.write_fold(task.fold, ds.task, result.val_probs, targets, ds.ids[fold.val], split="val")
+        rd.write_fold(
+            task.fold, ds.task, result.val_probs, task_kind.targets(ds, fold.val), ds.ids[fold.val], split="val"
+        )
     model = None
     if result.weights is not None:
         from safetensors.torch import save
@@ -172,7 +190,7 @@ def train_fold_task(
         "seconds": round(result.seconds, 3),
         "curves": result.curves,
         "model": model,
-        "accuracy": get_task(ds.task).fold_score(result.probs, result.labels),
+        "accuracy": task_kind.fold_score(result.probs, result.labels),
         "train": len(ds.folds[task.fold].train),
         "test": len(result.labels),
         "device": str(trainer.device),
@@ -183,7 +201,6 @@ def train_fold_task(
     if weights is not None:  # what the fold's model started from: source, sha256, tensors loaded and new
         summary["weights"] = weights
     atomic_write_json(rd.summary(task.fold), summary)
-    rd.checkpoint(task.fold).unlink(missing_ok=True)
     return summary
 
 
