@@ -1,4 +1,4 @@
-"""Wall time of ``ens demo`` (BreastMNIST, 2 members each of SGD, Adam and DGrad, fusion, report).
+"""Wall time of ``ens demo`` (BreastMNIST, 3 members each of SGD, Adam and DGrad, fusion, report).
 
     python bench/demo_wall.py [--repeats 2] [--threads N] [--rev REV]
 

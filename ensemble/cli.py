@@ -521,7 +521,7 @@ def recipes(names: tuple[str, ...]) -> None:
     default=None,
     help="A new (or empty) folder for the demo's store, cache and report [default: ./ens-demo-<date>-<time>].",
 )
-@click.option("--n", "count", type=click.IntRange(min=1, max=10), default=2, help="Members per optimizer.")
+@click.option("--n", "count", type=click.IntRange(min=1, max=10), default=3, help="Members per optimizer.")
 @click.option(
     "--threads",
     type=click.IntRange(min=1),

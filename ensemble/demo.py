@@ -2,7 +2,7 @@
 
 BreastMNIST (breast ultrasound at 28 px, MedMNIST v2's official train/val/test split; shipped
 with ens, see ``ensemble/data/demo/README.md``) stands in for a hospital's dataset, timm's tiny
-``test_resnet`` for ResNet50. Two members each of SGD, Adam and DGrad are trained from scratch,
+``test_resnet`` for ResNet50. Three members each of SGD, Adam and DGrad are trained from scratch,
 fused with the sum rule, set against each other with 95% bootstrap intervals, and reported
 (Tables 1-2 with the honest, validation-chosen ensemble, figures, HTML).
 
@@ -27,7 +27,7 @@ RECIPE = dict(
     model="test_resnet",
     pretrained=False,
     size=28,
-    epochs=8,
+    epochs=12,
     batch_size=64,
     normalise="half",
     augment="flips",
@@ -65,7 +65,7 @@ def expressions(n: int) -> list[str]:
 def run_demo(
     out: Path | None = None,
     *,
-    n: int = 2,
+    n: int = 3,
     threads: int | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
