@@ -135,3 +135,13 @@ def test_no_api_name_is_shadowed_by_a_submodule():
     modules = {m.name for m in pkgutil.iter_modules(ensemble.__path__)}
     assert modules & set(ensemble.__all__) == set()
     assert {"fuse", "predict", "report", "train"} <= set(ensemble.__all__)
+
+
+def test_the_package_re_exports_exactly_the_api():
+    """``ensemble/__init__.py`` names the API without importing it (``import ensemble`` stays instant): the two
+    lists must agree, and every name must resolve to the API's own function."""
+    import ensemble
+    from ensemble import api
+
+    assert set(ensemble.__all__) - {"__version__"} == set(api.__all__)
+    assert all(getattr(ensemble, name) is getattr(api, name) for name in api.__all__)
