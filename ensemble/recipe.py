@@ -137,7 +137,7 @@ class WeightsType(click.ParamType):
         try:
             return canonical(str(value))
         except UsageError as err:
-            self.fail(str(err).removeprefix(f"--weights {value}: "), param, ctx)
+            self.fail(f"{value}: {str(err).removeprefix(f'--weights {value}: ')}", param, ctx)  # names the value
 
 
 class LogChoice(click.Choice):
