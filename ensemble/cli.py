@@ -293,13 +293,6 @@ def _train_options(f):  # noqa: ANN001, ANN202 - a click decorator stack
     return f
 
 
-def _config(labels: list[str], *, dataset: str = "", recipe: str | None, config_file: str | None, **options: object):  # noqa: ANN202
-    """The effective TrainConfig (see :func:`ensemble.api.compose_train_config`), before torch is imported."""
-    from .api import compose_train_config
-
-    return compose_train_config(labels, dataset=dataset, recipe=recipe, config_file=config_file, **options)
-
-
 _RUN_PARAMS = (
     "dataset",
     "opt",
@@ -326,7 +319,9 @@ def parse_train_args(args: list[str]):  # noqa: ANN201 - (the job's parameters, 
     with train.make_context("train", list(args)) as ctx:
         params = dict(ctx.params)
     job = {k: params.pop(k) for k in _RUN_PARAMS}
-    return job, _config(job["opt"], dataset=job["dataset"], **params)
+    from .api import compose_train_config
+
+    return job, compose_train_config(job["opt"], dataset=job["dataset"], **params)
 
 
 def _check_opts(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:
@@ -464,7 +459,9 @@ def train(
     from .data.sources import with_splits
 
     dataset = with_splits(dataset, splits)  # the folds travel with the dataset: into workers and retrain commands
-    cfg = _config(opt, dataset=dataset, **kw)  # every option checked before torch is imported
+    from .api import compose_train_config
+
+    cfg = compose_train_config(opt, dataset=dataset, **kw)  # every option checked before torch is imported
     from .api import run_training
 
     run_training(
