@@ -1,10 +1,11 @@
 """Member training images/s against the bound of the same work on tensors that never move, like with like.
 
     python bench/train_throughput.py [--model resnet18] [--size 64] [--images 240] [--device cpu]
+                                     [--memory-format nchw,channels-last] [--cpu-isa avx2]
 
 Both sides use the same model (ens's factory), the same optimizer (DGrad, fused), the same batch,
-the same device and the same torch threads; the figure is printed at 1 thread and at every core
-(CPU) and says where the member's time goes:
+the same device, the same torch threads and the same memory format; the figure is printed at 1 thread
+and at every core (CPU), for each --memory-format asked, and says where the member's time goes:
 
 * bound: forward + backward + optimizer step on one random batch already on the device;
 * member: ens's real FoldTrainer on a synthetic uint8 dataset of the same size (gather, the
@@ -17,6 +18,7 @@ the same device and the same torch threads; the figure is printed at 1 thread an
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ensemble import portable  # applied before torch runs its first kernel, when it reads the pin
 from ensemble.data.dataset import Dataset
 from ensemble.data.splits import Fold
 from ensemble.executors.pools import usable_cores
@@ -38,14 +41,14 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def bound(model_name: str, size: int, batch: int, steps: int, device: str) -> dict[str, float]:
+def bound(model_name: str, size: int, batch: int, steps: int, device: str, channels_last: bool) -> dict[str, float]:
     """images/s of the bare loop, and seconds per batch of forward/backward and of the optimizer step."""
     torch.manual_seed(0)
     model = create_model(model_name, 4, pretrained=False).to(device)
     opt, _ = build("dgrad", model.parameters(), epochs=1, steps_per_epoch=steps, weight_decay=1e-4)
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 4, (batch,), device=device)
-    if device == "cuda":
+    if channels_last or device == "cuda":
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     fwd_bwd = step = 0.0
@@ -93,7 +96,9 @@ def synthetic(size: int, n: int, batch: int) -> tuple[Dataset, Fold]:
     return ds, fold
 
 
-def member(model_name: str, size: int, batch: int, n: int, device: str, threads: int) -> dict[str, float]:
+def member(
+    model_name: str, size: int, batch: int, n: int, device: str, threads: int, memory_format: str
+) -> dict[str, float]:
     """images/s of the member's epochs 2 and 3, and seconds per batch of its data path alone."""
     ds, fold = synthetic(size, n, batch)
     cfg = TrainConfig(
@@ -104,6 +109,7 @@ def member(model_name: str, size: int, batch: int, n: int, device: str, threads:
         device=device,
         workers=0,
         threads=threads,
+        memory_format=memory_format,
         pretrained=False,
         keep_weights=False,
     )
@@ -130,20 +136,24 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=30)
     ap.add_argument("--images", type=int, default=240)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--memory-format", default="nchw,channels-last", help="comma-separated: nchw, channels-last")
+    ap.add_argument("--cpu-isa", default="avx2", choices=portable.ISAS, help="as ens train's (default avx2)")
     args = ap.parse_args()
+    portable.apply(args.cpu_isa)
     steps = 2 * max(2, args.images // args.batch_size)  # as many batches as the member's two timed epochs
     counts = sorted({1, usable_cores()}) if args.device == "cpu" else [torch.get_num_threads()]
     print(
         f"{args.model} {args.size}x{args.size}, batch {args.batch_size}, {args.images} images, on {args.device} "
         f"(torch {torch.__version__})"
     )
-    for threads in counts:
+    print(f"  CPU kernels: {torch.backends.cpu.get_cpu_capability()} (--cpu-isa {args.cpu_isa})")
+    for threads, layout in itertools.product(counts, args.memory_format.split(",")):
         torch.set_num_threads(threads)
-        ub = bound(args.model, args.size, args.batch_size, steps, args.device)
-        mb = member(args.model, args.size, args.batch_size, args.images, args.device, threads)
+        ub = bound(args.model, args.size, args.batch_size, steps, args.device, layout == "channels-last")
+        mb = member(args.model, args.size, args.batch_size, args.images, args.device, threads, layout)
         batch_s = args.batch_size / mb["images_s"]
         print(
-            f"  {threads} thread(s): bound {ub['images_s']:7.1f} img/s, member {mb['images_s']:7.1f} img/s, "
+            f"  {threads} thread(s), {layout}: bound {ub['images_s']:7.1f} img/s, member {mb['images_s']:7.1f} img/s, "
             f"ratio {mb['images_s'] / ub['images_s']:.2f}"
         )
         print(

@@ -199,6 +199,9 @@ def run_training(
     echo: Callable[[str], None],
 ) -> list[Path]:
     """The job of :func:`train` for a composed configuration (the CLI composes it first, torch-free)."""
+    from . import portable
+
+    portable.apply(cfg.cpu_isa)  # before this process (and so its workers) first runs a torch, oneDNN or MKL kernel
     from .optim import get
     from .training import TrainRequest, train_members
 

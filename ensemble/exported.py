@@ -47,12 +47,15 @@ class ExportedMember:
     files: tuple[Path, ...]  # model-<k>.safetensors, fold order
     onnx_files: tuple[Path, ...]  # model-<k>.onnx, fold order, or none
     engine: str = "torch"
+    channels_last: bool = False  # trained so (preprocessing.memory_format), so applied so
 
     def fold_model(self, k: int, device: Any) -> Any:
         """Fold ``k``'s network: the safetensors weights in the timm/U-Net model, or the ONNX file."""
         if self.engine == "onnx":
             return OnnxModel(self.onnx_files[k])
-        return build_fold_model(self.model, self.stem, len(self.classes), self.files[k], device)
+        return build_fold_model(
+            self.model, self.stem, len(self.classes), self.files[k], device, channels_last=self.channels_last
+        )
 
 
 class OnnxModel:
@@ -205,6 +208,9 @@ def _member(root: Path, where: Path, i: int, entry: Any, classes: list[str], eng
     norm = pre.get("normalisation", "imagenet")
     if norm not in NORMALISATIONS:
         _bad(where, f"{at}.preprocessing.normalisation", f"is {_short(norm)}; valid: {', '.join(NORMALISATIONS)}")
+    memory_format = pre.get("memory_format", "nchw")
+    if memory_format not in ("nchw", "channels-last"):
+        _bad(where, f"{at}.preprocessing.memory_format", f"is {_short(memory_format)}; valid: nchw, channels-last")
     folds = _get(where, entry, "folds", list, at)
     if not 1 <= len(folds) <= 1000:
         _bad(where, f"{at}.folds", "must list the member's fold models (one or more)")
@@ -228,6 +234,7 @@ def _member(root: Path, where: Path, i: int, entry: Any, classes: list[str], eng
         files=files,
         onnx_files=onnx_files,
         engine=engine,
+        channels_last=memory_format == "channels-last",
     )
 
 

@@ -28,7 +28,7 @@ from .fusion import select
 from .fusion.expr import format_terms
 from .fusion.rules import RULES
 from .learn.infer import NORMALISATIONS, TTA_FLIPS
-from .prediction import check_members, load_fold_model
+from .prediction import check_members, load_fold_model, trained_channels_last
 from .store import Store, run_name
 from .tasks import get_task
 
@@ -126,6 +126,8 @@ def export(store: Store, dataset: str, expr: str, out: Path, *, rule: str = "sum
                         "mean": [v * 255 for v in NORMALISATIONS[norm][0]],
                         "std": [v * 255 for v in NORMALISATIONS[norm][1]],
                         "layout": "NCHW float32",
+                        # how the fold models were trained and are applied (the last bits follow it)
+                        "memory_format": "channels-last" if trained_channels_last(m) else "nchw",
                     },
                 }
             )

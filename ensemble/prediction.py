@@ -131,14 +131,18 @@ class Applicable(Protocol):
     size: int
     normalisation: str
     folds: int
+    channels_last: bool  # how it was trained (--memory-format), so its fold probabilities come back bit for bit
 
     def fold_model(self, k: int, device: Any) -> Any:
         """Fold ``k``'s network in eval mode on ``device``: called on a uint8-normalised NCHW batch."""
         ...
 
 
-def build_fold_model(model_name: str, stem: str, n_classes: int, path: Path, device: Any) -> Any:
-    """The network ``model_name`` with the weights of ``path`` (read as tensors only, float32 on ``device``)."""
+def build_fold_model(
+    model_name: str, stem: str, n_classes: int, path: Path, device: Any, *, channels_last: bool = False
+) -> Any:
+    """The network ``model_name`` with the weights of ``path`` (read as tensors only, float32 on ``device``,
+    channels-last if it was trained so)."""
     from safetensors.torch import load_file
 
     from .errors import StoreError, first_line
@@ -150,15 +154,32 @@ def build_fold_model(model_name: str, stem: str, n_classes: int, path: Path, dev
         model.load_state_dict({n: t.float() if t.is_floating_point() else t for n, t in state.items()})
     except Exception as err:  # a damaged or foreign file
         raise StoreError(f"{path}: cannot be loaded into {model_name} ({first_line(err, 200)})") from None
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    return model.to(memory_format=torch_channels_last()) if channels_last else model
+
+
+def torch_channels_last() -> Any:
+    import torch
+
+    return torch.channels_last
 
 
 def load_fold_model(member: Member, k: int, device: Any) -> Any:
     """Fold ``k``'s model of the store member ``member`` (weights read as tensors only, float32 on ``device``)."""
     recipe = member.meta.recipe
     return build_fold_model(
-        recipe["model"], recipe.get("stem", "default"), len(member.classes), member.model_file(k), device
+        recipe["model"],
+        recipe.get("stem", "default"),
+        len(member.classes),
+        member.model_file(k),
+        device,
+        channels_last=trained_channels_last(member),
     )
+
+
+def trained_channels_last(member: Member) -> bool:
+    """``--memory-format channels-last`` as the member recorded it (members before ens 0.4: NCHW)."""
+    return (member.meta.hardware or {}).get("memory_format") == "channels-last"
 
 
 @dataclass(frozen=True)
@@ -187,6 +208,10 @@ class StoredMember:
     def folds(self) -> int:
         return self.member.meta.folds
 
+    @property
+    def channels_last(self) -> bool:
+        return trained_channels_last(self.member)
+
     def fold_model(self, k: int, device: Any) -> Any:
         return load_fold_model(self.member, k, device)
 
@@ -205,7 +230,7 @@ def member_probs(
     from .learn.infer import NORMALISATIONS, Normaliser, nchw, probabilities
 
     images = inputs.images(member.size)
-    normalise = Normaliser(device, *NORMALISATIONS[member.normalisation])
+    normalise = Normaliser(device, *NORMALISATIONS[member.normalisation], channels_last=member.channels_last)
     folds = [fold] if fold is not None else list(range(member.folds))
     total = np.zeros((len(inputs), len(member.classes)), np.float64)
     for k in folds:
@@ -408,7 +433,9 @@ def predict_masks(
     size = max(m.size for m in members)
     folds = {m.name: [fold] if fold is not None else list(range(m.folds)) for m in members}
     models = {m.name: [m.fold_model(k, device) for k in folds[m.name]] for m in members}
-    normalisers = {m.name: Normaliser(device, *NORMALISATIONS[m.normalisation]) for m in members}
+    normalisers = {
+        m.name: Normaliser(device, *NORMALISATIONS[m.normalisation], channels_last=m.channels_last) for m in members
+    }
     binary = len(classes) == 2
     rows = []
     for folder in {t.parent for t in targets}:

@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, portable
 from .data.dataset import Dataset, load
 from .errors import DataError, StoreError
 from .io import atomic_write_bytes, atomic_write_json
 from .learn.tblog import EpochLog
-from .learn.trainer import FoldResult, FoldTrainer, TrainConfig, _batches, derive_seed
+from .learn.trainer import FoldResult, FoldTrainer, TrainConfig, _batches, derive_seed, resolve_device
 from .learn.weights import loaded
 from .store import SCHEMA_VERSION, MemberMeta, RunDir, Store, recipe_hash, run_name, split_key
 from .tasks import get_task
@@ -131,6 +131,7 @@ def train_fold_task(
             on_start(task.config.epochs)
         return json.loads(rd.summary(task.fold).read_text())
     seed = run_seed(task.dataset, task.label, task.run, task.fold)
+    portable.check(task.config.cpu_isa, resolve_device(task.config.device).type)
     log = EpochLog(rd.staging / "tensorboard" / f"fold-{task.fold}") if task.config.log == "tensorboard" else None
     trainer = FoldTrainer(
         ds,
@@ -196,6 +197,10 @@ def stage_fold(
         "device": str(trainer.device),
         "threads": trainer.intra_op_threads() or torch.get_num_threads(),
         "recipe_hash": task.recipe_hash,
+        "hardware": {
+            **portable.record(task.config.cpu_isa, trainer.device.type),
+            "memory_format": "channels-last" if trainer.channels_last else "nchw",
+        },
     }
     weights = loaded(task.config.model, weights=task.config.weights, pretrained=task.config.pretrained)
     if weights is not None:  # what the fold's model started from: source, sha256, tensors loaded and new
@@ -263,5 +268,6 @@ def assemble_run(
         task=ds.task,
         dice=scores.get("dice"),
         weights=summaries[0].get("weights"),  # every fold builds the same start
+        hardware=summaries[0].get("hardware"),
     )
     return rd.publish(meta)

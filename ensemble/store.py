@@ -163,6 +163,9 @@ class MemberMeta:
     # the starting weights as loaded: source, sha256, tensors_loaded, tensors_new, by ("name" or "position");
     # None (and absent from the file) for a member from scratch or written before it was recorded
     weights: dict[str, Any] | None = None
+    # where the folds ran: CPU model and flags, --cpu-isa and its pins, torch's kernels, the memory format, and
+    # whether the recorded command gives the same bits elsewhere (portable, why); None before ens 0.4
+    hardware: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # fields of a hand-made member we keep but do not know
 
     @property
@@ -173,6 +176,8 @@ class MemberMeta:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         if out["weights"] is None:
             del out["weights"]  # member.json as before for a member with no starting weights
+        if out["hardware"] is None:
+            del out["hardware"]
         return {**self.extra, **out}
 
     @classmethod
@@ -242,6 +247,7 @@ _CHECKS = {
     "protocol": lambda v: isinstance(v, str),
     "recipe": lambda v: isinstance(v, dict),
     "weights": lambda v: isinstance(v, dict) and _is_int(v.get("tensors_loaded")),
+    "hardware": lambda v: isinstance(v, dict),
     "recipe_hash": lambda v: isinstance(v, str),
     "optimizer": lambda v: isinstance(v, dict),
     "model": lambda v: isinstance(v, str),

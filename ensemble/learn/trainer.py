@@ -173,7 +173,10 @@ class FoldTrainer:
         self.on_epoch = on_epoch or (lambda e, loss, acc: None)
         self.on_curves = on_curves  # after each epoch: loss, accuracy, the body's lr (--log tensorboard)
         self.device = resolve_device(cfg.device)
-        self._normalise = Normaliser(self.device, *NORMALISATIONS[resolve_normalisation(cfg)])
+        self.channels_last = self.device.type == "cuda" or cfg.memory_format == "channels-last"
+        self._normalise = Normaliser(
+            self.device, *NORMALISATIONS[resolve_normalisation(cfg)], channels_last=self.channels_last
+        )
         self.task = get_task(ds.task)
         self.loss_name = self.task.loss_name(cfg.loss)
         self.plateau = cfg.uses_plateau(self.label)
@@ -293,7 +296,7 @@ class FoldTrainer:
             stem=self.cfg.stem,
         )
         model.to(self.device)
-        if self.device.type == "cuda":
+        if self.channels_last:
             model.to(memory_format=torch.channels_last)
         steps = len(_batches(np.arange(len(self.train_idx)), self.cfg.batch_size))
         try:
@@ -409,8 +412,8 @@ class FoldTrainer:
         random numbers from the CPU generator ``gen`` -- the same draws on CPU and GPU, no worker processes."""
         for idx in batches:
             x = images[torch.from_numpy(idx).to(images.device)].to(self.device, non_blocking=True)
-            # contiguous NCHW as a collated batch is: on a CPU the memory format picks the convolution
-            # kernels, and so the last bits of every result (the normaliser makes CUDA batches channels-last)
+            # augmented as contiguous NCHW (as a collated batch is); the normaliser then lays it out as
+            # --memory-format says (on a CPU the layout picks the convolution kernels, and so the last bits)
             x = augment_batch(x.float().contiguous(), gen, self.cfg.augment)
             yield self._normalise(x), labels[idx].to(self.device, non_blocking=True)
 
