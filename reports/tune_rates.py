@@ -1,4 +1,4 @@
-"""Choose the fine-tuning learning rate of each optimizer on inner validation only, never on test folds.
+"""Choose the fine-tuning learning rate (and epoch count) of each optimizer on inner validation only, never on test folds.
 
     python reports/tune_rates.py --dataset folder:../shared/data/lar_fold3 --threads 2
 
@@ -24,7 +24,7 @@ from ensemble.api import compose_train_config  # noqa: E402
 from ensemble.learn.trainer import FoldTrainer  # noqa: E402
 from ensemble.runs import load_dataset  # noqa: E402
 
-GRID = {"sgd": (3e-2, 1e-2, 1e-3), "dgrad": (1e-3, 1e-4), "cos1": (1e-3, 1e-4), "adam": (1e-3, 1e-4)}
+GRID = {"sgd": (1e-2, 1e-3), "dgrad": (1e-3, 1e-4), "cos1": (1e-3, 1e-4), "adam": (1e-3, 1e-4)}
 
 
 def main() -> None:
