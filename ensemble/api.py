@@ -432,14 +432,21 @@ def export(
     return export_folder(store, name, expression, Path(out), rule=rule, onnx=onnx)
 
 
-def report(*, members_dir: PathLike = "members", out: PathLike = "reports", step: int = 7) -> list[Path]:
-    """Regenerate Table 1, Table 2 and the figures of every dataset in the store; returns the HTML pages."""
+def report(
+    *,
+    members_dir: PathLike = "members",
+    out: PathLike = "reports",
+    step: int = 7,
+    echo: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Regenerate Table 1, Table 2 and the figures of every dataset in the store; returns the HTML pages.
+    ``echo`` gets one warning line per thing Table 2 left out (members without validation predictions...)."""
     from .reporting.build import report as build_report
 
     store = Store(members_dir)
     if not store.datasets():
         raise UsageError(f"no members in {members_dir}; train some first (ens train ... or ens demo)")
-    return build_report(store, Path(out), step)
+    return build_report(store, Path(out), step, echo)
 
 
 def _as_list(expressions: str | Sequence[str]) -> list[str]:

@@ -905,13 +905,14 @@ def export_cmd(dataset: str, expression: str, out: Path, rule: str, onnx: bool |
     "--step",
     type=click.IntRange(min=1),
     default=7,
-    help="Granularity of the per-label member counts in the best-combination search.",
+    help="Granularity of the per-label member counts in the best-combination search, used only where searching "
+    "every count would try more than 20,000 combinations.",
 )
 def report(members_dir: Path, out: Path, step: int) -> None:
     """Regenerate Table 1, Table 2 and figures for every dataset in the store."""
     from . import api
 
-    for page in api.report(members_dir=members_dir, out=out, step=step):
+    for page in api.report(members_dir=members_dir, out=out, step=step, echo=lambda line: click.echo(line, err=True)):
         click.echo(f"wrote {page.parent}/ (table1, table2 as .md/.csv/.tex, figures, {page.name})")
 
 

@@ -26,7 +26,7 @@ from .io import atomic_write_bytes, atomic_write_json
 from .learn.tblog import EpochLog
 from .learn.trainer import FoldResult, FoldTrainer, TrainConfig, _batches, derive_seed, resolve_device
 from .learn.weights import loaded
-from .store import SCHEMA_VERSION, MemberMeta, RunDir, Store, recipe_hash, run_name, split_key
+from .store import SCHEMA_VERSION, MemberMeta, RunDir, Store, check_fold_ids, recipe_hash, run_name, split_key
 from .tasks import get_task
 
 
@@ -85,9 +85,14 @@ def library_versions() -> dict[str, str]:
 _DATASETS: dict[tuple, Dataset] = {}
 
 
-def load_dataset(spec: str, data_dir: str, size: int, cache_dir: str | None, workers: int = 2) -> Dataset:
-    """Datasets are loaded once per process (workers run many tasks)."""
+def load_dataset(
+    spec: str, data_dir: str, size: int, cache_dir: str | None, workers: int = 2, *, fresh: bool = False
+) -> Dataset:
+    """Datasets are loaded once per process (workers run many tasks); ``fresh`` reads it again (``ens train``
+    does, so a process that trains twice sees files changed in between: their fingerprint and content)."""
     key = (spec, data_dir, size, cache_dir)
+    if fresh:
+        _DATASETS.clear()  # under any spelling: the fold tasks of this job load it again, as it is now
     if key not in _DATASETS:
         _DATASETS[key] = load(
             spec, data_dir=data_dir, size=size, cache_dir=Path(cache_dir) if cache_dir else None, workers=workers
@@ -225,6 +230,11 @@ def assemble_run(
     summaries = rd.read_summaries(folds)
     task = get_task(ds.task)
     parts = [rd.read_fold(k, ds.task, len(ds.classes)) for k in range(folds)]
+    for k, part in enumerate(parts):  # a staged file swapped for another dataset's (or fold's) is never published
+        check_fold_ids(rd.fold_file(k), part[2], ds.ids[ds.folds[k].test])
+        val = ds.folds[k].val
+        if val is not None and len(val) and rd.fold_file(k, "val").exists():
+            check_fold_ids(rd.fold_file(k, "val"), rd.read_fold(k, ds.task, len(ds.classes), "val")[2], ds.ids[val])
     probs, targets = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     scores = task.member_scores(probs, targets)  # accuracy (of images, or of pixels) and the task's own
     optimizer, variant = split_key(label)

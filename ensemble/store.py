@@ -3,6 +3,7 @@
     members/<dataset>/<Label>[@<variant>]/<run>/member.json    (written last)
     members/<dataset>/<Label>[@<variant>]/<run>/fold-<k>.npz   (probs, labels, ids)
     members/<dataset>/splits.json                              (the folds every member of it used)
+    members/<dataset>/content.json                             (the sha256 of every sample it was trained on)
 
 A run is built in a hidden staging directory ``.<run>.staging`` and renamed into place
 when complete, so readers (which ignore names beginning with ``.``) never see half a
@@ -42,6 +43,9 @@ SCHEMA_VERSION = 2
 MODEL_FILE = "model-{}.safetensors"  # fold k's model, kept beside its predictions
 LOCK_FILE = ".lock"  # a label's lock: one `ens train` trains its runs at a time
 SPLITS_FILE = "splits.json"  # a dataset's folds, nnU-Net's splits_final.json form: the same for every member
+CONTENT_FILE = "content.json"  # a dataset's content: the sha256 of every sample's bytes, beside its folds
+CONTENT_VERSION = 1
+MAX_EXPANSION = 256  # a fold file's arrays may declare at most this many bytes per byte on disk (above 1 MiB)
 LEASE_FILE = ".lease.json"  # a label's lease: remote workers watch it instead of the coordinator's pid
 _PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
 _VARIANT = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,39}")
@@ -201,6 +205,8 @@ class MemberMeta:
         for name, check in _CHECKS.items():
             if name in values and values[name] is not None and not check(values[name]):
                 raise StoreError(f"{where}: field {name!r} has a wrong type or value: {_short(values[name])}")
+        if _is_int(values.get("seed")) and _is_int(values.get("folds")) and 1 <= values["folds"] <= 1000:
+            values["seed"] = [values["seed"]] * values["folds"]  # SPEC §5: a hand-made member's one seed, every fold
         meta = cls(**values, extra={k: v for k, v in obj.items() if k not in known})
         for name in ("dataset", "label"):
             if not _PLAIN.fullmatch(getattr(meta, name)) or ".." in getattr(meta, name):
@@ -224,6 +230,22 @@ class MemberMeta:
         if not meta.classes or len(set(meta.classes)) != len(meta.classes):
             raise StoreError(f"{where}: classes must be distinct names, found {_short(meta.classes)}")
         return meta
+
+
+MAX_JSON_DEPTH = 64  # member.json nests a few levels (recipe.optimizer...); deeper is no member ens reads
+
+
+def too_deep(obj: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether parsed JSON nests deeper than ``limit`` (checked without recursion: every later reader recurses)."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                return True
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def _is_int(v: Any) -> bool:
@@ -252,7 +274,7 @@ _CHECKS = {
     "optimizer": lambda v: isinstance(v, dict),
     "model": lambda v: isinstance(v, str),
     "epochs": _is_int,
-    "seed": lambda v: isinstance(v, list) and all(_is_int(s) for s in v),
+    "seed": lambda v: _is_int(v) or (isinstance(v, list) and all(_is_int(s) for s in v)),
     "versions": lambda v: isinstance(v, dict),
     "fold_seconds": lambda v: isinstance(v, list) and all(_is_num(s) for s in v),
     "fold_device": lambda v: isinstance(v, list),
@@ -291,22 +313,85 @@ def write_fold(path: Path, probs: np.ndarray, targets: np.ndarray, ids: np.ndarr
 
 
 def read_fold(path: Path, n_classes: int, task: str = "classification") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A fold file's (probs, targets, ids), checked by its task: no pickles, finite probabilities summing
-    to 1, targets in range (labels, or masks for segmentation)."""
+    """A fold file's (probs, targets, ids), checked by its task: a plain file of its run (no link out of the
+    store), a zip of .npy arrays whose headers -- read before any array is -- declare the task's shapes in
+    sane sizes, no pickles, finite probabilities summing to 1, targets in range (labels, or masks)."""
     kind = get_task(task)
+    headers = fold_headers(path)
+    missing = [k for k in ("probs", kind.target_key, "ids") if k not in headers]
+    if missing:
+        raise StoreError(f"{path}: missing array(s) {', '.join(missing)}")
+    kind.check_header(path, {k: headers[k][0] for k in ("probs", kind.target_key, "ids")}, n_classes)
     try:
         with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in ("probs", kind.target_key, "ids") if k not in z.files]
-            if missing:
-                raise StoreError(f"{path}: missing array(s) {', '.join(missing)}")
             probs, targets, ids = z["probs"], z[kind.target_key], z["ids"]
-    except StoreError:
-        raise
-    except FileNotFoundError:
-        raise StoreError(f"{path}: missing (the run is incomplete)") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as err:
         raise StoreError(f"{path}: unreadable ({type(err).__name__}: {str(err)[:120]})") from None
     return kind.check_fold(path, probs, targets, ids, n_classes)
+
+
+def fold_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Each array's (shape, dtype) from its .npy header inside the zip, nothing else read: a missing file, a
+    link out of the run, a file that is no npz, object arrays, or arrays declaring far more bytes than the
+    file holds (a decompression bomb) are refused here."""
+    from numpy.lib import format as npy
+
+    if path.is_symlink():
+        target = path.resolve()
+        if not target.is_relative_to(path.parent.resolve()):
+            raise StoreError(
+                f"{path}: a link out of its run folder (to {target}); a fold file is a file of its run, "
+                "never a link out of the store"
+            )
+    if not path.exists():
+        raise StoreError(f"{path}: missing (the run is incomplete)")
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        raise StoreError(f"{path}: not an npz file (a fold file is a zip of .npy arrays: probs, targets, ids)")
+    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    declared = 0
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with z.open(info) as f:
+                    version = npy.read_magic(f)
+                    if version == (1, 0):
+                        shape, _, dtype = npy.read_array_header_1_0(f)
+                    elif version == (2, 0):
+                        shape, _, dtype = npy.read_array_header_2_0(f)
+                    else:
+                        raise StoreError(f"{path}: {info.filename} has .npy format {version}, not 1.0 or 2.0")
+                name = info.filename[: -len(".npy")]
+                if dtype.hasobject:
+                    raise StoreError(f"{path}: {name} holds pickled (object) data, which ens never reads")
+                out[name] = (tuple(int(n) for n in shape), dtype)
+                declared += math.prod(shape) * dtype.itemsize
+    except StoreError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as err:
+        raise StoreError(f"{path}: unreadable ({type(err).__name__}: {str(err)[:120]})") from None
+    size = path.stat().st_size
+    if declared > MAX_EXPANSION * max(size, 1 << 20):
+        shapes = ", ".join(f"{k} {v[0]}" for k, v in out.items())
+        raise StoreError(
+            f"{path}: its arrays declare {declared / 2**20:.0f} MiB ({shapes}) in a file of {size / 2**20:.1f} MiB; "
+            "refused before loading (a decompression bomb, or no fold file ens wrote)"
+        )
+    return out
+
+
+def check_fold_ids(path: Path, ids: np.ndarray, expected: np.ndarray) -> None:
+    """A fold file holds exactly the dataset's ids of that fold (a foreign or swapped file is refused)."""
+    got, want = set(map(str, ids)), set(map(str, expected))
+    if got != want:
+        foreign = sorted(got - want)
+        lacking = sorted(want - got)
+        what = f"id {foreign[0]!r} is not in this fold" if foreign else f"id {lacking[0]!r} is missing"
+        raise StoreError(
+            f"{path}: holds other samples than the dataset's fold ({what}; {len(foreign)} foreign, "
+            f"{len(lacking)} missing); not published: move the staged run aside to train it again"
+        )
 
 
 # --------------------------------------------------------------------------- reading
@@ -370,6 +455,12 @@ def read_meta(path: Path) -> MemberMeta:
         raise StoreError(f"{meta_path}: missing (a visible run directory must hold member.json)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise StoreError(f"{meta_path}: unreadable ({type(err).__name__}: {str(err)[:120]})") from None
+    except RecursionError:
+        raise StoreError(f"{meta_path}: unreadable (JSON nested too deeply)") from None
+    if too_deep(obj):
+        raise StoreError(
+            f"{meta_path}: JSON nested more than {MAX_JSON_DEPTH} levels deep; not a member.json ens reads"
+        )
     meta = MemberMeta.from_json(obj, meta_path)
     label, variant = split_key(path.parent.name)
     expected = {
@@ -469,7 +560,7 @@ class RunDir:
             return None  # created by a process killed before it wrote anything: nothing to reuse
         try:
             obj = json.loads(self.recipe_file.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return {}  # staged by an older ens, or damaged: matches no recipe
         return obj if isinstance(obj, dict) else {}
 
@@ -492,7 +583,7 @@ class RunDir:
         for k in range(folds):
             try:
                 obj = json.loads(self.summary(k).read_text())
-            except (OSError, ValueError) as err:
+            except (OSError, ValueError, RecursionError) as err:
                 raise StoreError(f"{self.summary(k)}: unreadable ({type(err).__name__})") from None
             if not isinstance(obj, dict):
                 raise StoreError(f"{self.summary(k)}: expected a JSON object")
@@ -522,6 +613,10 @@ class RunDir:
             p.unlink(missing_ok=True)
         (self.final / "recipe.json").unlink(missing_ok=True)
         shutil.rmtree(self.final / "scratch", ignore_errors=True)
+
+
+class ContentMismatch(StoreError):
+    """The data under a dataset's name changed (same names, other bytes) since its members were trained."""
 
 
 def _split_sets(doc: list[dict[str, list[str]]]) -> list[dict[str, frozenset[str]]]:
@@ -564,6 +659,8 @@ class Store:
             doc = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise StoreError(f"{path}: unreadable ({err})") from None
+        except RecursionError:
+            raise StoreError(f"{path}: unreadable (JSON nested too deeply)") from None
         if not isinstance(doc, list) or not all(isinstance(f, dict) and {"train", "val"} <= set(f) for f in doc):
             raise StoreError(f"{path}: not a list of folds, each {{'train': [ids], 'val': [ids]}}")
         return doc
@@ -585,6 +682,65 @@ class Store:
                 f"{path} records other folds than this training's ({len(old)} fold(s) there, {len(doc)} here; "
                 f"fold {diff} differs): store these members apart with --name NAME, or use another --members-dir"
             )
+        return path
+
+    def content_file(self, dataset: str) -> Path:
+        return self.root / check_name(dataset, "dataset") / CONTENT_FILE
+
+    def recorded_content(self, dataset: str) -> dict[str, str] | None:
+        """The sha256 of every sample the members of ``dataset`` were trained on (None: not recorded, a store
+        written before ens kept it)."""
+        path = self.content_file(dataset)
+        if not path.is_file():
+            return None
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError) as err:
+            raise StoreError(f"{path}: unreadable ({type(err).__name__})") from None
+        samples = doc.get("samples") if isinstance(doc, dict) else None
+        if (
+            not isinstance(doc, dict)
+            or doc.get("version") != CONTENT_VERSION
+            or not isinstance(samples, dict)
+            or not all(isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) for v in samples.values())
+        ):
+            raise StoreError(f"{path}: not a content record (version {CONTENT_VERSION}, samples: {{id: sha256}})")
+        return samples
+
+    def _holds_members(self, dataset: str) -> bool:
+        return any(self.runs(dataset, label) or self.staged(dataset, label) for label in self.labels(dataset))
+
+    def check_content(self, dataset: str, hashes: dict[str, str], *, where: dict[str, str], spec: str) -> str | None:
+        """Refuse to train more members of ``dataset`` on data whose bytes differ from what its members were
+        trained on (the fingerprint sees names, labels and folds only); nothing is written here. Returns the
+        note to print when :meth:`record_content` will write the record (None when it is there and equal)."""
+        path = self.content_file(dataset)
+        old = self.recorded_content(dataset)
+        members = self._holds_members(dataset)
+        if old is None:
+            if members:
+                return (
+                    f"note: {path}: recording the content of {len(hashes)} sample(s) now (this store had none; "
+                    "the members trained before cannot be checked against it)"
+                )
+            return None
+        changed = [i for i, h in hashes.items() if old.get(i) != h] + sorted(set(old) - set(hashes))
+        if not changed:
+            return None
+        if not members:
+            return f"note: {path}: the data changed and no member was trained on the old; recorded anew"
+        first = where.get(changed[0], changed[0])
+        raise ContentMismatch(
+            f"{first}: its content differs from what the members in {self.root / dataset} were trained on "
+            f"({len(changed)} sample(s) changed, recorded in {path}); train on the new data under --name NEW, "
+            "or use a fresh --members-dir"
+        )
+
+    def record_content(self, dataset: str, hashes: dict[str, str]) -> Path:
+        """Write ``content.json`` when it is absent or differs (:meth:`check_content` has allowed it)."""
+        path = self.content_file(dataset)
+        if self.recorded_content(dataset) != hashes:
+            atomic_write_json(path, {"version": CONTENT_VERSION, "algorithm": "sha256", "samples": hashes})
         return path
 
     def datasets(self) -> list[str]:

@@ -88,7 +88,7 @@ def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> lis
     All missing folds of all labels form one job, so a pool is kept busy across optimizers.
     """
     req.check()
-    ds = load_dataset(req.spec, str(req.data_dir), req.config.size, req.cache, req.config.workers)
+    ds = load_dataset(req.spec, str(req.data_dir), req.config.size, req.cache, req.config.workers, fresh=True)
     for w in ds.warnings:
         echo(f"warning: {w}")
     dataset = req.name or ds.name
@@ -108,8 +108,13 @@ def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> lis
             echo(f"{dataset}/{p.label}: {len(p.existing)} complete member(s) already; nothing to train")
     if not any(p.todo for p in plans):
         return []
+    # the same bytes as the members there were trained on (the fingerprint sees names only), or refused
+    note = store.check_content(dataset, ds.content.hashes, where=ds.content.where, spec=ds.spec)
     preflight(req, ds, echo)
     store.record_splits(dataset, splits_document(ds.ids, ds.folds))  # the same for every member, or refused
+    store.record_content(dataset, ds.content.hashes)
+    if note:
+        echo(note)
     with contextlib.ExitStack() as stack:
         staged = stage_runs(req, ds, store, dataset, plans, stack, echo)
         if not staged.runs:

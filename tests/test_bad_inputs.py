@@ -400,3 +400,436 @@ def test_unpack_size_limit(tmp_path):
     with pytest.raises(DataError, match="over the limit"):
         _unpack(archive, tmp_path / "target", limit=1000)
     assert not (tmp_path / "target").exists()
+
+
+# ---- round two: data, store and honesty (issue 22)
+def _pngs(folder: Path, n: int, *, seed: int = 0, prefix: str = "i") -> None:
+    """``n`` tiny grey PNGs in ``folder``."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (10, 12), dtype=np.uint8)).save(folder / f"{prefix}{i}.png")
+
+
+def _classes(root: Path, counts: dict[str, int]) -> Path:
+    for k, (name, n) in enumerate(counts.items()):
+        _pngs(root / name, n, seed=k)
+    return root
+
+
+def _seg(root: Path, masks: dict[str, np.ndarray]) -> Path:
+    """A segmentation folder: one image per mask, of the mask's size, named as the mask (suffix aside)."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for name, mask in masks.items():
+        stem = name.rsplit(".", 1)[0]
+        if not (root / "images" / f"{stem}.png").exists():
+            Image.fromarray(rng.integers(0, 255, mask.shape, dtype=np.uint8)).save(root / "images" / f"{stem}.png")
+        Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / name)
+    return root
+
+
+def _disc(value: int = 255, size: int = 16) -> np.ndarray:
+    mask = np.zeros((size, size), np.uint8)
+    mask[4:12, 4:12] = value  # a block survives the nearest-neighbour resize to any training size
+    return mask
+
+
+def _data_world(root: Path) -> None:
+    """Datasets that are wrong before any training: each refused when loaded."""
+    _classes(root / "one_image", {"a": 6, "b": 6, "rare": 1})
+    _classes(root / "four_images", {"a": 6, "b": 4})
+    _classes(root / "one_class", {"only": 8})
+    (root / "one_class.csv").write_text("path,label\n" + "".join(f"one_class/only/i{i}.png,x\n" for i in range(8)))
+    _seg(root / "twin_masks", {f"s{i}.png": _disc() for i in range(6)})
+    from PIL import Image
+
+    Image.fromarray(_disc()).save(root / "twin_masks" / "masks" / "s0.tif")
+    _seg(root / "empty_masks", {f"s{i}.png": np.zeros((16, 16)) for i in range(6)})
+    _seg(root / "odd_binary", {**{f"s{i}.png": _disc() for i in range(5)}, "s5.png": _disc(128)})
+    _seg(root / "odd_labels", {**{f"s{i}.png": _disc(1 + i % 3) for i in range(5)}, "s5.png": _disc(200)})
+    _seg(root / "odd_one", {**{f"s{i}.png": _disc() for i in range(5)}, "s5.png": _disc(7)})
+
+
+def _npy(shape: tuple, dtype: str = "<f4", body: bytes = b"") -> bytes:
+    """A .npy file whose header declares ``shape`` and ``dtype``, followed by ``body`` (not the data)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buf.getvalue() + body
+
+
+def _zip_npz(path: Path, arrays: dict[str, bytes]) -> None:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in arrays.items():
+            z.writestr(f"{name}.npy", data)
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    np.savez(path, **arrays)
+
+
+def _good_fold(k: int) -> dict[str, np.ndarray]:
+    probs = [np.array([[0.6, 0.4], [0.4, 0.6]], np.float32), np.array([[0.3, 0.7], [0.2, 0.8]], np.float32)][k]
+    return {"probs": probs, "labels": np.array([[0, 1], [1, 0]][k]), "ids": np.array([["s0", "s1"], ["s2", "s3"]][k])}
+
+
+def _deep(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+STORE_FAULTS = {
+    # name: (what is done to run 001 of toy/SGD, words the one line holds)
+    "fold with zero rows": (
+        lambda r: _save_npz(
+            r / "fold-0.npz", probs=np.zeros((0, 2), np.float32), labels=np.zeros(0, np.int64), ids=np.array([], str)
+        ),
+        "holds no rows",
+    ),
+    "fold linked to /etc/passwd": (
+        lambda r: ((r / "fold-0.npz").unlink(), (r / "fold-0.npz").symlink_to("/etc/passwd")),
+        "a link out of its run folder",
+    ),
+    "fold linked to another run's fold": (
+        lambda r: ((r / "fold-0.npz").unlink(), (r / "fold-0.npz").symlink_to(r.parent / "000" / "fold-0.npz")),
+        "a link out of its run folder",
+    ),
+    "fold is text": (lambda r: (r / "fold-0.npz").write_text("probs,labels\n0.5,1\n"), "not an npz file"),
+    "fold is a folder": (lambda r: ((r / "fold-0.npz").unlink(), (r / "fold-0.npz").mkdir()), "not an npz file"),
+    "fold a zip bomb by its header": (
+        lambda r: _zip_npz(
+            r / "fold-0.npz",
+            {
+                "probs": _npy((10**9, 2), body=bytes(4096)),
+                "labels": _npy((10**9,), "<i8"),
+                "ids": _npy((10**9,), "<U2"),
+            },
+        ),
+        "refused before loading",
+    ),
+    "fold header wider than the classes": (
+        lambda r: _save_npz(r / "fold-0.npz", **{**_good_fold(0), "probs": np.full((2, 3), 1 / 3, np.float32)}),
+        "3 columns",
+    ),
+    "fold header with 3-D probs": (
+        lambda r: _save_npz(r / "fold-0.npz", **{**_good_fold(0), "probs": np.full((2, 2, 1), 0.5, np.float32)}),
+        "2 dimension(s)",
+    ),
+    "fold header rows disagree": (
+        lambda r: _save_npz(r / "fold-0.npz", **{**_good_fold(0), "labels": np.array([0, 1, 1])}),
+        "different row counts",
+    ),
+    "fold with object ids": (
+        lambda r: _save_npz(r / "fold-0.npz", **{**_good_fold(0), "ids": np.array(["s0", "s1"], dtype=object)}),
+        "pickled (object) data",
+    ),
+    "fold of npy format 3.0": (
+        lambda r: _zip_npz(r / "fold-0.npz", {"probs": b"\x93NUMPY\x03\x00" + bytes(8)}),
+        "fold-0.npz",
+    ),
+    "member.json nested 100000 deep": (
+        lambda r: (r / "member.json").write_text(f'{{"dataset": {_deep(100000)}}}'),
+        "nested too deeply",
+    ),
+    "member.json nested 500 deep": (
+        lambda r: (r / "member.json").write_text(f'{{"dataset": "toy", "extra": {_deep(500)}}}'),
+        "nested more than 64 levels",
+    ),
+    "seed of text": (lambda r: _edit_meta(r, seed="0"), "field 'seed' has a wrong type or value: '0'"),
+}
+
+
+def _edit_meta(run: Path, **changes) -> None:
+    import json
+
+    meta = json.loads((run / "member.json").read_text())
+    meta.update(changes)
+    (run / "member.json").write_text(json.dumps(meta))
+
+
+def _two_member_store(root: Path) -> Path:
+    for run in (0, 1):
+        folds = [_good_fold(0), _good_fold(1)]
+        write_member(
+            root,
+            "toy",
+            "SGD",
+            run,
+            [f["probs"] for f in folds],
+            [f["labels"] for f in folds],
+            [list(f["ids"]) for f in folds],
+            ["x", "y"],
+        )
+    return root
+
+
+@pytest.mark.parametrize("fault", list(STORE_FAULTS))
+def test_round_two_a_bad_store_file_is_one_line_naming_it(capsys, tmp_path, fault):
+    """fuse, report and members each say what is wrong with which file, in one line; nothing is written."""
+    break_it, words = STORE_FAULTS[fault]
+    root = _two_member_store(tmp_path / "members")
+    run = root / "toy" / "SGD" / "001"
+    break_it(run)
+    before = snapshot(tmp_path)
+    for args in (
+        ["fuse", "--dataset", "toy", "SGD2", "--members-dir", str(root)],
+        ["report", "--members-dir", str(root), "--out", str(tmp_path / "R")],
+    ):
+        code, out, err = run_cli(capsys, *args)
+        assert code == 1, (fault, args, out, err)
+        errors = [line for line in err.splitlines() if line.startswith("Error")]
+        assert len(errors) == 1 and words in errors[0] and str(run) in errors[0], (fault, err)
+        assert "Traceback" not in err + out and "internal error" not in err and "RecursionError" not in err
+    code, out, err = run_cli(capsys, "members", "--members-dir", str(root))
+    assert code == 0 and f"unreadable: {run}" in out + err and words in out + err, (fault, out, err)
+    assert snapshot(tmp_path) == before
+
+
+DATA_FAULTS = {
+    # name: (dataset argument under the data world, exit code, words of the one line)
+    "a class of one image": ("folder:{w}/one_image", 1, "class 'rare' has 1 image(s), fewer than the 5 folds"),
+    "a class of four images": ("folder:{w}/four_images", 1, "class 'b' has 4 image(s)"),
+    "one class folder": ("folder:{w}/one_class", 1, "every image is of one class ('only', 8 image(s))"),
+    "one class in a manifest": ("csv:{w}/one_class.csv", 1, "every image is of one class ('x'"),
+    "two masks of one name": ("seg:{w}/twin_masks", 1, "masks {w}/twin_masks/masks/s0.png and s0.tif"),
+    "every mask empty": ("seg:{w}/empty_masks", 1, "every mask in {w}/empty_masks/masks is empty"),
+    "one odd value among binary masks": (
+        "seg:{w}/odd_binary",
+        1,
+        "mask {w}/odd_binary/masks/s5.png holds value(s) 128",
+    ),
+    "one odd value among label maps": ("seg:{w}/odd_labels", 1, "mask {w}/odd_labels/masks/s5.png holds value(s) 200"),
+    "a label value among binary masks": ("seg:{w}/odd_one", 1, "mask {w}/odd_one/masks/s5.png holds value(s) 7"),
+}
+
+
+@pytest.fixture(scope="module")
+def data_world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data22")
+    _data_world(root)
+    return root
+
+
+@pytest.mark.parametrize("fault", list(DATA_FAULTS))
+def test_round_two_bad_data_is_refused_before_training(capsys, data_world, tmp_path, fault):
+    spec, code, words = DATA_FAULTS[fault]
+    members = tmp_path / "T"
+    before = snapshot(data_world)
+    args = ["train", "--dataset", spec.format(w=data_world), "--opt", "sgd", *TINY, "--members-dir", str(members)]
+    got, out, err = run_cli(capsys, *args)
+    assert got == code, (fault, out, err)
+    errors = [line for line in err.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and words.format(w=data_world) in errors[0], (fault, err)
+    assert "Traceback" not in err + out and "internal error" not in err and "training run" not in out
+    assert not members.exists() and snapshot(data_world) == before
+
+
+def test_round_two_images_in_a_sub_folder_of_a_class_are_named_in_a_warning(tmp_path):
+    from ensemble.data.scan import scan
+    from ensemble.data.sources import resolve
+
+    root = _classes(tmp_path / "nested", {"a": 5, "b": 5})
+    _pngs(root / "a" / "more", 3)
+    _pngs(root / "a" / "more" / "deeper", 2)
+    listing = scan(resolve(f"folder:{root}"))
+    assert len(listing.ids) == 10  # what is read is as before
+    assert listing.warnings == [
+        f"{root / 'a' / 'more'}: 5 image(s) in this sub-folder of class folder 'a' are not read "
+        "(ens reads the images directly in a class folder); move them up to use them"
+    ]
+
+
+def test_round_two_a_hand_made_member_with_one_integer_seed_is_read(capsys, tmp_path):
+    """SPEC §5: ``seed`` is an integer (a hand-made member) or one per fold; an integer is every fold's seed."""
+    from ensemble.store import read_member
+
+    root = _two_member_store(tmp_path / "members")
+    for run in ("000", "001"):
+        _edit_meta(root / "toy" / "SGD" / run, seed=0)
+    assert read_member(root / "toy" / "SGD" / "000").meta.seed == [0, 0]
+    code, out, err = run_cli(capsys, "fuse", "--dataset", "toy", "SGD2", "--members-dir", str(root))
+    assert code == 0 and "SGD2" in out, err
+    _edit_meta(root / "toy" / "SGD" / "001", seed=True)  # a bool is no integer
+    code, out, err = run_cli(capsys, "fuse", "--dataset", "toy", "SGD2", "--members-dir", str(root))
+    assert code == 1 and "field 'seed' has a wrong type or value: True" in err
+
+
+def test_round_two_a_swapped_staged_fold_is_not_published(tmp_path):
+    """A staged fold file replaced by one with other samples' ids is refused at publish, naming it."""
+    from ensemble.errors import StoreError
+    from ensemble.learn.recipe import build_recipe
+    from ensemble.learn.trainer import TrainConfig
+    from ensemble.runs import assemble_run, load_dataset
+    from ensemble.store import Store
+    from tests.conftest import stage_run
+
+    folder = _classes(tmp_path / "imgs", {"a": 5, "b": 5})
+    staging = stage_run(folder, tmp_path / "M", label="SGD")
+    cfg = TrainConfig(model="test_resnet", pretrained=False, device="cpu", workers=0)
+    ds = load_dataset(f"folder:{folder}", "datasets", cfg.size, None, 0)
+    rd = Store(tmp_path / "M").run_dir(ds.name, "SGD", 0)
+    for k, fold in enumerate(ds.folds):
+        ids = ds.ids[fold.test] if k != 2 else np.array(["a/elsewhere.png", *ds.ids[fold.test][1:]])
+        probs = np.full((len(fold.test), 2), 0.5, np.float32)
+        rd.write_fold(k, "classification", probs, ds.labels[fold.test], ids)
+        summary = {"seed": k, "seconds": 0.0, "curves": {"accuracy": [0.5]}, "accuracy": 0.5, "model": None}
+        rd.summary(k).write_text(__import__("json").dumps(summary))
+    before = snapshot(tmp_path / "M")
+    with pytest.raises(StoreError) as err:
+        assemble_run(rd, ds=ds, dataset=ds.name, label="SGD", recipe=build_recipe(cfg, "SGD", ds))
+    assert str(err.value).startswith(f"{staging / 'fold-2.npz'}: holds other samples than the dataset's fold")
+    assert "'a/elsewhere.png' is not in this fold" in str(err.value)
+    assert snapshot(tmp_path / "M") == before and not rd.final.exists()
+
+
+def test_round_two_changed_pixels_under_the_same_name_are_refused(capsys, tmp_path, monkeypatch):
+    """The fingerprint sees names only: the content record sees the bytes. A second run on changed pixels is
+    refused naming the file; an unchanged dataset is not hashed again (the cache answers)."""
+    from PIL import Image
+
+    from ensemble.data import content
+
+    folder = _classes(tmp_path / "imgs", {"a": 5, "b": 5})
+    members = tmp_path / "M"
+    train = ["train", "--dataset", f"folder:{folder}", "--opt", "sgd", *TINY, "--members-dir", str(members)]
+    code, out, err = run_cli(capsys, *train, "--n", "1")
+    assert code == 0, err
+    record = members / "imgs" / "content.json"
+    import json
+
+    samples = json.loads(record.read_text())["samples"]
+    assert samples["a/i3.png"] == hashlib.sha256((folder / "a" / "i3.png").read_bytes()).hexdigest()
+    assert len(samples) == 10
+
+    calls = []
+    real = content.file_sha256
+    monkeypatch.setattr(content, "file_sha256", lambda p: calls.append(p) or real(p))
+    from ensemble.runs import load_dataset
+
+    ds = load_dataset(f"folder:{folder}", "datasets", 16, None, 0, fresh=True)
+    assert calls == [] and ds.content.hashes == samples  # nothing unchanged is read again
+
+    pixels = np.asarray(Image.open(folder / "a" / "i3.png")).copy()
+    pixels[0, 0] ^= 0xFF
+    Image.fromarray(pixels).save(folder / "a" / "i3.png")  # same name, other pixels: the fingerprint is the same
+    before = snapshot(members)
+    code, out, err = run_cli(capsys, *train, "--n", "2")
+    assert code == 1, (out, err)
+    errors = [line for line in err.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and f"{folder / 'a' / 'i3.png'}: its content differs" in errors[0], err
+    assert "1 sample(s) changed" in errors[0] and "--name NEW" in errors[0] and "--members-dir" in errors[0]
+    assert [str(p) for p in calls] == [str(folder / "a" / "i3.png")]  # only the changed file was hashed
+    assert "training run" not in out and snapshot(members) == before
+
+
+def test_round_two_a_store_without_content_json_records_it_once(capsys, tmp_path):
+    import json
+
+    folder = _classes(tmp_path / "imgs", {"a": 5, "b": 5})
+    members = tmp_path / "M"
+    train = ["train", "--dataset", f"folder:{folder}", "--opt", "sgd", *TINY, "--members-dir", str(members)]
+    assert run_cli(capsys, *train, "--n", "1")[0] == 0
+    record = members / "imgs" / "content.json"
+    record.unlink()  # a store written before ens kept it
+    code, out, err = run_cli(capsys, *train, "--opt", "dgrad", "--n", "1")
+    assert code == 0, err
+    assert out.count(f"note: {record}: recording the content of 10 sample(s) now") == 1
+    assert len(json.loads(record.read_text())["samples"]) == 10
+
+
+def _one_fold_member(root: Path, label: str, run: int, probs: np.ndarray, val: np.ndarray | None) -> None:
+    """A member of a one-fold (train/val/test) dataset: its test fold, and its validation fold when given."""
+    y = np.array([0, 1, 2, 0, 1, 2])
+    ids = [f"t{i}" for i in range(6)]
+    d = write_member(root, "toy", label, run, [probs], [y], [ids], ["p", "q", "r"])
+    if val is not None:
+        np.savez(d / "val-0.npz", probs=val.astype(np.float32), labels=y, ids=np.array([f"v{i}" for i in range(6)]))
+
+
+def _rows(rng: np.random.Generator) -> np.ndarray:
+    p = rng.random((6, 3)) + 0.01
+    return p / p.sum(1, keepdims=True)
+
+
+def test_round_two_honest_selection_drops_a_member_without_validation_predictions(tmp_path):
+    from ensemble.fusion.summary import summarise
+    from ensemble.store import Store
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "members"
+    for label in ("SGD", "DGrad"):
+        for run in (0, 1):
+            missing = (label, run) == ("DGrad", 0)
+            _one_fold_member(root, label, run, _rows(rng), None if missing else _rows(rng))
+    (group,) = summarise(Store(root), step=1)
+    assert group.notes[0].startswith("toy/DGrad/000 has no validation predictions (val-*.npz): left out")
+    honest = [r for r in group.table2 if "honest" in r["selection"]]
+    assert [r["selection"] for r in honest] == [
+        "chosen on validation split (honest)",
+        "learned, fitted on validation split (honest)",
+        "learned, fitted on validation split (honest)",
+        "learned, fitted on validation split (honest)",
+    ]
+    assert all(r["members"] <= 3 for r in honest if isinstance(r["members"], int))
+    assert all(r["ensemble"].startswith("all 3 members") for r in honest[1:])  # greedy and stacking: no crash
+
+
+def test_round_two_one_fold_without_validation_has_no_honest_row(capsys, tmp_path):
+    rng = np.random.default_rng(1)
+    root = tmp_path / "members"
+    for label in ("SGD", "DGrad"):
+        for run in (0, 1):
+            _one_fold_member(root, label, run, _rows(rng), None)
+    code, out, err = run_cli(capsys, "report", "--members-dir", str(root), "--out", str(tmp_path / "R"))
+    assert code == 0, err
+    assert "warning: toy: no honest selection: the members have one test fold and no validation" in err
+    table = (tmp_path / "R" / "toy" / "table2.csv").read_text()
+    assert "honest" not in table and "best on test folds (optimistic)" in table
+
+
+def test_round_two_best_on_test_folds_tries_every_count(tmp_path):
+    """Table 2's optimistic search tries every count up to what each label holds (here 0..5 per label, 35
+    combinations), not only multiples of --step: its best row is the best of an independent brute force."""
+    import itertools
+
+    from ensemble.fusion import fuse
+    from ensemble.fusion.summary import summarise
+    from ensemble.store import Store
+
+    rng = np.random.default_rng(5)
+    root = tmp_path / "members"
+    y = [rng.integers(0, 3, 9), rng.integers(0, 3, 8)]
+    ids = [[f"a{i}" for i in range(9)], [f"b{i}" for i in range(8)]]
+    for label in ("SGD", "DGrad"):
+        for run in range(5):
+            probs = [(lambda p: p / p.sum(1, keepdims=True))(rng.random((len(t), 3)) ** 3) for t in y]
+            write_member(root, "toy", label, run, probs, y, ids, ["p", "q", "r"])
+    store = Store(root)
+    best = 0.0
+    for a, b in itertools.product(range(6), range(6)):
+        if a or b:
+            expr = "+".join(t for t in (f"SGD{a}" if a else "", f"DGrad{b}" if b else "") if t)
+            best = max(best, fuse(store, "toy", expr).metrics["accuracy"])
+    (group,) = summarise(store, step=2)
+    optimistic = [r for r in group.table2 if r["selection"] == "best on test folds (optimistic)"]
+    assert optimistic and optimistic[0]["accuracy"] == pytest.approx(best)
+
+
+def test_round_two_learnt_nothing_is_judged_on_held_out_predictions(tmp_path):
+    """A member below chance on its test folds is flagged however well it fitted its training folds."""
+    from ensemble.runs import load_dataset
+    from ensemble.store import Store
+    from ensemble.tasks import get_task
+
+    folder = _classes(tmp_path / "four", {"a": 8, "b": 8, "c": 8, "d": 6})
+    ds = load_dataset(f"folder:{folder}", "datasets", 16, None, 0)
+    rd = Store(tmp_path / "M").run_dir(ds.name, "SGD", 0)
+    fitted = [{"curves": {"accuracy": [1.0]}} for _ in ds.folds]
+    nothing, why = get_task("classification").learnt_nothing(ds, rd, fitted, {"accuracy": 0.233})
+    assert nothing and why.startswith(
+        f"learnt nothing: test-fold accuracy 0.2330 is at or below the majority-class rate {8 / 30:.4f}"
+    )

@@ -225,12 +225,13 @@ def test_a_member_that_learnt_nothing_is_flagged(folder, tmp_path):
 
     ds = load_dataset(f"folder:{folder}", "datasets", 16, None, 0)
     rd = Store(tmp_path / "M").run_dir("imgs", "SGD", 0)
-    rate = np.mean([np.bincount(ds.labels[f.train]).max() / len(f.train) for f in ds.folds])
-    flat = [{"curves": {"accuracy": [0.30]}} for _ in ds.folds]  # 3 nearly balanced classes: majority rate ~1/3
+    tested = np.concatenate([f.test for f in ds.folds])  # held out: each sample by the fold that did not train on it
+    rate = np.bincount(ds.labels[tested]).max() / len(tested)
+    fitted = [{"curves": {"accuracy": [0.99]}} for _ in ds.folds]  # training accuracy is never the judge
     learnt_nothing = get_task("classification").learnt_nothing
-    nothing, why = learnt_nothing(ds, rd, flat, {})
-    assert nothing and f"majority-class rate {rate:.4f}" in why
-    assert learnt_nothing(ds, rd, [{"curves": {"accuracy": [0.9]}} for _ in ds.folds], {}) == (False, "")
+    nothing, why = learnt_nothing(ds, rd, fitted, {"accuracy": 0.30})  # 3 nearly balanced classes: rate ~1/3
+    assert nothing and f"majority-class rate {rate:.4f}" in why and "test-fold accuracy 0.3000" in why
+    assert learnt_nothing(ds, rd, fitted, {"accuracy": 0.9}) == (False, "")
 
 
 # ----------------------------------------------------------------- one typed declaration
@@ -332,7 +333,16 @@ def test_the_declaration_drives_presets_config_and_flags():
     assert [f.name for f in dataclasses.fields(TrainConfig)] == [*names, "overrides"]
     assert list(RECIPES) == list(PRESETS) and all(list(RECIPES[p]) == list(RECIPE_KEYS) for p in PRESETS)
     run_only = {o.name for o in OPTIONS if not o.identity}
-    assert run_only == {"device", "workers", "threads", "keep_weights", "checkpoint_every", "log", "memory_format", "cpu_isa"}
+    assert run_only == {
+        "device",
+        "workers",
+        "threads",
+        "keep_weights",
+        "checkpoint_every",
+        "log",
+        "memory_format",
+        "cpu_isa",
+    }
     for preset, values in RECIPES.items():
         for key, value in values.items():  # every preset value passes its own flag's check
             checked = OPTION[key].check(value)

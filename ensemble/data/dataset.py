@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from .content import Content, dataset_content
 from .images import MAX_LABELS, mask_classes, prepare, read_image, read_mask
 from .scan import Listing, scan
 from .sources import DatasetRef, resolve
@@ -52,6 +53,8 @@ class Dataset:
     warnings: list[str] = field(default_factory=list)
     masks: np.ndarray | None = None  # (N, size, size) uint8 class index per pixel: a segmentation dataset
     patients: np.ndarray | None = None  # (N,) str: the group (patient) of each sample, kept apart by every split
+    # the sha256 of every sample's bytes (never part of the fingerprint: the store keeps it beside the members)
+    content: Content = field(default_factory=Content, repr=False)
 
     @property
     def task(self) -> str:
@@ -164,6 +167,8 @@ def load(
     ref = resolve(spec, data_dir)
     listing = scan(ref)
     folds = dataset_folds(ref, listing)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    content = dataset_content(listing, name=ref.name, source=ref.path, cache_dir=cache)
     images = load_images(ref, listing, size, cache_dir, workers, progress)
     masks, classes = None, listing.classes
     if listing.masks is not None:
@@ -181,29 +186,53 @@ def load(
         warnings=listing.warnings,
         masks=masks,
         patients=np.array(listing.patients) if listing.patients is not None else None,
+        content=content,
     )
 
 
 def dataset_folds(ref: DatasetRef, listing: Listing) -> list[Fold]:
-    """The folds a dataset is trained on: your own (``ref.splits``) or its protocol's."""
+    """The folds a dataset is trained on: your own (``ref.splits``) or its protocol's. A set of classes with
+    one class present is refused: a classifier of one class is always right and learns nothing."""
+    if listing.masks is None and len(np.unique(listing.labels)) < 2:
+        only = listing.classes[int(listing.labels[0])] if len(listing.labels) else "none"
+        raise DataError(
+            f"{ref.spec}: every image is of one class ({only!r}, {len(listing.labels)} image(s)); "
+            "a classifier needs at least two classes"
+        )
     return read_splits(ref.splits, listing.ids) if ref.splits else make_folds(ref.info.protocol, listing)
+
+
+def odd_mask(paths: list[Path], masks: np.ndarray) -> str | None:
+    """The first mask whose values do not fit the others (binary 0/255 masks, or label maps of class indices
+    below :data:`MAX_LABELS`: whichever most masks are), named with its odd values; None if none stands out."""
+    values = [set(np.unique(m).tolist()) - {0} for m in masks]
+    binary = sum(1 for v in values if v and v <= {255})
+    labels = sum(1 for v in values if v and max(v) < MAX_LABELS)
+    for path, v in zip(paths, values):
+        odd = sorted(v - {255}) if binary >= labels else sorted(x for x in v if x >= MAX_LABELS)
+        if odd:
+            kind = "binary (0/255)" if binary >= labels else f"label maps of class indices below {MAX_LABELS}"
+            return (
+                f"mask {path} holds value(s) {', '.join(map(str, odd[:5]))}, but the other masks are {kind}; "
+                f"a mask is binary (0/255) or a label map of class indices below {MAX_LABELS}"
+            )
+    return None
 
 
 def load_masks(
     ref: DatasetRef, listing: Listing, size: int, cache_dir: Path | None, workers: int, progress: bool
 ) -> tuple[np.ndarray, list[str]]:
     """The masks as class indices (N, size, size) uint8, and the class names (background first)."""
-    raw = load_images(ref, listing, size, cache_dir, workers, progress, kind="masks")
-    counts = np.bincount(np.asarray(raw).reshape(-1), minlength=256)
+    raw = np.asarray(load_images(ref, listing, size, cache_dir, workers, progress, kind="masks"))
+    folder = listing.masks[0].parent if listing.masks else ref.path
+    counts = np.bincount(raw.reshape(-1), minlength=256)
+    if not counts[1:].any():
+        raise DataError(
+            f"every mask in {folder} is empty (background only, at {size} px): there is nothing to segment; "
+            "a foreground pixel is any value above 0"
+        )
     try:
-        lut, classes = mask_classes(counts, str(ref.path))
-    except DataError:
-        for path, mask in zip(listing.masks, raw):  # name the first file at fault
-            extra = set(np.unique(mask).tolist()) - {0, 255}
-            if extra and max(extra) >= MAX_LABELS:
-                raise DataError(
-                    f"mask {path} holds values {sorted(extra)[:5]} besides 0/255; a mask is binary "
-                    f"(0/255) or a label map of class indices below {MAX_LABELS}"
-                ) from None
-        raise
+        lut, classes = mask_classes(counts, str(folder))
+    except DataError as err:
+        raise DataError(odd_mask(listing.masks, raw) or str(err)) from None
     return lut[np.asarray(raw)], classes

@@ -87,7 +87,12 @@ def scan_seg(root: Path) -> Listing:
         raise DataError(f"{folders['images']} holds no images")
     masks_by_stem: dict[str, Path] = {}
     for m in _images(folders["masks"]):
-        masks_by_stem.setdefault(m.stem, m)
+        if m.stem in masks_by_stem:
+            raise DataError(
+                f"masks {masks_by_stem[m.stem]} and {m.name} have the same name but for the suffix: a mask is "
+                "matched to its image by name, so keep one of them"
+            )
+        masks_by_stem[m.stem] = m
     masks, warnings = [], []
     for img in images:
         mask = masks_by_stem.pop(img.stem, None)
@@ -128,14 +133,35 @@ def scan_folder(root: Path) -> Listing:
             for c in classes:
                 entries += [(p, classes.index(c), fold.name) for p in _class_images(fold / c)]
         groups = [g for _, _, g in entries]
+        class_dirs = [fold / c for fold in top for c in classes]
     else:
         classes = [d.name for d in top]
         entries = [(p, i, None) for i, d in enumerate(top) for p in _class_images(d)]
         groups = None
+        class_dirs = top
     files = [p for p, _, _ in entries]
     ids = [p.relative_to(root).as_posix() for p in files]
     labels = np.array([y for _, y, _ in entries], dtype=np.int64)
-    return Listing(ids, labels, classes, groups, files=files)
+    warnings = [w for d in class_dirs for w in _nested_images(d)]
+    return Listing(ids, labels, classes, groups, files=files, warnings=warnings)
+
+
+def _nested_images(folder: Path) -> list[str]:
+    """A warning per sub-folder of a class folder that holds images: ens reads the class folder's own images
+    only, so those are left out of training and testing."""
+    out = []
+    for sub in _subdirs(folder):
+        n = sum(
+            1
+            for p in sub.rglob("*")
+            if p.is_file() and is_image(p) and not any(part.startswith(".") for part in p.relative_to(sub).parts)
+        )
+        if n:
+            out.append(
+                f"{sub}: {n} image(s) in this sub-folder of class folder {folder.name!r} are not read "
+                "(ens reads the images directly in a class folder); move them up to use them"
+            )
+    return out
 
 
 def _class_images(folder: Path) -> list[Path]:

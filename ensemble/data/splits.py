@@ -71,6 +71,20 @@ def grouped_folds(
     return [Fold(k, np.sort(tr), np.sort(te), protocol="cv5", name=f"fold {k}") for k, (tr, te) in enumerate(splits)]
 
 
+def check_class_sizes(labels: np.ndarray, classes: list[str], n_splits: int) -> None:
+    """Stratified k-fold puts every class in every fold's test set: a class with fewer images than folds is
+    refused, naming it (scikit-learn would fail, or silently leave folds without it)."""
+    counts = np.bincount(labels, minlength=len(classes))
+    small = [(classes[c], int(n)) for c, n in enumerate(counts) if n < n_splits]
+    if small:
+        name, n = min(small, key=lambda item: item[1])
+        more = f" (and {len(small) - 1} other class(es) too)" if len(small) > 1 else ""
+        raise DataError(
+            f"class {name!r} has {n} image(s), fewer than the {n_splits} folds of cross-validation{more}: "
+            f"give every class at least {n_splits} images, drop the class, or give your own folds with --splits FILE"
+        )
+
+
 def make_folds(protocol: str, listing) -> list[Fold]:  # noqa: ANN001 - a scan.Listing
     """The folds of a listing under ``protocol`` (``cv5-or-predefined`` and ``cv5-or-split`` pick by layout)."""
     labels, groups = listing.labels, listing.groups
@@ -79,6 +93,7 @@ def make_folds(protocol: str, listing) -> list[Fold]:  # noqa: ANN001 - a scan.L
     if protocol == "cv5-or-split":  # a manifest: its split column, else cross-validation
         protocol = "official" if groups is not None else "cv5"
     if protocol == "cv5":
+        check_class_sizes(labels, listing.classes, N_SPLITS)
         patients = getattr(listing, "patients", None)
         return grouped_folds(labels, patients) if patients is not None else stratified_folds(labels)
     groups_arr = np.asarray(groups)

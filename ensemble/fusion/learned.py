@@ -16,10 +16,12 @@ rows. Nothing is ever fitted on the rows it is scored on.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import minimize
 
+from ..errors import UsageError
 from ..store import Member
 from .core import aligned
 from .stats import nll
@@ -92,16 +94,59 @@ def _stacking(probs: np.ndarray, y: np.ndarray, groups: list[int]) -> Callable[[
 FITTERS: dict[str, Fitter] = {"weighted": _weighted, "greedy": _greedy, "stacking": _stacking}
 
 
+@dataclass
+class HonestPool:
+    """The members an honest selection or fit may use, and what it is fitted on: their validation predictions
+    (``val_by_label``), or -- None -- the other folds' rows (cross-fitting, which needs two folds or more).
+    ``dropped`` are members left out because they lack the validation predictions the others have."""
+
+    by_label: dict[str, list[Member]]
+    val_by_label: dict[str, list[Member]] | None
+    dropped: list[Member] = field(default_factory=list)
+
+    def notes(self) -> list[str]:
+        return [
+            f"{m.name} has no validation predictions (val-*.npz): left out of the honest selection and the "
+            "learned fusions, which are chosen on the validation split"
+            for m in self.dropped
+        ]
+
+
+def honest_pool(by_label: dict[str, list[Member]]) -> HonestPool:
+    """What can be chosen on without the rows it is scored on. Every member's validation split when all have
+    one; else the other folds' rows when there are two folds or more; else (one test fold) the members that
+    have validation predictions, the others dropped by name. With none, nothing is honest: a UsageError."""
+    members = [m for ms in by_label.values() for m in ms]
+    vals = {id(m): m.validation() for m in members}
+    if all(v is not None for v in vals.values()):
+        return HonestPool(by_label, {lab: [vals[id(m)] for m in ms] for lab, ms in by_label.items()})
+    if len(np.unique(np.concatenate([m.fold_of for m in members]))) >= 2:
+        return HonestPool(by_label, None)
+    kept = {lab: [m for m in ms if vals[id(m)] is not None] for lab, ms in by_label.items()}
+    kept = {lab: ms for lab, ms in kept.items() if ms}
+    if not kept:
+        raise UsageError(
+            "no honest selection: the members have one test fold and no validation predictions (val-*.npz), "
+            "so there is nothing to choose on but the rows scored"
+        )
+    dropped = [m for m in members if vals[id(m)] is None]
+    return HonestPool(kept, {lab: [vals[id(m)] for m in ms] for lab, ms in kept.items()}, dropped)
+
+
 def learned_fusion(method: str, by_label: dict[str, list[Member]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """(scores, labels, fold_of, how it was fitted) of ``method`` over every member of ``by_label``."""
+    """(scores, labels, fold_of, how it was fitted) of ``method`` over the members of ``by_label`` that
+    :func:`honest_pool` keeps; never fitted on zero rows, nor on the rows scored."""
+    pool = honest_pool(by_label)
+    by_label = pool.by_label
     members = [m for ms in by_label.values() for m in ms]
     groups = [i for i, ms in enumerate(by_label.values()) for _ in ms]
     probs, y, fold_of, _ = aligned(members)
     probs = probs.astype(np.float64)
     fit = FITTERS[method]
-    vals = [m.validation() for m in members]
-    if all(v is not None for v in vals):
-        val_probs, val_y, _, _ = aligned(vals)
+    if pool.val_by_label is not None:
+        val_probs, val_y, _, _ = aligned([v for vs in pool.val_by_label.values() for v in vs])
+        if not len(val_y):
+            raise UsageError("the validation predictions hold no rows: nothing to fit on")
         return fit(val_probs.astype(np.float64), val_y, groups)(probs), y, fold_of, "fitted on validation split"
     scores = np.zeros(probs.shape[1:])
     for k in np.unique(fold_of):

@@ -1,20 +1,31 @@
 """The exhaustive search over per-label member counts behind Table 2 (``ens report``).
 
-Every combination of counts (0, step, 2*step, ... per label) is scored by sum-rule
-accuracy; see :func:`search`.
+Every combination of counts is scored by sum-rule accuracy (see :func:`search`): every count
+from 0 to what each label holds while the combinations number at most :data:`MAX_COMBINATIONS`
+(:func:`search_step`), else 0, step, 2*step, ... and the label's count.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from ..errors import UsageError
 from ..store import Member
 from .core import aligned
+
+MAX_COMBINATIONS = 20_000  # measured 0.6 ms per combination of a HeLa-sized set (862 x 10) on a busy core
 
 
 def count_grid(n: int, step: int) -> list[int]:
     """Counts a label may contribute: 0, step, 2*step, ... and n itself."""
     return sorted({0, n, *range(step, n + 1, step)})
+
+
+def search_step(by_label: dict[str, list[Member]], step: int) -> int:
+    """1 (every count) when all combinations of every count fit :data:`MAX_COMBINATIONS`, else ``step``."""
+    return 1 if math.prod(len(ms) + 1 for ms in by_label.values()) <= MAX_COMBINATIONS else step
 
 
 def search(
@@ -31,6 +42,8 @@ def search(
     probs, y, _, _ = aligned([m for lab in labels for m in by_label[lab]])
     starts = np.cumsum([0] + [len(by_label[lab]) for lab in labels])
     if mask is not None:
+        if not mask.any():
+            raise UsageError("no samples to choose an ensemble on (the selection would score zero rows)")
         probs, y = probs[:, mask], y[mask]
     probs = np.ascontiguousarray(probs.transpose(0, 2, 1))  # (members, C, N): one class is one row
     cums = []

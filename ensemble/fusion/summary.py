@@ -18,7 +18,7 @@ paired test, and :func:`diversity` measures how differently the labels err.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,10 +31,10 @@ from .calibrate import calibrate
 from .compare import compare_results
 from .core import aligned
 from .expr import parse, term_text
-from .learned import LEARNED, NAMES, learned_fusion
+from .learned import LEARNED, NAMES, honest_pool, learned_fusion
 from .metrics import per_class, scores_table
 from .rules import sum_rule
-from .search import search
+from .search import search, search_step
 from .stats import bootstrap_ci, pair_diversity
 
 SEED_ENSEMBLES = [
@@ -100,39 +100,53 @@ def _fused(by_label: dict[str, list[Member]], counts: dict[str, int]):
 
 
 def table2(
-    by_label: dict[str, list[Member]], step: int, top: int = 5, val_by_label: dict[str, list[Member]] | None = None
+    by_label: dict[str, list[Member]],
+    step: int,
+    top: int = 5,
+    val_by_label: dict[str, list[Member]] | None = None,
+    notes: list[str] | None = None,
 ) -> list[dict]:
+    """The seed's ensembles, the best combinations on the test folds (every count up to what each label holds
+    when that search is affordable, :func:`.search.search_step`), the honest selection and the learned
+    fusions. ``notes`` collects what was left out and why (members without validation predictions, a
+    selection that cannot be made honestly). ``val_by_label`` is read from the members themselves now."""
+    notes = notes if notes is not None else []
     rows = []
     for expr in SEED_ENSEMBLES:
         terms = parse(expr)
         if all(t.label in by_label and len(by_label[t.label]) >= t.count for t in terms):
             scores, y, fold_of, n = _fused(by_label, {t.label: t.count for t in terms})
             rows.append({"ensemble": expr, "selection": "seed's list", "members": n, **_metrics(y, scores, fold_of)})
-    found = search(by_label, step)
+    grid = search_step(by_label, step)
+    found = search(by_label, grid)
+    optimistic = (
+        "best on test folds (optimistic)" if grid == 1 else f"best on test folds (optimistic; counts by {grid})"
+    )
     for _, counts in found[:top]:
         scores, y, fold_of, n = _fused(by_label, counts)
-        rows.append(
-            {
-                "ensemble": _expr(counts),
-                "selection": "best on test folds (optimistic)",
-                "members": n,
-                **_metrics(y, scores, fold_of),
-            }
-        )
+        rows.append({"ensemble": _expr(counts), "selection": optimistic, "members": n, **_metrics(y, scores, fold_of)})
     rows = distinct(rows, "ensemble", "selection")  # the search may find a seed's-list ensemble again
-    rows.append(_honest(by_label, step, val_by_label))
+    try:
+        pool = honest_pool(by_label)
+    except UsageError as err:
+        notes.append(str(err))
+        return rows
+    notes += pool.notes()
+    rows.append(_honest(pool.by_label, step, pool.val_by_label))
+    total = sum(len(ms) for ms in pool.by_label.values())
     for method in LEARNED:
-        if sum(len(ms) for ms in by_label.values()) < 2:
+        if total < 2:
             break
         try:
-            scores, y, fold_of, how = learned_fusion(method, by_label)
-        except UsageError:
+            scores, y, fold_of, how = learned_fusion(method, pool.by_label)
+        except UsageError as err:
+            notes.append(f"{NAMES[method]}: {err}")
             continue
         rows.append(
             {
-                "ensemble": f"all {sum(len(ms) for ms in by_label.values())} members: {NAMES[method]}",
+                "ensemble": f"all {total} members: {NAMES[method]}",
                 "selection": f"learned, {how} (honest)",
-                "members": sum(len(ms) for ms in by_label.values()),
+                "members": total,
                 **_metrics(y, scores, fold_of),
             }
         )
@@ -261,7 +275,9 @@ def _nanmean(values: list[float]) -> float:
 
 
 def _honest(by_label: dict[str, list[Member]], step: int, val_by_label: dict[str, list[Member]] | None) -> dict:
-    """The combination chosen without the samples it is scored on."""
+    """The combination chosen without the samples it is scored on: on ``val_by_label`` (the same members'
+    validation predictions), else cross-validated over the folds (:func:`.learned.honest_pool` says which)."""
+    step = search_step(by_label, step)
     if val_by_label:
         counts = search(val_by_label, step)[0][1]
         scores, y, fold_of, n = _fused(by_label, counts)
@@ -272,15 +288,13 @@ def _honest(by_label: dict[str, list[Member]], step: int, val_by_label: dict[str
             **_metrics(y, scores, fold_of),
         }
     probs, y, fold_of, _ = aligned([m for ms in by_label.values() for m in ms])
-    pred = np.empty_like(y)
     chosen = []
     full = np.zeros((len(y), probs.shape[2]))
     for k in np.unique(fold_of):
-        counts = search(by_label, step, mask=fold_of != k)[0][1]
+        counts = search(by_label, step, mask=fold_of != k)[0][1]  # refuses a mask of zero rows
         chosen.append(_expr(counts))
         scores, _, _, _ = _fused(by_label, counts)
         full[fold_of == k] = scores[fold_of == k]
-        pred[fold_of == k] = scores[fold_of == k].argmax(1)
     return {
         "ensemble": " | ".join(dict.fromkeys(chosen)),
         "selection": "cross-validated over folds (honest)",
@@ -300,6 +314,7 @@ class GroupSummary:
     table2: list[dict]
     comparison: list[dict]
     diversity: list[dict]
+    notes: list[str] = field(default_factory=list)  # what Table 2 left out, and why
 
     @property
     def best(self) -> str:
@@ -334,15 +349,18 @@ def val_members(by_label: dict[str, list[Member]]) -> dict[str, list[Member]] | 
 
 
 def summarise_classification(name: str, fingerprint: str, by_label: dict[str, list[Member]], step: int) -> GroupSummary:
-    """Table 1, Table 2 (with the honest selection), mixed against single, diversity."""
+    """Table 1, Table 2 (with the honest selection, and notes on what it left out), mixed against single,
+    diversity."""
+    notes: list[str] = []
     return GroupSummary(
         name,
         fingerprint,
         by_label,
         table1(by_label),
-        table2(by_label, step, val_by_label=val_members(by_label)),
+        table2(by_label, step, notes=notes),
         mixed_vs_single(by_label),
         diversity(by_label),
+        notes,
     )
 
 

@@ -8,6 +8,7 @@ name that comes from the filesystem (datasets, classes, labels) is escaped for H
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -45,10 +46,14 @@ def write_tables(out: Path, stem: str, rows: list[dict]) -> None:
     (out / f"{stem}.tex").write_text("\n".join(to_latex(df) for df in parts))
 
 
-def report(store: Store, out: Path, step: int = 7) -> list[Path]:
-    """Write every table and figure, each dataset version's page drawn by its task; returns the HTML pages."""
+def report(store: Store, out: Path, step: int = 7, echo: Callable[[str], None] | None = None) -> list[Path]:
+    """Write every table and figure, each dataset version's page drawn by its task; returns the HTML pages.
+    ``echo`` gets a warning line for everything Table 2 left out (also written on the page)."""
     pages = []
     for group in summarise(store, step):
+        for note in getattr(group, "notes", []):
+            if echo is not None:
+                echo(f"warning: {group.name}: {note}")
         task = get_task(next(iter(group.by_label.values()))[0].meta.task)
         pages.append(task.render_report(out / group.name, group))
     return pages
@@ -145,6 +150,7 @@ def _html(target: Path, group: GroupSummary, per_class: list[dict], figs: list[P
 <p>Rows marked "optimistic" are chosen on the very test folds they are scored on; the "honest" row is chosen
 without them (validation split, or cross-validated over folds).</p>
 {_table(group.table2)}
+{"".join(f"<p><strong>Note:</strong> {html.escape(n)}</p>" for n in group.notes)}
 <p>Accuracy [95% CI]: bootstrap over samples stratified by class (1000 resamples, seed 0).
 NLL, Brier and ECE (15 equal-width bins of the top-class confidence) measure calibration.</p>
 <h2>Mixed against single-optimizer ensembles of the same size</h2>

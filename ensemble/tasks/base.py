@@ -90,6 +90,11 @@ class Task:
         """The arrays of a fold file read from disk, checked (untrusted input), in the dtypes fusion uses."""
         raise NotImplementedError
 
+    def check_header(self, path: Path, shapes: dict[str, tuple[int, ...]], n_classes: int) -> None:
+        """The shapes a fold file's .npy headers declare (``probs``, :attr:`target_key`, ``ids``), checked before
+        any array is loaded: the task's layout, one row per sample, and at least one row."""
+        raise NotImplementedError
+
     def fold_score(self, probs: np.ndarray, targets: np.ndarray) -> float | None:
         """The score of one fold's (or a whole member's) predictions: what ``metric`` names."""
         raise NotImplementedError
@@ -144,6 +149,19 @@ def save_npz(path: Path, *, compressed: bool = False, **arrays: np.ndarray) -> N
     buf = io.BytesIO()
     (np.savez_compressed if compressed else np.savez)(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def check_rows(path: Path, shapes: dict[str, tuple[int, ...]], dims: dict[str, int]) -> None:
+    """Each array has its number of dimensions, the same row count, and at least one row (a fold file with no
+    rows would leave its samples out of every fused score)."""
+    for key, ndim in dims.items():
+        if len(shapes[key]) != ndim:
+            raise StoreError(f"{path}: {key} must have {ndim} dimension(s), its header declares shape {shapes[key]}")
+    rows = {key: shape[0] for key, shape in shapes.items()}
+    if len(set(rows.values())) != 1:
+        raise StoreError(f"{path}: probs, targets and ids declare different row counts ({rows})")
+    if not rows["ids"]:
+        raise StoreError(f"{path}: holds no rows (a fold file predicts at least one sample)")
 
 
 def check_ids(path: Path, ids: np.ndarray) -> None:

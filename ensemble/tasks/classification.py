@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import StoreError, UsageError
-from .base import ROW_SUM_TOLERANCE, Task, check_ids, save_npz
+from .base import ROW_SUM_TOLERANCE, Task, check_ids, check_rows, save_npz
 
 if TYPE_CHECKING:
     import torch
@@ -103,30 +103,39 @@ class ClassificationTask(Task):
             raise StoreError(f"{path}: labels out of range 0..{n_classes - 1} (found {labels.min()}..{labels.max()})")
         return probs.astype(np.float32), labels.astype(np.int64), ids.astype(str)
 
+    def check_header(self, path: Path, shapes: dict[str, tuple[int, ...]], n_classes: int) -> None:
+        """probs (n, C), labels (n,), ids (n,), n >= 1."""
+        check_rows(path, shapes, {"probs": 2, "labels": 1, "ids": 1})
+        if shapes["probs"][1] != n_classes:
+            raise StoreError(
+                f"{path}: probs has {shapes['probs'][1]} columns but member.json lists {n_classes} classes"
+            )
+
     def fold_score(self, probs: np.ndarray, targets: np.ndarray) -> float | None:
         """Accuracy."""
         return float((probs.argmax(1) == targets).mean()) if len(targets) else None
 
     def learnt_nothing(self, ds: Any, rd: Any, summaries: list[dict[str, Any]], scores: dict) -> tuple[bool, str]:
-        """No better than always answering the majority class: on the member's validation predictions when
-        it has them, else on its last epoch's training accuracy (mean over folds)."""
+        """No better than always answering the majority class, on held-out predictions only: the member's
+        validation predictions when it has them, else its test folds (``scores["accuracy"]``, every sample
+        predicted by the fold model that did not train on it). Training accuracy is never asked: a member can
+        fit its training folds and still be below chance on what it did not see."""
 
         def majority(idx: np.ndarray) -> float:
             return float(np.bincount(ds.labels[idx], minlength=len(ds.classes)).max() / max(len(idx), 1))
 
         folds = range(len(ds.folds))
-        if all(rd.fold_file(k, "val").exists() for k in folds):
+        if all(ds.folds[k].val is not None and rd.fold_file(k, "val").exists() for k in folds):
             accs, rates = [], []
             for k in folds:
                 probs, labels, _ = rd.read_fold(k, self.name, len(ds.classes), "val")
                 accs.append(float((probs.argmax(1) == labels).mean()))
                 rates.append(majority(ds.folds[k].val))
             what = "validation"
+            acc, rate = float(np.mean(accs)), float(np.mean(rates))
         else:
-            accs = [s["curves"]["accuracy"][-1] for s in summaries]
-            rates = [majority(ds.folds[k].train) for k in folds]
-            what = "training"
-        acc, rate = float(np.mean(accs)), float(np.mean(rates))
+            tested = np.concatenate([ds.folds[k].test for k in folds])
+            acc, rate, what = float(scores["accuracy"]), majority(tested), "test-fold"
         if acc <= rate + 1e-9:
             return True, (
                 f"learnt nothing: {what} accuracy {acc:.4f} is at or below the majority-class rate {rate:.4f} "

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import StoreError, UsageError
-from .base import ROW_SUM_TOLERANCE, Task, check_ids, save_npz
+from .base import ROW_SUM_TOLERANCE, Task, check_ids, check_rows, save_npz
 
 if TYPE_CHECKING:
     import torch
@@ -103,6 +103,16 @@ class SegmentationTask(Task):
         if masks.size and (masks.min() < 0 or masks.max() >= n_classes):
             raise StoreError(f"{path}: masks out of range 0..{n_classes - 1} (found {masks.min()}..{masks.max()})")
         return probs.astype(np.float16), masks.astype(np.uint8), ids.astype(str)
+
+    def check_header(self, path: Path, shapes: dict[str, tuple[int, ...]], n_classes: int) -> None:
+        """probs (n, C, H, W), masks (n, H, W), ids (n,), n >= 1."""
+        check_rows(path, shapes, {"probs": 4, "masks": 3, "ids": 1})
+        if shapes["probs"][1] != n_classes:
+            raise StoreError(
+                f"{path}: probs has {shapes['probs'][1]} class maps but member.json lists {n_classes} classes"
+            )
+        if shapes["masks"][1:] != shapes["probs"][2:]:
+            raise StoreError(f"{path}: probs {shapes['probs']} and masks {shapes['masks']} disagree")
 
     def fold_score(self, probs: np.ndarray, targets: np.ndarray) -> float | None:
         """Mean foreground Dice over the images."""
