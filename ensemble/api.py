@@ -325,9 +325,9 @@ def compare(
 ) -> Comparison:
     """Paired tests of ensemble ``a`` against ``b`` on the same samples. ``.table()`` is a DataFrame (metric,
     A, B, difference, test, p); ``.verdict()`` the one-line reading, calling a difference one at p < 0.05."""
-    from .fusion.compare import compare_results
-
     from collections import Counter
+
+    from .fusion.compare import compare_results
 
     first, second = fuse_results(
         [a, b], dataset=dataset, members_dir=members_dir, rule=rule, calibrate=calibrate, resamples=resamples

@@ -440,11 +440,11 @@ def predict_masks(
     """Fuse the members' probability maps per pixel, a chunk of images at a time (fold models loaded once), and
     write each image's mask into ``masks`` at its own size; returns one summary row per image. The targets are
     checked before any model is loaded (nothing is overwritten)."""
+    import io
+
     import pandas as pd
     import torch
     from PIL import Image
-
-    import io
 
     from .io import atomic_write_bytes
 
