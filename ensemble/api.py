@@ -365,7 +365,7 @@ def predict(
     ``out`` (.csv, .json or .parquet) also writes the table there, atomically; it and ``masks`` are checked
     (:func:`ensemble.outputs.check_output`) before anything is read.
     """
-    from .outputs import check_output
+    from .outputs import check_free_space, check_output
     from .prediction import collect_inputs, write_table
     from .prediction import predict as run_predict
 
@@ -386,6 +386,10 @@ def predict(
     else:
         paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
         items = collect_inputs([str(p) for p in paths], Path(data_dir))
+    if out is not None:  # a row per image: its path and a dozen numbers
+        check_free_space(Path(out), len(items) * 512, what=f"--out {out}")
+    if masks is not None and items.files is not None:  # a PNG per image, at most a byte per pixel
+        check_free_space(Path(masks), sum(h * w for h, w in items.shapes()), what=f"--masks {masks}")
     options = {
         "device": device,
         "batch_size": batch_size,

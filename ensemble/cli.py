@@ -84,6 +84,9 @@ def optimizers(plot_path: Path | None) -> None:
     console.print(settings)
     if plot_path is not None:
         from .optim.plot import plot_schedules
+        from .outputs import check_output
+
+        check_output(plot_path, what="--plot", overwrite=True)  # a plot is redrawn in place, as before
 
         click.echo(f"wrote {plot_schedules(plot_path)}")
 
@@ -202,8 +205,10 @@ def data_split(dataset: str, data_dir: Path, members_dir: Path, name: str | None
     from .data.sources import resolve
     from .data.splits import splits_document
     from .io import atomic_write_json
+    from .outputs import check_output
     from .store import Store
 
+    check_output(out, stores=[members_dir])  # before the dataset is scanned
     ref = resolve(dataset, data_dir)
     store_name = name or ref.name
     doc = Store(members_dir).recorded_splits(store_name) if ref.splits is None else None
@@ -212,8 +217,7 @@ def data_split(dataset: str, data_dir: Path, members_dir: Path, name: str | None
         listing = scan(ref)
         doc = splits_document(listing.ids, dataset_folds(ref, listing))
         where = "your --splits file's" if ref.splits else f"its {ref.info.protocol} protocol"
-    if out.exists():
-        raise UsageError(f"--out {out} exists already; remove it or choose another name")
+    check_output(out, stores=[members_dir])
     atomic_write_json(out, doc)
     click.echo(f"{dataset}: {len(doc)} fold(s) ({where}) written to {out}")
 

@@ -306,12 +306,13 @@ CHECKPOINT_FACTOR = 4  # a checkpoint: the model, the optimizer's moments and a 
 
 
 def training_bytes(req: TrainRequest, ds: Dataset, plans: list[LabelPlan], params: int) -> int:
-    """What the job will write at most: every fold's predictions and model (float32 at worst), and the
-    checkpoints alive at once (one per parallel task, twice while one is replaced)."""
+    """What the job will write: every fold's predictions and model (float16, as most are kept; the margin of
+    :func:`ensemble.outputs.check_free_space` covers some float32 ones), and the checkpoints alive at once
+    (one per parallel task, twice while one is replaced)."""
     from .tasks import get_task
 
     folds = sum(len(p.todo) for p in plans) * len(ds.folds)
-    model = 4 * params if req.config.keep_weights else 0
+    model = 2 * params if req.config.keep_weights else 0  # float16, as most fold models are kept
     predictions = get_task(ds.task).prediction_bytes(len(ds.ids), len(ds.classes), req.config.size)
     parallel = 1 if req.executor == "local" else max(req.jobs or 2, 1)
     checkpoints = parallel * 2 * CHECKPOINT_FACTOR * 4 * params
