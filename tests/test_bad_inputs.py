@@ -717,6 +717,8 @@ def test_second_train_waits_for_the_label_lock(world2, tmp_path):
 
 # -------- kill trials: SIGKILL at random instants, rerun without --restart, compare with an uninterrupted run
 KILL_TRIALS = int(os.environ.get("ENS_KILL_TRIALS", "4"))
+KILL_FOLDS, KILL_RUNS = 2, 2  # two predefined folds, two runs: four fold trainings and two publishes per job
+KILL_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
 def _kill_args(data: Path, members: Path) -> list[str]:
@@ -730,7 +732,7 @@ def _kill_args(data: Path, members: Path) -> list[str]:
         "--opt",
         "sgd",
         "--n",
-        "2",
+        str(KILL_RUNS),
         *tiny(2, "--checkpoint-every", "0"),
         "--threads",
         "1",
@@ -740,10 +742,10 @@ def _kill_args(data: Path, members: Path) -> list[str]:
 
 
 def _members_of(members: Path) -> dict[str, tuple]:
-    """Each run's seeds and its fold files' bytes: equal to an uninterrupted run's means no fold lost or redone
-    differently."""
+    """Each run's seeds, recipe and fold probabilities: equal to an uninterrupted run's means no fold was lost
+    or trained again to another result."""
     out = {}
-    for meta_path in sorted(members.rglob("member.json")):
+    for meta_path in sorted(members.glob("*/*/[0-9]*/member.json")):
         meta = json.loads(meta_path.read_text())
         folds = tuple(np.load(p)["probs"].round(5).tobytes() for p in sorted(meta_path.parent.glob("fold-*.npz")))
         out[meta_path.parent.name] = (tuple(meta["seed"]), meta["recipe_hash"], folds)
@@ -751,36 +753,38 @@ def _members_of(members: Path) -> dict[str, tuple]:
 
 
 @pytest.fixture(scope="module")
-def kill_reference(tmp_path_factory) -> tuple[Path, dict]:
+def kill_reference(tmp_path_factory) -> tuple[Path, dict, float]:
+    """The uninterrupted job: its members, and how long it took here (the kill instants scale with it, so a
+    loaded machine is killed at the same stages as an idle one)."""
     root = tmp_path_factory.mktemp("kill")
-    data = make_folder(root / "imgs", per_class=5)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    res = subprocess.run(_kill_args(data, root / "ref"), capture_output=True, text=True, env=env, timeout=300)
+    for fold in ("f1", "f2"):
+        make_folder(root / "imgs" / fold, classes=("a", "b"), per_class=3, seed=len(fold) + (fold == "f2"))
+    started = time.perf_counter()
+    res = subprocess.run(_kill_args(root / "imgs", root / "ref"), capture_output=True, text=True, env=KILL_ENV)
     assert res.returncode == 0, res.stderr
-    return data, _members_of(root / "ref")
+    return root / "imgs", _members_of(root / "ref"), time.perf_counter() - started
 
 
 @pytest.mark.parametrize("trial", range(KILL_TRIALS))
 def test_kill_at_a_random_instant_then_rerun(kill_reference, tmp_path, trial):
-    data, reference = kill_reference
+    data, reference, took = kill_reference
     members = tmp_path / "M"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     rng = random.Random(trial)
-    # the first 100 ms (staging being made), mid-training, and around publish (the last folds of run 000)
-    delays = [rng.uniform(0, 0.1), rng.uniform(0.1, 8), rng.uniform(8, 20)]
+    # the first 100 ms (staging being made), mid-training, and late (the last folds, the publishes)
+    delays = [rng.uniform(0, 0.1), rng.uniform(0.1, 0.6 * took), rng.uniform(0.6 * took, 1.05 * took)]
     for delay in delays[: 1 + trial % 3] if trial % 4 != 3 else delays:
         proc = subprocess.Popen(
-            _kill_args(data, members), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+            _kill_args(data, members), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=KILL_ENV
         )
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     published = list(members.glob("*/*/[0-9]*/member.json"))  # a staging folder may hold member.json too
-    finished = len(list(members.glob("*/*/.*.staging/fold-*.json"))) + 5 * len(published)
-    res = subprocess.run(_kill_args(data, members), capture_output=True, text=True, env=env, timeout=300)
+    finished = len(list(members.glob("*/*/.*.staging/fold-*.json"))) + KILL_FOLDS * len(published)
+    res = subprocess.run(_kill_args(data, members), capture_output=True, text=True, env=KILL_ENV)
     said = res.stdout + res.stderr
     assert res.returncode == 0, said
     assert "another recipe" not in said and "retrying" not in said
-    assert said.count(" done in ") == 10 - finished  # the rerun trains exactly the folds not finished: none twice
+    assert said.count(" done in ") == KILL_FOLDS * KILL_RUNS - finished  # only the unfinished folds: none twice
     assert _members_of(members) == reference  # no fold lost, every result that of an uninterrupted run
     assert not list(members.rglob(".*.staging")) and not list(members.rglob("*.tmp"))

@@ -252,13 +252,13 @@ def _unreadable(path: Path, err: Exception) -> str:
     import zipfile
 
     if path.suffix == ".safetensors":
-        return f"not a safetensors file of tensors ({first_line(err, 120)})"
+        return f"not a state dict of tensors: not a safetensors file ({first_line(err, 120)})"
     with open(path, "rb") as f:
         head = f.read(2)
-    if not zipfile.is_zipfile(path) and head != b"\x80\x02":  # neither torch's zip form nor its legacy pickle
-        return "not a state dict: not a PyTorch (.pt/.pth) or .safetensors file"
+    if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):  # neither torch's zip form nor a pickle
+        return "not a state dict of tensors: not a PyTorch (.pt/.pth) or .safetensors file"
     if "weights_only" in str(err) or "global" in str(err).lower():
-        return "not a plain state dict of tensors: the file asks to load code (a pickled object), which ens refuses"
+        return "not a state dict of tensors: the file asks to load code (a pickled object), which ens refuses"
     return f"not a state dict of tensors ({first_line(err, 120)})"
 
 
