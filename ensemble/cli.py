@@ -217,7 +217,6 @@ def data_split(dataset: str, data_dir: Path, members_dir: Path, name: str | None
         listing = scan(ref)
         doc = splits_document(listing.ids, dataset_folds(ref, listing))
         where = "your --splits file's" if ref.splits else f"its {ref.info.protocol} protocol"
-    check_output(out, stores=[members_dir])
     atomic_write_json(out, doc)
     click.echo(f"{dataset}: {len(doc)} fold(s) ({where}) written to {out}")
 
