@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .recipe import TrainConfig
 
 PathLike = str | Path
+REPORT_BYTES = 4 * 2**20  # what one dataset's report takes at most (tables, six figures, the page)
 
 __all__ = [
     "compare",
@@ -149,6 +150,7 @@ def train(
     restart: bool = False,
     progress: bool = False,
     echo: Callable[[str], None] = print,
+    lock_timeout: float = 900.0,
     **options: object,
 ) -> list[Path]:
     """Make sure ``n`` complete members of each optimizer exist (or exactly the run indices ``runs``),
@@ -176,6 +178,7 @@ def train(
         restart=restart,
         progress=progress,
         echo=echo,
+        lock_timeout=lock_timeout,
     )
 
 
@@ -197,6 +200,7 @@ def run_training(
     restart: bool,
     progress: bool,
     echo: Callable[[str], None],
+    lock_timeout: float = 900.0,
 ) -> list[Path]:
     """The job of :func:`train` for a composed configuration (the CLI composes it first, torch-free)."""
     from . import portable
@@ -224,6 +228,7 @@ def run_training(
         name=name,
         restart=restart,
         runs=list(dict.fromkeys(runs)) if runs else None,
+        lock_timeout=lock_timeout,
     )
     return train_members(request, echo=echo)
 
@@ -320,11 +325,15 @@ def compare(
 ) -> Comparison:
     """Paired tests of ensemble ``a`` against ``b`` on the same samples. ``.table()`` is a DataFrame (metric,
     A, B, difference, test, p); ``.verdict()`` the one-line reading, calling a difference one at p < 0.05."""
+    from collections import Counter
+
     from .fusion.compare import compare_results
 
     first, second = fuse_results(
         [a, b], dataset=dataset, members_dir=members_dir, rule=rule, calibrate=calibrate, resamples=resamples
     )
+    if Counter(m.path for m in first.members) == Counter(m.path for m in second.members):
+        raise UsageError(f"{a} and {b} are the same ensemble (the same members); compare two different ones")
     return compare_results(first, second, resamples)
 
 
@@ -344,6 +353,7 @@ def predict(
     batch_size: int = 64,
     masks: PathLike | None = None,
     progress: bool = False,
+    out: PathLike | None = None,
 ) -> pd.DataFrame:
     """Apply the ensemble ``expression`` to new images: one row per image (see :mod:`ensemble.prediction`).
 
@@ -352,8 +362,11 @@ def predict(
     Segmentation members write one mask per image into ``masks``. The members come from the store
     (``expression`` and ``dataset``) or from an ``ens export`` folder (``from_export``, nothing else needed;
     ``engine`` ``onnx`` applies its ONNX models). ``rule`` None is the sum rule, or the export's own.
+    ``out`` (.csv, .json or .parquet) also writes the table there, atomically; it and ``masks`` are checked
+    (:func:`ensemble.outputs.check_output`) before anything is read.
     """
-    from .prediction import collect_inputs
+    from .outputs import check_free_space, check_output
+    from .prediction import collect_inputs, write_table
     from .prediction import predict as run_predict
 
     if inputs is None:
@@ -362,12 +375,21 @@ def predict(
         raise UsageError("--from: an export names its own members and dataset; give no expression or --dataset")
     if from_export is None and (expression is None or dataset is None):
         raise UsageError("give an EXPRESSION and --dataset (members from the store), or --from an export folder")
+    readonly = [Path(from_export)] if from_export is not None else [Path(members_dir)]
+    if out is not None:
+        check_output(Path(out), what="--out", kind="file", stores=readonly)
+    if masks is not None:
+        check_output(Path(masks), what="--masks", kind="folder", stores=readonly)
     ensemble = load_export(from_export, engine=engine) if from_export is not None else None
     if isinstance(inputs, np.ndarray):
         items = _array_inputs(inputs)
     else:
         paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
         items = collect_inputs([str(p) for p in paths], Path(data_dir))
+    if out is not None:  # a row per image: its path and a dozen numbers
+        check_free_space(Path(out), len(items) * 512, what=f"--out {out}")
+    if masks is not None and items.files is not None:  # a PNG per image, at most a byte per pixel
+        check_free_space(Path(masks), sum(h * w for h, w in items.shapes()), what=f"--masks {masks}")
     options = {
         "device": device,
         "batch_size": batch_size,
@@ -377,11 +399,17 @@ def predict(
         "masks": Path(masks) if masks is not None else None,
     }
     if ensemble is not None:
-        return ensemble.predict(items, rule=rule, **options)
-    if engine != "torch":
-        raise UsageError(f"--engine {engine} applies an export's ONNX models: give --from EXPORT_DIR")
-    store, name = store_dataset(dataset, members_dir)
-    return run_predict(store, name, expression, items, rule=rule or "sum", **options)
+        table = ensemble.predict(items, rule=rule, **options)
+    else:
+        if engine != "torch":
+            raise UsageError(f"--engine {engine} applies an export's ONNX models: give --from EXPORT_DIR")
+        store, name = store_dataset(dataset, members_dir)
+        table = run_predict(store, name, expression, items, rule=rule or "sum", **options)
+    if not isinstance(inputs, np.ndarray):
+        table.attrs["notes"] = items.notes  # an input given twice, predicted once
+    if out is not None:
+        write_table(table, Path(out))
+    return table
 
 
 def load_export(path: PathLike, *, engine: str = "torch") -> ExportedEnsemble:
@@ -405,6 +433,8 @@ def _array_inputs(images: np.ndarray):  # noqa: ANN202 - an ensemble.prediction.
 def inventory(dataset: str | None = None, *, members_dir: PathLike = "members") -> tuple[list[dict], list[str]]:
     """Every complete member as a dict (dataset, label, run, recipe, accuracy, dice, fold models, disk use,
     path), and the notes on the store: staged runs, labels being trained, stale leases, unreadable members."""
+    if not Path(members_dir).is_dir():
+        raise UsageError(f"--members-dir {members_dir}: no such folder (the member store `ens train` writes)")
     store = Store(members_dir)
     return store.inventory(dataset_name(dataset, store) if dataset else None)
 
@@ -427,7 +457,9 @@ def export(
 ) -> Path:
     """Write the ensemble as a self-contained folder (fold models, manifest, ONNX when available)."""
     from .exporting import export as export_folder
+    from .outputs import check_output
 
+    check_output(Path(out), what="--out", kind="folder", must_be_new=True, stores=[Path(members_dir)])
     store, name = store_dataset(dataset, members_dir)
     return export_folder(store, name, expression, Path(out), rule=rule, onnx=onnx)
 
@@ -441,11 +473,14 @@ def report(
 ) -> list[Path]:
     """Regenerate Table 1, Table 2 and the figures of every dataset in the store; returns the HTML pages.
     ``echo`` gets one warning line per thing Table 2 left out (members without validation predictions...)."""
+    from .outputs import check_free_space, check_output
     from .reporting.build import report as build_report
 
+    check_output(Path(out), what="--out", kind="folder", stores=[Path(members_dir)])
     store = Store(members_dir)
     if not store.datasets():
         raise UsageError(f"no members in {members_dir}; train some first (ens train ... or ens demo)")
+    check_free_space(Path(out), REPORT_BYTES * len(store.datasets()), what=f"--out {out}")
     return build_report(store, Path(out), step, echo)
 
 

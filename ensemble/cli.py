@@ -84,6 +84,9 @@ def optimizers(plot_path: Path | None) -> None:
     console.print(settings)
     if plot_path is not None:
         from .optim.plot import plot_schedules
+        from .outputs import check_output
+
+        check_output(plot_path, what="--plot", overwrite=True)  # a plot is redrawn in place, as before
 
         click.echo(f"wrote {plot_schedules(plot_path)}")
 
@@ -202,8 +205,10 @@ def data_split(dataset: str, data_dir: Path, members_dir: Path, name: str | None
     from .data.sources import resolve
     from .data.splits import splits_document
     from .io import atomic_write_json
+    from .outputs import check_output
     from .store import Store
 
+    check_output(out, stores=[members_dir])  # before the dataset is scanned
     ref = resolve(dataset, data_dir)
     store_name = name or ref.name
     doc = Store(members_dir).recorded_splits(store_name) if ref.splits is None else None
@@ -212,8 +217,6 @@ def data_split(dataset: str, data_dir: Path, members_dir: Path, name: str | None
         listing = scan(ref)
         doc = splits_document(listing.ids, dataset_folds(ref, listing))
         where = "your --splits file's" if ref.splits else f"its {ref.info.protocol} protocol"
-    if out.exists():
-        raise UsageError(f"--out {out} exists already; remove it or choose another name")
     atomic_write_json(out, doc)
     click.echo(f"{dataset}: {len(doc)} fold(s) ({where}) written to {out}")
 
@@ -309,6 +312,7 @@ _RUN_PARAMS = (
     "name",
     "restart",
     "splits",
+    "lock_timeout",
 )
 
 
@@ -428,6 +432,14 @@ def _check_store_name(ctx: click.Context, param: click.Parameter, value: str | N
     help="Your own folds: a JSON list of {train: [ids], val: [ids]} (nnU-Net's splits_final.json; val is the "
     "fold's test part). Part of the dataset: the same as DATASET?splits=FILE.",
 )
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0, max=7 * 86400),
+    default=900,
+    metavar="SECONDS",
+    help="How long to wait for a label another `ens train` is training before giving up (then the runs it "
+    "left missing are trained).",
+)
 def train(
     dataset: str,
     opt: list[str],
@@ -444,6 +456,7 @@ def train(
     name: str | None,
     restart: bool,
     splits: Path | None,
+    lock_timeout: float,
     **kw,
 ) -> None:  # noqa: ANN003
     """Make sure N complete members of each optimizer exist; train only the missing ones.
@@ -481,6 +494,7 @@ def train(
         restart=restart,
         progress=not no_progress and sys.stderr.isatty(),
         echo=click.echo,
+        lock_timeout=lock_timeout,
     )
 
 
@@ -551,7 +565,7 @@ FUSE_OPTIONS = [
     ),
     click.option(
         "--resamples",
-        type=click.IntRange(min=1000),
+        type=click.IntRange(min=1000, max=1_000_000),
         default=1000,
         help="Bootstrap resamples (stratified by class, seed 0) for intervals and paired tests.",
     ),
@@ -679,9 +693,7 @@ def compare(
 def _check_out_suffix(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
     if value is not None and value.suffix.lower() not in (".csv", ".json", ".parquet"):
         raise click.BadParameter(f"{value}: write .csv, .json or .parquet")
-    if value is not None and value.exists():
-        raise click.BadParameter(f"{value} already exists; predictions never overwrite a file")
-    return value
+    return value  # where it may be written is checked by ensemble.outputs, before any work
 
 
 @cli.command()
@@ -804,10 +816,12 @@ def predict(
         fold=fold,
         progress=sys.stderr.isatty(),
         masks=masks,
+        out=out,
     )
-    text = write_table(table, out)
-    if text is not None:
-        click.echo(text, nl=False)
+    for note in table.attrs.get("notes", []):
+        click.echo(f"note: {note}", err=True)
+    if out is None:
+        click.echo(write_table(table, None), nl=False)
     else:
         click.echo(f"wrote {len(table)} row(s) to {out}", err=True)
 
@@ -936,21 +950,41 @@ def main() -> None:
     except EnsError as err:
         click.echo(f"Error: {err}", err=True)
         sys.exit(err.exit_code)
+    except UnicodeError as err:  # a name or a file that is not UTF-8, wherever it surfaced
+        click.echo(
+            f"Error: text that is not UTF-8 ({type(err).__name__}: {err.reason} at position {err.start}); "
+            "a file or folder name with bytes from another encoding? rename it",
+            err=True,
+        )
+        sys.exit(1)
+    except OSError as err:  # a full disk, a read-only folder: the environment's fault, not a bug
+        from .outputs import environment_fault
+
+        line = environment_fault(err)
+        if line is None:
+            _internal(err)
+        click.echo(f"Error: {line}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
     except Exception as err:  # a bug: one line for the user, the traceback on request
-        import os
+        _internal(err)
 
-        if os.environ.get("ENS_DEBUG"):
-            raise
-        from .errors import first_line
 
-        click.echo(
-            f"Error: internal error ({first_line(err)}); rerun with ENS_DEBUG=1 for the traceback and report it",
-            err=True,
-        )
-        sys.exit(1)
+def _internal(err: Exception) -> None:
+    """A bug: one line for the user, the traceback with ENS_DEBUG=1."""
+    import os
+
+    if os.environ.get("ENS_DEBUG"):
+        raise err
+    from .errors import first_line
+
+    click.echo(
+        f"Error: internal error ({first_line(err)}); rerun with ENS_DEBUG=1 for the traceback and report it",
+        err=True,
+    )
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -49,9 +49,11 @@ def default_out() -> Path:
 
 def check_out(out: Path) -> Path:
     """The demo's folder must be new (or empty): it never writes into something a user already has."""
+    from .outputs import check_output
+
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out {out}: exists and is not an empty folder; the demo writes into a fresh one")
-    return out
+    return check_output(out, kind="folder")  # no system folder, a parent that can be made
 
 
 def expressions(n: int) -> list[str]:

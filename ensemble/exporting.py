@@ -28,6 +28,7 @@ from .fusion import select
 from .fusion.expr import format_terms
 from .fusion.rules import RULES
 from .learn.infer import NORMALISATIONS, TTA_FLIPS
+from .outputs import check_free_space
 from .prediction import check_members, load_fold_model, trained_channels_last
 from .store import Store, run_name
 from .tasks import get_task
@@ -83,6 +84,8 @@ def export(store: Store, dataset: str, expr: str, out: Path, *, rule: str = "sum
     with_onnx = onnx_available() if onnx is None else onnx
     if with_onnx and not onnx_available():
         raise UsageError('--onnx needs onnx and onnxruntime: pip install "ens[onnx]"')
+    models = sum(m.model_file(k).stat().st_size for m in members for k in range(m.meta.folds))
+    check_free_space(out.parent, models * (3 if with_onnx else 1) + 2**20, what=f"--out {out}")  # ONNX is fp32
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
     tmp.mkdir()  # the umask's mode, as the folder will keep (mkdtemp's 0700 would hide it from the lab)

@@ -62,3 +62,36 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
     buf = _io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def check_regular_file(path: Path, what: str) -> Path:
+    """An input file that exists and is a regular file (``/dev/zero``, a FIFO or a socket is refused by name:
+    reading one never ends or blocks)."""
+    import stat
+
+    from .errors import UsageError
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path}: no such file") from None
+    except OSError as err:
+        raise UsageError(f"{what} {path}: cannot be read ({err.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"{what} {path}: is a folder, not a file")
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"{what} {path}: not a regular file (a device, pipe or socket)")
+    return Path(path)
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """A regular file's text as UTF-8, or one line naming the file and the first byte that is not text."""
+    from .errors import UsageError
+
+    data = check_regular_file(path, what).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(
+            f"{what} {path}: not a text file (byte 0x{data[err.start]:02x} at offset {err.start} is not UTF-8)"
+        ) from None

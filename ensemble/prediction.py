@@ -21,6 +21,7 @@ share of the pixels, and the mean over pixels of the entropy and agreement colum
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ class Inputs:
     ids: list[str]
     files: list[Path] | None = None
     pixels: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)  # what the caller should hear (an input given twice)
     _decoded: dict[int, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -82,7 +84,7 @@ def collect_inputs(items: list[str], data_dir: Path) -> Inputs:
     """Image files, folders (recursively) and dataset specs (``folder:PATH``; ``medmnist:NAME`` gives its
     test split; ``seg:PATH`` its images), in the order given; a missing path is an error naming it."""
     from .data.images import is_image
-    from .data.scan import scan
+    from .data.scan import check_utf8_name, scan
     from .data.sources import resolve_prefixed
 
     ids: list[str] = []
@@ -112,13 +114,31 @@ def collect_inputs(items: list[str], data_dir: Path) -> Inputs:
         elif path.is_file():
             files.append(path)
             ids.append(str(path))
+        elif path.exists():
+            raise UsageError(f"INPUT {item}: not a regular file or a folder (a device, pipe or socket)")
         else:
             raise UsageError(f"INPUT {item}: no such file or folder")
+    for f in files:
+        check_utf8_name(f, "INPUT ")
     if files and arrays:
         raise UsageError("INPUT: give image files and folders, or one array dataset (medmnist:NAME), not both")
+    keys = ids if arrays else [os.path.realpath(f) for f in files]  # the same image by two spellings too
+    seen: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        seen.setdefault(key, i)
+    first = sorted(seen.values())  # the first time each image was given, in the order given
+    notes = []
+    if len(first) < len(keys):
+        twice = [ids[i] for i in sorted(set(range(len(keys))) - set(first))]
+        more = f" and {len(twice) - 3} more" if len(twice) > 3 else ""
+        notes.append(
+            f"{len(twice)} input image(s) given more than once ({', '.join(twice[:3])}{more}); each is predicted once"
+        )
+        ids = [ids[i] for i in first]
     if arrays:
-        return Inputs(ids, pixels=np.concatenate(arrays))
-    return Inputs(ids, files=files)
+        pixels = np.concatenate(arrays)
+        return Inputs(ids, pixels=pixels[first] if notes else pixels, notes=notes)
+    return Inputs(ids, files=[files[i] for i in first] if notes else files, notes=notes)
 
 
 class Applicable(Protocol):
@@ -420,9 +440,13 @@ def predict_masks(
     """Fuse the members' probability maps per pixel, a chunk of images at a time (fold models loaded once), and
     write each image's mask into ``masks`` at its own size; returns one summary row per image. The targets are
     checked before any model is loaded (nothing is overwritten)."""
+    import io
+
     import pandas as pd
     import torch
     from PIL import Image
+
+    from .io import atomic_write_bytes
 
     targets = mask_targets(inputs, masks)
     shapes = inputs.shapes()
@@ -464,7 +488,9 @@ def predict_masks(
                 torch.from_numpy(fused[i : i + 1]), size=(h, w), mode="bilinear", align_corners=False
             )[0]
             labels = full.argmax(0).numpy().astype(np.uint8)
-            Image.fromarray(labels * 255 if binary else labels).save(target)
+            png = io.BytesIO()
+            Image.fromarray(labels * 255 if binary else labels).save(png, format="PNG")
+            atomic_write_bytes(target, png.getvalue())  # a failed write leaves no half mask
             rows.append(
                 {
                     "path": inputs.ids[start + i],
@@ -478,19 +504,27 @@ def predict_masks(
 
 
 def write_table(table, out: Path | None) -> str | None:  # noqa: ANN001
-    """CSV (default, or to stdout), JSON or Parquet by ``out``'s suffix; returns the CSV text for stdout."""
+    """CSV (default, or to stdout), JSON or Parquet by ``out``'s suffix, written atomically (a failed write
+    leaves no file behind to block the rerun); returns the CSV text for stdout."""
+    from .io import atomic_write_bytes
+
     if out is None:
         return table.to_csv(index=False, float_format="%.8g")
     suffix = out.suffix.lower()
     if suffix == ".json":
-        out.write_text(table.to_json(orient="records", indent=2))
+        data = table.to_json(orient="records", indent=2).encode()
     elif suffix == ".parquet":
+        import io
+
+        buf = io.BytesIO()
         try:
-            table.to_parquet(out, index=False)
+            table.to_parquet(buf, index=False)
         except ImportError:
             raise UsageError("--out *.parquet needs pyarrow (pip install pyarrow); or write .csv or .json") from None
+        data = buf.getvalue()
     elif suffix in (".csv", ""):
-        table.to_csv(out, index=False, float_format="%.8g")
+        data = table.to_csv(index=False, float_format="%.8g").encode()
     else:
         raise UsageError(f"--out {out}: write .csv, .json or .parquet")
+    atomic_write_bytes(out, data)
     return None

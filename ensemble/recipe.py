@@ -457,9 +457,12 @@ def read_config(path: str) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
     """
     import yaml
 
+    from .io import read_text_file
+
     where = f"--config {path}"
+    text = read_text_file(Path(path), "--config")  # a binary or non-regular file: one line, not a decode error
     try:
-        loaded = yaml.load(Path(path).read_text(), Loader=_yaml_loader(where)) or {}  # noqa: S506 - a safe loader
+        loaded = yaml.load(text, Loader=_yaml_loader(where)) or {}  # noqa: S506 - a safe loader
     except (OSError, yaml.YAMLError) as err:
         raise UsageError(f"{where}: cannot be read ({str(err).splitlines()[0]})") from None
     if not isinstance(loaded, dict):
@@ -635,6 +638,10 @@ def resolve_normalisation(cfg: TrainConfig) -> str:
     import timm
     from timm.models import get_pretrained_cfg
 
+    if timm.is_model(cfg.model):
+        from .learn.model import check_timm_name
+
+        check_timm_name(cfg.model)  # a weight tag timm does not have: one line, not timm's RuntimeError
     pre = get_pretrained_cfg(cfg.model) if timm.is_model(cfg.model) else None
     if pre is None:
         return "imagenet"
@@ -662,7 +669,7 @@ def check_recipe(cfg: TrainConfig, label: str, task: str) -> dict[str, Any]:
         raise UsageError(f"{err} (check --lr and the optimizer's own settings in `ens optimizers`)") from None
     if optimizer.get("fused") is False:  # the eager step: recorded as members before the fused kernels were
         del optimizer["fused"]
-    get_task(task).check_options(loss=cfg.loss_for(task), select=cfg.select)
+    get_task(task).check_options(loss=cfg.loss_for(task), select=cfg.select, model=cfg.model, stem=cfg.stem)
     if cfg.plateau and cfg.milestones:
         raise UsageError("--plateau and --milestones both set the learning rate; give one of them")
     return optimizer

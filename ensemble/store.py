@@ -27,7 +27,7 @@ import re
 import shutil
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -556,8 +556,8 @@ class RunDir:
         """The recipe the staged run started under; None when nothing is staged."""
         if not self.staging.exists():
             return None
-        if not self.recipe_file.exists() and not any(p.is_file() for p in self.staging.rglob("*")):
-            return None  # created by a process killed before it wrote anything: nothing to reuse
+        if not self.recipe_file.exists() and not any(p.is_file() and not _is_tmp(p) for p in self.staging.rglob("*")):
+            return None  # created by a process killed before it wrote anything (a half .recipe.json.*.tmp at most)
         try:
             obj = json.loads(self.recipe_file.read_text())
         except (OSError, ValueError, RecursionError):
@@ -565,9 +565,19 @@ class RunDir:
         return obj if isinstance(obj, dict) else {}
 
     def stage(self, recipe: dict[str, Any]) -> None:
-        """Start (or keep) a staged run under ``recipe``; the caller has checked it matches."""
+        """Start (or keep) a staged run under ``recipe``; the caller has checked it matches and holds the lock,
+        so the half-written files of a killed writer (``.*.tmp``) are dropped first."""
+        self.drop_tmp(self.staging)
         if not self.recipe_file.exists():
             atomic_write_json(self.recipe_file, recipe)
+
+    @staticmethod
+    def drop_tmp(folder: Path) -> None:
+        """Remove what a write killed half-way left (:func:`ensemble.io.atomic_write_bytes`' temporary names)."""
+        if folder.is_dir():
+            for p in folder.rglob(".*.tmp"):
+                if p.is_file():
+                    p.unlink(missing_ok=True)
 
     def set_aside(self) -> Path:
         """Move a stale staging directory out of the way (``--restart``), keeping it for inspection."""
@@ -603,6 +613,7 @@ class RunDir:
         if missing:
             raise StoreError(f"{self.staging} lacks fold(s) {missing}; the run is not complete")
         atomic_write_json(self.staging / "member.json", meta.to_json())
+        self.drop_tmp(self.staging)  # a member.json write killed on an earlier try leaves nothing in the member
         os.rename(self.staging, self.final)
         self.tidy()
         return self.final
@@ -613,6 +624,12 @@ class RunDir:
             p.unlink(missing_ok=True)
         (self.final / "recipe.json").unlink(missing_ok=True)
         shutil.rmtree(self.final / "scratch", ignore_errors=True)
+        self.drop_tmp(self.final)
+
+
+def _is_tmp(path: Path) -> bool:
+    """A temporary name of :func:`ensemble.io.atomic_write_bytes` (``.<name>.<random>.tmp``)."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
 
 
 class ContentMismatch(StoreError):
@@ -850,6 +867,37 @@ class Store:
         return rows, notes
 
     # ---------------------------------------------------------------- writing
+    @contextlib.contextmanager
+    def wait_lock(
+        self, dataset: str, label: str, timeout: float, on_wait: Callable[[], None] | None = None
+    ) -> Iterator[bool]:
+        """Hold the label's lock, waiting up to ``timeout`` seconds for a process that holds it; yields True
+        when it had to wait (what the holder published must then be planned again). A :class:`StoreError`
+        names the label and the bound when the wait runs out."""
+        import filelock
+
+        d = self.label_dir(dataset, label)
+        d.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(d / LOCK_FILE, mode=0o666)
+        waited = False
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            waited = True
+            if on_wait is not None:
+                on_wait()
+            try:
+                lock.acquire(timeout=timeout)
+            except filelock.Timeout:
+                raise StoreError(
+                    f"{d} is still being trained by another `ens train` after {timeout:g} s (--lock-timeout); "
+                    "rerun when it is done, or wait longer with --lock-timeout SECONDS"
+                ) from None
+        try:
+            yield waited
+        finally:
+            lock.release()
+
     @contextlib.contextmanager
     def try_lock(self, dataset: str, label: str) -> Iterator[bool]:
         """Yield True while holding the label's lock, False if another process holds it.

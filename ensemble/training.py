@@ -24,9 +24,10 @@ from .optim import get
 from .plan import LabelPlan, plan_labels, prepare_run
 from .recipe import TrainConfig, resolve_normalisation, train_command
 from .runs import FoldTask, load_dataset
-from .store import Store, check_name, check_variant, run_name
+from .store import Store, check_name, check_variant, run_name, split_key
 
 EXECUTORS = ("local", "processes", "dask")
+LOCK_TIMEOUT = 900.0  # seconds a second `ens train` of a label waits for the first before it gives up
 
 __all__ = ["EXECUTORS", "TrainRequest", "train_members"]
 
@@ -50,6 +51,7 @@ class TrainRequest:
     name: str | None = None  # the dataset's name in the store [default: the catalog's]
     restart: bool = False  # set aside a run staged under another recipe instead of refusing
     runs: list[int] | None = None  # exactly these run indices instead of n
+    lock_timeout: float = LOCK_TIMEOUT  # seconds to wait for a label another `ens train` is training
 
     @property
     def labels(self) -> list[str]:
@@ -110,7 +112,8 @@ def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> lis
         return []
     # the same bytes as the members there were trained on (the fingerprint sees names only), or refused
     note = store.check_content(dataset, ds.content.hashes, where=ds.content.where, spec=ds.spec)
-    preflight(req, ds, echo)
+    params = preflight(req, ds, echo)
+    check_training_space(req, ds, plans, params)
     store.record_splits(dataset, splits_document(ds.ids, ds.folds))  # the same for every member, or refused
     store.record_content(dataset, ds.content.hashes)
     if note:
@@ -157,12 +160,21 @@ def stage_runs(
     root, data_dir = str(Path(req.store_root).resolve()), str(Path(req.data_dir).resolve())
     cfg, device = job_config(req)
     tasks, runs = [], []
-    for p in plans:
+    for i, p in enumerate(plans):
         if not p.todo:
             continue
-        if not stack.enter_context(store.try_lock(dataset, p.label)):
-            echo(f"{dataset}/{p.label} is being trained by another process; leaving it to that one")
-            continue
+
+        def waiting(label: str = p.label) -> None:
+            echo(
+                f"{dataset}/{label} is being trained by another `ens train`; waiting for it "
+                f"(at most {req.lock_timeout:g} s, --lock-timeout), then training what is still missing"
+            )
+
+        if stack.enter_context(store.wait_lock(dataset, p.label, req.lock_timeout, waiting)):
+            p = plans[i] = replan(req, ds, store, dataset, p)  # the other process published runs meanwhile
+            if not p.todo:
+                echo(f"{dataset}/{p.label}: {len(p.existing)} complete member(s) now; nothing left to train")
+                continue
         for run in p.todo:
             rd = store.run_dir(dataset, p.label, run)
             if rd.final.exists():
@@ -173,6 +185,21 @@ def stage_runs(
                 FoldTask(spec, dataset, p.label, run, k, cfg, p.recipe_hash, root, data_dir, req.cache) for k in folds
             ]
     return StagedJob(runs, tasks, cfg, device)
+
+
+def replan(req: TrainRequest, ds: Dataset, store: Store, dataset: str, plan: LabelPlan) -> LabelPlan:
+    """The plan of one label made again (under its lock) after waiting for another process that trained it."""
+    optimizer, variant = split_key(plan.label)
+    return plan_labels(
+        store,
+        dataset=dataset,
+        ds=ds,
+        optimizers=[optimizer],
+        variant=variant,
+        n=req.n,
+        cfg=req.config,
+        runs=req.runs,
+    )[0]
 
 
 def announce(
@@ -251,13 +278,13 @@ def run_job(
     return job.published
 
 
-def preflight(req: TrainRequest, ds: Dataset, echo: Callable[[str], None] = print) -> None:
+def preflight(req: TrainRequest, ds: Dataset, echo: Callable[[str], None] = print) -> int:
     """Errors every task would hit (unknown model, missing or ill-fitting weights, no CUDA) are raised once,
     here: the model is built and its weights loaded strictly as every fold will, and the line saying what
     loaded (by name or by position, from where) is printed.
 
     On a remote Dask cluster the devices and the weights are the workers' own, so only the
-    model name is checked.
+    model name is checked. Returns the model's number of values (0 when not built here), for the disk check.
     """
     import timm
 
@@ -267,7 +294,7 @@ def preflight(req: TrainRequest, ds: Dataset, echo: Callable[[str], None] = prin
     if req.executor == "dask" and req.scheduler:
         if not timm.is_model(req.config.model):
             create_model(req.config.model, len(ds.classes), pretrained=False)  # raises the helpful error
-        return
+        return 0
     cfg = req.config
     resolve_device(cfg.device)
     resolve_normalisation(cfg)
@@ -277,3 +304,33 @@ def preflight(req: TrainRequest, ds: Dataset, echo: Callable[[str], None] = prin
     line = getattr(model, "ens_weights_line", None)
     if line:
         echo(f"weights: {line}")
+    return sum(t.numel() for t in model.state_dict().values())
+
+
+CHECKPOINT_FACTOR = 4  # a checkpoint: the model, the optimizer's moments and a copy of the gradient (float32)
+
+
+def training_bytes(req: TrainRequest, ds: Dataset, plans: list[LabelPlan], params: int) -> int:
+    """What the job will write: every fold's predictions and model (float16, as most are kept; the margin of
+    :func:`ensemble.outputs.check_free_space` covers some float32 ones), and the checkpoints alive at once
+    (one per parallel task, twice while one is replaced)."""
+    from .tasks import get_task
+
+    folds = sum(len(p.todo) for p in plans) * len(ds.folds)
+    model = 2 * params if req.config.keep_weights else 0  # float16, as most fold models are kept
+    predictions = get_task(ds.task).prediction_bytes(len(ds.ids), len(ds.classes), req.config.size)
+    parallel = 1 if req.executor == "local" else max(req.jobs or 2, 1)
+    checkpoints = parallel * 2 * CHECKPOINT_FACTOR * 4 * params
+    runs = sum(len(p.todo) for p in plans)
+    return folds * model + runs * 2 * predictions + checkpoints  # test and validation predictions
+
+
+def check_training_space(req: TrainRequest, ds: Dataset, plans: list[LabelPlan], params: int) -> None:
+    """Refuse, before any fold trains, a job the store's disk cannot hold (once, clearly: not a fold
+    trained twice before "No space left on device")."""
+    from .outputs import check_free_space
+
+    if params:
+        check_free_space(
+            Path(req.store_root), training_bytes(req, ds, plans, params), what=f"training into {req.store_root}"
+        )

@@ -1,4 +1,4 @@
-"""Choose the fine-tuning learning rate (and epoch count) of each optimizer on inner validation only, never on test folds.
+"""Choose the fine-tuning learning rate (and epoch count) of each optimizer on inner validation, never test folds.
 
     python reports/tune_rates.py --dataset folder:../shared/data/lar_fold3 --threads 2
 

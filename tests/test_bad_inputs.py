@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import make_folder, run_cli, tiny, write_member
+from tests.conftest import invoke_main, make_folder, run_cli, tiny, write_member  # noqa: F401
 
 TINY = tiny(1)
 
@@ -833,3 +833,389 @@ def test_round_two_learnt_nothing_is_judged_on_held_out_predictions(tmp_path):
     assert nothing and why.startswith(
         f"learnt nothing: test-fold accuracy 0.2330 is at or below the majority-class rate {8 / 30:.4f}"
     )
+# ---- round two: outputs, faults and messages (issue 22)
+import errno  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def world2(tmp_path_factory) -> Path:
+    """One tiny trained member (with fold models), a hand-made store, odd files: what outputs and messages need."""
+    root = tmp_path_factory.mktemp("world2")
+    make_folder(root / "imgs", per_class=5)
+    code = invoke_quiet(
+        "train", "--dataset", f"folder:{root / 'imgs'}", "--opt", "sgd", *TINY, "--members-dir", str(root / "T")
+    )
+    assert code == 0
+    (root / "a_file").write_text("not a folder")
+    (root / "taken.csv").write_text("path\n")
+    (root / "taken_dir").mkdir()
+    (root / "random.bin").write_bytes(bytes(random.Random(0).randrange(256) for _ in range(4096)))
+    (root / "bad_ff").mkdir()
+    make_folder(root / "bad_ff", per_class=5)
+    (root / "bad_ff" / "a" / "a0.png").rename(root / "bad_ff" / "a" / os.fsdecode(b"a\xff.png"))
+    Path(os.fsdecode(bytes(root / "in") + b"\xff.png")).write_bytes((root / "imgs" / "a" / "a0.png").read_bytes())
+    import torch
+
+    from ensemble.learn.model import create_model
+
+    torch.save({"model": create_model("test_resnet", 3, pretrained=False), "x": 1}, root / "object.pt")
+    return root
+
+
+def invoke_quiet(*args: str) -> int:
+    from tests.conftest import run_ens
+
+    return run_ens(*args).returncode
+
+
+def _predict(w: Path, *extra: str) -> list[str]:
+    return ["predict", "--dataset", "imgs", "--members-dir", str(w / "T"), "SGD1", str(w / "imgs" / "a"), *extra]
+
+
+def _train2(w: Path, *extra: str, data: str = "imgs") -> list[str]:
+    return ["train", "--dataset", f"folder:{w / data}", "--opt", "adam", *TINY, "--members-dir", str(w / "T2"), *extra]
+
+
+RUN = "T/imgs/SGD/000"
+CASES2 = [
+    ("predict out in /proc", lambda w: _predict(w, "--out", "/proc/ens-x.csv"), 2, "/proc"),
+    ("predict out in /etc", lambda w: _predict(w, "--out", "/etc/ens-x.csv"), 2, "/etc"),
+    ("predict out in a run folder", lambda w: _predict(w, "--out", str(w / RUN / "p.csv")), 2, "member store"),
+    ("predict out in the store", lambda w: _predict(w, "--out", str(w / "T" / "p.csv")), 2, "member store"),
+    ("predict out exists", lambda w: _predict(w, "--out", str(w / "taken.csv")), 2, "already exists"),
+    ("predict out under a file", lambda w: _predict(w, "--out", str(w / "a_file" / "p.csv")), 2, "a_file"),
+    ("predict out a folder", lambda w: _predict(w, "--out", str(w / "taken_dir.csv")), 0, ""),  # placeholder
+    ("predict out new in /", lambda w: _predict(w, "--out", "/ens-nosuch-dir/p.csv"), 2, "root folder"),
+    ("predict masks in /sys", lambda w: _predict(w, "--masks", "/sys/ens-masks"), 2, "/sys"),
+    ("predict masks in the store", lambda w: _predict(w, "--masks", str(w / RUN / "m")), 2, "member store"),
+    ("predict /dev/zero", lambda w: _predict(w)[:-1] + ["/dev/zero"], 2, "not a regular file"),
+    ("predict non-UTF-8 name", lambda w: _predict(w)[:-1] + [os.fsdecode(bytes(w / "in") + b"\xff.png")], 1, "UTF-8"),
+    ("export into a label folder", lambda w: _export(w, w / "T" / "imgs" / "SGD" / "x"), 2, "member store"),
+    ("export into /sys", lambda w: _export(w, Path("/sys/ens-x")), 2, "/sys"),
+    ("export over a folder", lambda w: _export(w, w / "taken_dir"), 2, "already exists"),
+    ("export under a file", lambda w: _export(w, w / "a_file" / "x"), 2, "a_file"),
+    ("report into /", lambda w: ["report", "--members-dir", str(w / "T"), "--out", "/"], 2, "root folder"),
+    ("report into the store", lambda w: ["report", "--members-dir", str(w / "T"), "--out", str(w / "T")], 2, "store"),
+    ("report into a run", lambda w: ["report", "--members-dir", str(w / "T"), "--out", str(w / RUN)], 2, "store"),
+    ("report into /dev", lambda w: ["report", "--members-dir", str(w / "T"), "--out", "/dev/ens-r"], 2, "/dev"),
+    ("report new folder in /", lambda w: ["report", "--members-dir", str(w / "T"), "--out", "/ens-r"], 2, "root"),
+    ("train binary config", lambda w: _train2(w, "--config", str(w / "random.bin")), 2, "not a text file"),
+    ("train config /dev/zero", lambda w: _train2(w, "--config", "/dev/zero"), 2, "not a regular file"),
+    ("train weights random bytes", lambda w: _weights(w, w / "random.bin"), 1, "not a PyTorch"),
+    ("train weights /dev/zero", lambda w: _weights(w, Path("/dev/zero")), 2, "not a regular file"),
+    ("train weights pickled object", lambda w: _weights(w, w / "object.pt"), 1, "asks to load code"),
+    ("train unknown weight tag", lambda w: _train2(w, "--model", "resnet18.nosuchtag"), 2, "'nosuchtag'"),
+    ("train U-Net on classes", lambda w: _train2(w, "--model", "lighter-unet@4"), 2, "lighter-unet@4"),
+    ("train non-UTF-8 file name", lambda w: _train2(w, data="bad_ff"), 1, "a\\xff.png"),
+    (
+        "fetch unknown medmnist",
+        lambda w: ["data", "fetch", "medmnist:nosuchmnist", "--data-dir", str(w / "D")],
+        2,
+        "bloodmnist",
+    ),
+    (
+        "fuse resamples huge",
+        lambda w: [
+            "fuse",
+            "--dataset",
+            "imgs",
+            "--members-dir",
+            str(w / "T"),
+            "SGD1",
+            "--ci",
+            "--resamples",
+            "100000000",
+        ],
+        2,
+        "100000000",
+    ),
+    ("members missing store", lambda w: ["members", "--members-dir", str(w / "nope")], 2, "nope"),
+    (
+        "compare with itself",
+        lambda w: ["compare", "--dataset", "imgs", "--members-dir", str(w / "T"), "SGD1", "SGD(1)"],
+        2,
+        "same ensemble",
+    ),
+]
+CASES2 = [c for c in CASES2 if c[2]]  # (the placeholder row above is covered by test_predict_out_is_a_folder)
+
+
+def _export(w: Path, out: Path) -> list[str]:
+    return ["export", "--dataset", "imgs", "SGD1", "--out", str(out), "--members-dir", str(w / "T"), "--no-onnx"]
+
+
+def _weights(w: Path, path: Path) -> list[str]:
+    return [a for a in _train2(w, "--weights", str(path)) if a != "--no-pretrained"]
+
+
+def _outside() -> list[Path]:
+    return [Path(p) for p in ("/ens-nosuch-dir", "/ens-r", "/etc/ens-x.csv", "/toy", "/imgs")]
+
+
+@pytest.mark.parametrize(("name", "args", "code", "words"), CASES2, ids=[c[0] for c in CASES2])
+def test_round_two_bad_input_gets_one_clear_line(capsys, world2, name, args, code, words):
+    before = snapshot(world2)
+    got, out, err = run_cli(capsys, *args(world2))
+    assert got == code, (name, got, out, err)
+    errors = [line for line in err.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and words in errors[0], (name, err)
+    assert "Traceback" not in err + out and "internal error" not in err
+    assert "training run" not in out
+    assert snapshot(world2) == before  # nothing written, nothing left behind
+    assert not any(p.exists() for p in _outside())
+
+
+def test_round_two_has_at_least_twenty_five_cases():
+    assert len(CASES2) >= 25
+
+
+def test_predict_out_is_a_folder(capsys, world2):
+    got, out, err = run_cli(capsys, *_predict(world2, "--out", str(world2 / "taken_dir" / "x.csv")))
+    assert got == 0 and (world2 / "taken_dir" / "x.csv").is_file(), err
+    (world2 / "taken_dir" / "x.csv").unlink()
+    (world2 / "taken_dir.csv").mkdir()
+    try:
+        got, out, err = run_cli(capsys, *_predict(world2, "--out", str(world2 / "taken_dir.csv")))
+        assert got == 2 and "is a directory" in err and "Traceback" not in err, err
+    finally:
+        (world2 / "taken_dir.csv").rmdir()
+
+
+def test_predict_into_a_missing_folder_creates_it_and_a_duplicate_is_noted(capsys, world2, tmp_path):
+    image = str(world2 / "imgs" / "a" / "a0.png")
+    out = tmp_path / "new" / "deeper" / "p.csv"
+    args = ["predict", "--dataset", "imgs", "--members-dir", str(world2 / "T"), "SGD1", image, image, "--out", str(out)]
+    got, _, err = run_cli(capsys, *args)
+    assert got == 0, err
+    assert "given more than once" in err and "predicted once" in err
+    assert len(out.read_text().splitlines()) == 2  # the header and one row
+
+
+def test_a_failed_write_leaves_no_partial_file(capsys, world2, tmp_path, monkeypatch):
+    """A full disk at the last moment: no 0-byte pred.csv or half table1.md blocks the rerun."""
+    import ensemble.io
+
+    def full(fd):  # noqa: ANN001
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ensemble.io.os, "fsync", full)
+    out = tmp_path / "pred.csv"
+    got, _, err = run_cli(capsys, *_predict(world2, "--out", str(out)))
+    assert got == 1 and "no space left" in err and "internal error" not in err, err
+    got, _, err = run_cli(capsys, "report", "--members-dir", str(world2 / "T"), "--out", str(tmp_path / "R"))
+    assert got == 1 and "no space left" in err, err
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []  # no pred.csv, no table1.md, no .tmp
+    monkeypatch.undo()
+    got, _, err = run_cli(capsys, *_predict(world2, "--out", str(out)))
+    assert got == 0 and out.stat().st_size > 0, err
+
+
+def test_export_folder_and_files_get_the_umask_modes(capsys, world2, tmp_path):
+    old = os.umask(0o022)
+    try:
+        got, _, err = run_cli(capsys, *_export(world2, tmp_path / "exp"))
+    finally:
+        os.umask(old)
+    assert got == 0, err
+    assert (tmp_path / "exp").stat().st_mode & 0o777 == 0o755
+    assert all(p.stat().st_mode & 0o777 == (0o755 if p.is_dir() else 0o644) for p in (tmp_path / "exp").rglob("*"))
+
+
+def test_short_disk_refuses_training_once_before_any_fold(capsys, world2, tmp_path, monkeypatch):
+    import shutil
+
+    import ensemble.outputs
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(ensemble.outputs.shutil, "disk_usage", lambda p: usage._replace(free=100_000))
+    members = tmp_path / "M"
+    got, out, err = run_cli(capsys, *_train2(world2)[:-1], str(members))
+    assert got == 1 and "disk space" in err and "nothing was started" in err, err
+    assert "training run" not in out and not list(members.rglob("fold-*"))
+
+
+def test_no_space_during_training_stops_the_job_once(capsys, world2, tmp_path, monkeypatch):
+    """ENOSPC while a fold is written: one line, the fold is not trained again, the job stops."""
+    import ensemble.runs
+
+    calls = []
+
+    def full(*args, **kw):  # noqa: ANN002, ANN003
+        calls.append(1)
+        raise OSError(errno.ENOSPC, "No space left on device", "fold-0.npz")
+
+    monkeypatch.setattr(ensemble.runs, "stage_fold", full)
+    got, out, err = run_cli(capsys, *_train2(world2)[:-1], str(tmp_path / "M"))
+    assert got == 1 and len(calls) == 1, (calls, err)
+    errors = [line for line in err.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "no space left" in errors[0] and "the job stopped" in errors[0], err
+    assert "retrying" not in out + err
+
+
+def test_resamples_bounded_by_memory(world2, monkeypatch):
+    import ensemble as ens
+    import ensemble.fusion.stats as stats
+    from ensemble.errors import UsageError
+
+    monkeypatch.setattr(stats, "available_memory", lambda: 2**20)
+    with pytest.raises(UsageError, match=r"--resamples 100000: .* over the bound of .*use at most \d+"):
+        ens.fuse(["SGD1"], dataset="imgs", members_dir=world2 / "T", ci=True, resamples=100_000)
+
+
+def test_stem_small_with_a_unet_refused_before_training(capsys, tmp_path):
+    from tests.test_segmentation import make_seg_folder
+
+    data = make_seg_folder(tmp_path / "seg", n=6)
+    args = [
+        "train",
+        "--dataset",
+        f"seg:{data}",
+        "--opt",
+        "adam",
+        "--model",
+        "lighter-unet@4",
+        "--stem",
+        "small",
+        "--epochs",
+        "1",
+        "--size",
+        "16",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--members-dir",
+        str(tmp_path / "M"),
+    ]
+    got, out, err = run_cli(capsys, *args)
+    assert got == 2 and "--stem small" in err and "Traceback" not in err, err
+    args[args.index("lighter-unet@4")] = "resnet18"
+    got, out, err = run_cli(capsys, *[a for a in args if a not in ("--stem", "small")])
+    assert got == 2 and "--model resnet18" in err and "U-Net" in err, err
+    assert not (tmp_path / "M").exists()
+
+
+def test_half_written_staging_never_blocks_and_stray_tmp_never_published(capsys, world2, tmp_path):
+    """A kill right after the staging folder was made (only a .recipe.json.*.tmp in it), and a kill during
+    member.json's write (a .member.json.*.tmp): the rerun resumes, and no tmp file reaches the member."""
+    members = tmp_path / "M"
+    staging = members / "imgs" / "Adam" / ".000.staging"
+    staging.mkdir(parents=True)
+    (staging / ".recipe.json.k1ll3d.tmp").write_text('{"mod')
+    got, _, err = run_cli(capsys, *_train2(world2)[:-1], str(members))
+    assert got == 0, err
+    run = members / "imgs" / "Adam" / "000"
+    assert (run / "member.json").is_file() and not list(run.rglob("*.tmp")) and not staging.exists()
+    (run / ".member.json.x.tmp").write_text("{")  # as a publish killed during that write leaves it
+    got, out, err = run_cli(capsys, *_train2(world2)[:-1], str(members))
+    assert got == 0 and "nothing to train" in out and not list(run.rglob("*.tmp")), err
+
+
+def test_second_train_waits_for_the_label_lock(world2, tmp_path):
+    """A second `ens train` of a label being trained waits (saying so), within --lock-timeout, then trains what
+    is missing; past the bound it fails with one line."""
+    from tests.conftest import run_ens
+
+    members = tmp_path / "M"
+    hold = (
+        "import sys, time; from ensemble.store import Store\n"
+        f"with Store({str(members)!r}).try_lock('imgs', 'Adam') as got:\n"
+        "    print('held', flush=True); time.sleep(float(sys.argv[1]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    holder = subprocess.Popen([sys.executable, "-c", hold, "30"], stdout=subprocess.PIPE, text=True, env=env)
+    assert holder.stdout.readline().strip() == "held"
+    try:
+        res = run_ens(*_train2(world2)[:-1], str(members), "--lock-timeout", "0.5")
+        assert res.returncode == 1 and "--lock-timeout" in res.stderr and "being trained" in res.stdout, res
+        assert not list(members.rglob("fold-*"))
+    finally:
+        holder.kill()
+        holder.wait()
+    holder = subprocess.Popen([sys.executable, "-c", hold, "2"], stdout=subprocess.PIPE, text=True, env=env)
+    assert holder.stdout.readline().strip() == "held"
+    res = run_ens(*_train2(world2)[:-1], str(members), "--lock-timeout", "60")
+    holder.wait()
+    assert res.returncode == 0 and "waiting for it" in res.stdout, res
+    assert (members / "imgs" / "Adam" / "000" / "member.json").is_file()
+
+
+# -------- kill trials: SIGKILL at random instants, rerun without --restart, compare with an uninterrupted run
+KILL_TRIALS = int(os.environ.get("ENS_KILL_TRIALS", "4"))
+KILL_FOLDS, KILL_RUNS = 2, 2  # two predefined folds, two runs: four fold trainings and two publishes per job
+KILL_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def _kill_args(data: Path, members: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "ensemble.cli",
+        "train",
+        "--dataset",
+        f"folder:{data}",
+        "--opt",
+        "sgd",
+        "--n",
+        str(KILL_RUNS),
+        *tiny(2, "--checkpoint-every", "0"),
+        "--threads",
+        "1",
+        "--members-dir",
+        str(members),
+    ]
+
+
+def _members_of(members: Path) -> dict[str, tuple]:
+    """Each run's seeds, recipe and fold probabilities: equal to an uninterrupted run's means no fold was lost
+    or trained again to another result."""
+    out = {}
+    for meta_path in sorted(members.glob("*/*/[0-9]*/member.json")):
+        meta = json.loads(meta_path.read_text())
+        folds = tuple(np.load(p)["probs"].round(5).tobytes() for p in sorted(meta_path.parent.glob("fold-*.npz")))
+        out[meta_path.parent.name] = (tuple(meta["seed"]), meta["recipe_hash"], folds)
+    return out
+
+
+@pytest.fixture(scope="module")
+def kill_reference(tmp_path_factory) -> tuple[Path, dict, float]:
+    """The uninterrupted job: its members, and how long it took here (the kill instants scale with it, so a
+    loaded machine is killed at the same stages as an idle one)."""
+    root = tmp_path_factory.mktemp("kill")
+    for fold in ("f1", "f2"):
+        make_folder(root / "imgs" / fold, classes=("a", "b"), per_class=3, seed=len(fold) + (fold == "f2"))
+    started = time.perf_counter()
+    res = subprocess.run(_kill_args(root / "imgs", root / "ref"), capture_output=True, text=True, env=KILL_ENV)
+    assert res.returncode == 0, res.stderr
+    return root / "imgs", _members_of(root / "ref"), time.perf_counter() - started
+
+
+@pytest.mark.parametrize("trial", range(KILL_TRIALS))
+def test_kill_at_a_random_instant_then_rerun(kill_reference, tmp_path, trial):
+    data, reference, took = kill_reference
+    members = tmp_path / "M"
+    rng = random.Random(trial)
+    # the first 100 ms (staging being made), mid-training, and late (the last folds, the publishes)
+    delays = [rng.uniform(0, 0.1), rng.uniform(0.1, 0.6 * took), rng.uniform(0.6 * took, 1.05 * took)]
+    for delay in delays[: 1 + trial % 3] if trial % 4 != 3 else delays:
+        proc = subprocess.Popen(
+            _kill_args(data, members), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=KILL_ENV
+        )
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    published = list(members.glob("*/*/[0-9]*/member.json"))  # a staging folder may hold member.json too
+    finished = len(list(members.glob("*/*/.*.staging/fold-*.json"))) + KILL_FOLDS * len(published)
+    res = subprocess.run(_kill_args(data, members), capture_output=True, text=True, env=KILL_ENV)
+    said = res.stdout + res.stderr
+    assert res.returncode == 0, said
+    assert "another recipe" not in said and "retrying" not in said
+    assert said.count(" done in ") == KILL_FOLDS * KILL_RUNS - finished  # only the unfinished folds: none twice
+    assert _members_of(members) == reference  # no fold lost, every result that of an uninterrupted run
+    assert not list(members.rglob(".*.staging")) and not list(members.rglob("*.tmp"))

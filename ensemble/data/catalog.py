@@ -29,6 +29,7 @@ class DatasetInfo:
     layout: str  # "classes", "folds", "npz", "builtin" or "seg" (images/ + masks/)
     counts: dict[str, int] = field(default_factory=dict)
     sources: tuple[Source, ...] = ()
+    no_source: str = ""  # why there is no download, when the name is not one the catalogue knows
 
 
 CATALOG: dict[str, DatasetInfo] = {

@@ -137,8 +137,11 @@ def load_images(
         except (OSError, ValueError):
             pass  # a damaged cache entry is rebuilt below
     images = _decode(listing, size, workers, progress, kind)
+    tmp = None
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(entry.parent).free < 2 * images.nbytes + 2**20:
+            return images  # no room for the cache: it only costs speed, and must not fill the disk training needs
         tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
         np.save(tmp / "images.npy", images)
         (tmp / "meta.json").write_text(json.dumps({"dataset": ref.name, "ids": len(listing.ids), "size": size}))
@@ -148,8 +151,9 @@ def load_images(
             if entry.exists():
                 shutil.rmtree(entry, ignore_errors=True)
                 os.rename(tmp, entry)
-    except OSError:
-        pass  # an unwritable cache only costs speed
+    except OSError:  # an unwritable (or full) cache only costs speed; no half-written entry is left
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return images
 
 

@@ -138,6 +138,8 @@ def fetch(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Download and install ``ref``; an existing copy is never overwritten."""
+    if not ref.info.sources and source is None and ref.info.no_source:
+        raise UsageError(ref.info.no_source)  # before any network
     if not ref.info.sources and source is None:
         raise UsageError(f"{ref.spec} has no download source (folder: datasets are yours; digits is built in)")
     source = source or ref.info.sources[0]

@@ -14,6 +14,7 @@ values as written.
 
 from __future__ import annotations
 
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,8 +224,25 @@ def scan_digits() -> Listing:
 def scan(ref: DatasetRef) -> Listing:
     """List ``ref`` (its kind knows how) and check it against the published counts (differences warn)."""
     listing = ref.kind.scan(ref)
+    check_names(listing)
     listing.warnings += check_counts(ref, listing)
     return listing
+
+
+def check_names(listing: Listing) -> None:
+    """Every sample's file name is text: ids reach fingerprints, fold files, tables and reports as UTF-8, so a
+    name with bytes that are not UTF-8 (0xff from another system) is refused naming the file."""
+    for path in [*(listing.files or []), *(listing.masks or []), *map(str, listing.ids)]:
+        check_utf8_name(path)
+
+
+def check_utf8_name(path: Path | str, what: str = "") -> None:
+    """A file name that is text (see :func:`check_names`), or one line naming it with its odd bytes escaped."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+        raise DataError(f"{what}{shown}: the file name is not valid UTF-8; rename the file") from None
 
 
 def missing_message(ref: DatasetRef) -> str:

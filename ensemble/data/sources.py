@@ -284,7 +284,11 @@ def _parse_medmnist(kind: SourceKind, text: str, argument: str, data_dir: Path) 
         "official",
         "npz",
         counts,
-        (Source(MEDMNIST_URL.format(file=file), f"md5:{entry.md5[size]}" if entry else None, file),),
+        (Source(MEDMNIST_URL.format(file=file), f"md5:{entry.md5[size]}", file),) if entry else (),
+        ""
+        if entry
+        else f"{text}: unknown MedMNIST name {sub!r} (known: {known}); a file of your own goes "
+        f"at {data_dir / 'medmnist' / file} by hand, or give --url",
     )
     given = data_dir / "medmnist" / file
     path = data_dir.resolve() / "medmnist" / file

@@ -47,7 +47,14 @@ def stratified_folds(labels: np.ndarray, n_splits: int = N_SPLITS, seed: int = F
     splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():  # a class smaller than n_splits is allowed, just not in every fold
         warnings.simplefilter("ignore", UserWarning)
-        splits = list(splitter.split(np.zeros(len(labels)), labels))
+        try:
+            splits = list(splitter.split(np.zeros(len(labels)), labels))
+        except ValueError:  # scikit-learn's words for: no class has n_splits images
+            largest = int(np.bincount(np.asarray(labels)).max()) if len(labels) else 0
+            raise DataError(
+                f"{n_splits}-fold cross-validation needs a class of at least {n_splits} images; the largest has "
+                f"{largest}"
+            ) from None
     return [Fold(k, tr, te, protocol="cv5", name=f"fold {k}") for k, (tr, te) in enumerate(splits)]
 
 

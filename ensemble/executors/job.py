@@ -20,6 +20,7 @@ from ..data.dataset import Dataset
 from ..errors import first_line
 from ..io import atomic_write_bytes
 from ..learn.trainer import TrainConfig
+from ..outputs import NoSpace, environment_fault, is_no_space
 from ..runs import FoldTask, assemble_run, epoch_images, train_fold_task
 from ..store import RunDir, Store, read_meta, run_name
 from .pools import Outcome, Pool
@@ -121,6 +122,12 @@ class Job:
         self.where.pop(task.key, None)  # a move we ask for is not a lost worker
         where = f" on {err.where}" if isinstance(err, TaskError) and err.where else ""
         reason = str(err) if isinstance(err, TaskError) else first_line(err)
+        if isinstance(err, TaskError) and err.no_space:  # the disk is full: stop the job, retry nothing
+            self.failed_runs.add((task.label, task.run))
+            raise NoSpace(
+                f"{self.dataset}/{self.name(task)}{where}: {reason}; the job stopped "
+                f"({len(self.published)} run(s) stored, finished folds kept in staging for the next `ens train`)"
+            )
         if outcome.lost_worker:
             self.attempts[task.key] -= 1  # not the task's fault
             self.lost[task.key] += 1
@@ -165,6 +172,11 @@ class Job:
             )
         except Exception as err:  # noqa: BLE001 -- reported with the job's failures, others go on
             self.failed_runs.add((label, run))
+            if is_no_space(err):  # a full disk fails every publish after this one too: stop here, once
+                raise NoSpace(
+                    f"{self.dataset}/{label}/{run_name(run)}: publishing failed: {environment_fault(err)}; "
+                    "its folds stay in staging and the next `ens train` publishes it without training"
+                ) from None
             self.bar.status.errors.append(f"{self.dataset}/{label}/{run_name(run)}: assembling failed: {err}")
             return
         self.published.append(path)

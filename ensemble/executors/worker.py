@@ -29,15 +29,20 @@ class TaskError(EnsError):
     """A fold task failed in a worker; ``where`` names the process; ``detail`` holds the traceback
     of an unexpected error (an :class:`EnsError` says all there is to say in its message)."""
 
-    def __init__(self, message: str, where: str = "", detail: str = "") -> None:
+    def __init__(self, message: str, where: str = "", detail: str = "", no_space: bool = False) -> None:
         super().__init__(message)
-        self.where, self.detail = where, detail
+        self.where, self.detail, self.no_space = where, detail, no_space
 
     def __reduce__(self) -> tuple:
-        return TaskError, (str(self), self.where, self.detail)
+        return TaskError, (str(self), self.where, self.detail, self.no_space)
 
     @classmethod
     def wrap(cls, err: BaseException) -> TaskError:
+        from ..outputs import NoSpace, environment_fault, is_no_space
+
+        if isinstance(err, NoSpace) or is_no_space(err):  # a full disk: retrying the fold would fill it again
+            line = str(err) if isinstance(err, NoSpace) else environment_fault(err)
+            return cls(line, worker_name(), no_space=True)
         if isinstance(err, EnsError):
             return cls(str(err), worker_name())
         # a bug or an environment problem: say where it happened, keep the whole traceback

@@ -17,6 +17,7 @@ Conventions (each one is what the README states):
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 from scipy.stats import norm, rankdata
@@ -24,6 +25,7 @@ from scipy.stats import norm, rankdata
 ECE_BINS = 15
 CI_RESAMPLES = 1000
 CI_SEED = 0
+MAX_RESAMPLES = 1_000_000  # a percentile of 10^6 resamples is stable to far more digits than a table shows
 _EPS = np.finfo(np.float64).eps
 
 
@@ -95,8 +97,41 @@ def auc_batch(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.mean([_binary_auc_batch(y == c, scores[..., c]) for c in range(n_classes)], axis=0)
 
 
+def bootstrap_bytes(resamples: int, samples: int, classes: int) -> int:
+    """About the peak memory of a bootstrap: indices, labels and predictions per resample (int64), the scores
+    gathered per resample (float64) and the ranks of an AUC."""
+    return resamples * samples * (8 * 4 + 8 * classes * 2)
+
+
+def available_memory() -> int:
+    """Bytes of memory free for this process now (8 GiB where the system does not say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def check_resamples(resamples: int, samples: int, classes: int) -> None:
+    """Refuse a bootstrap that cannot finish: more resamples than :data:`MAX_RESAMPLES`, or more memory than
+    half of what is free (it would be killed for memory after minutes of work)."""
+    from ..errors import UsageError
+
+    if resamples > MAX_RESAMPLES:
+        raise UsageError(
+            f"--resamples {resamples}: at most {MAX_RESAMPLES} (more changes no interval or p-value shown)"
+        )
+    need, bound = bootstrap_bytes(resamples, samples, classes), available_memory() // 2
+    if need > bound:
+        most = max(bound // max(bootstrap_bytes(1, samples, classes), 1), 1)
+        raise UsageError(
+            f"--resamples {resamples}: the bootstrap of {samples} samples would need about {need / 2**30:.1f} GiB of "
+            f"memory, over the bound of {bound / 2**30:.1f} GiB (half of what is free); use at most {most}"
+        )
+
+
 def stratified_resamples(labels: np.ndarray, resamples: int = CI_RESAMPLES, seed: int = CI_SEED) -> np.ndarray:
     """(resamples, N) indices: each resample draws, within every true class, as many samples as it has."""
+    check_resamples(resamples, len(labels), int(labels.max()) + 1 if len(labels) else 1)
     rng = np.random.default_rng(seed)
     out = np.empty((resamples, len(labels)), dtype=np.int64)
     pos = 0

@@ -96,6 +96,21 @@ def small_stem(model: nn.Module, name: str) -> nn.Module:
     return model
 
 
+def check_timm_name(name: str) -> None:
+    """A timm architecture, and its weight tag when one is given (``timm.is_model`` checks only the former)."""
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name}*")[:8]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise UsageError(f"unknown timm model {name!r}{hint}")
+    arch, _, tag = name.partition(".")
+    if tag and name not in timm.list_pretrained(f"{arch}.*"):
+        tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{arch}.*")]
+        shown = ", ".join(tags[:12]) + (", ..." if len(tags) > 12 else "")
+        raise UsageError(f"--model {name}: {arch} has no weight tag {tag!r}; its tags: {shown or 'none'}")
+
+
 def build_model(
     name: str, num_classes: int, *, pretrained: bool = True, weights: Path | str | None = None
 ) -> nn.Module:
@@ -110,10 +125,7 @@ def build_model(
     """
     import timm
 
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name}*")[:8]
-        hint = f"; similar: {', '.join(close)}" if close else ""
-        raise UsageError(f"unknown timm model {name!r}{hint}")
+    check_timm_name(name)
     model = timm.create_model(name, pretrained=False, num_classes=num_classes)
     if weights is not None:
         from .weights import head_names

@@ -17,13 +17,13 @@ With 3 input channels and 1 output channel the parameter counts equal the paper'
 
 from __future__ import annotations
 
-import re
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-GROUP_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
+from .networks import GROUP_SIZES, is_unet, unet_names  # noqa: F401 - the names live torch-free, used from here
+from .networks import UNET_NAME as _NAME
+
 PAPER_PARAMETERS = {
     "unet": 17_267_393,
     "light-unet": 11_000_257,
@@ -36,16 +36,6 @@ PAPER_PARAMETERS = {
     "lighter-unet@2": 2_031_445,
     "lighter-unet@1": 1_983_583,
 }
-_NAME = re.compile(r"(unet|light-unet|lighter-unet@(\d+))")
-
-
-def is_unet(name: str) -> bool:
-    """Whether ``name`` is one of this module's networks (any group size; :func:`unet` checks it)."""
-    return _NAME.fullmatch(name) is not None
-
-
-def unet_names() -> list[str]:
-    return ["unet", "light-unet", *(f"lighter-unet@{c}" for c in GROUP_SIZES)]
 
 
 def _regular(cin: int, cout: int) -> nn.Module:

@@ -113,8 +113,11 @@ def canonical(text: str) -> str:
         if not _SHA.fullmatch(low):
             raise UsageError(f"--weights {text}: expected sha256: and 16 to 64 hex digits")
         return low
-    if not Path(text).is_file():
+    if not Path(text).exists():
         raise UsageError(f"--weights {text}: no such file (nor a weight package: {', '.join(_names())})")
+    from ..io import check_regular_file
+
+    check_regular_file(Path(text), "--weights")  # /dev/zero, a FIFO: named as what they are
     return text
 
 
@@ -231,7 +234,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # not a state dict, or a pickle asking for more than tensors
-        raise EnsError(f"--weights {path}: not a state dict of tensors ({first_line(err, 160)})") from None
+        raise EnsError(f"--weights {path}: {_unreadable(path, err)}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -241,6 +244,22 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if bad is not None:
         raise EnsError(f"--weights {path}: entry {bad!r} is not a tensor")
     return {str(k): v for k, v in state.items()}
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    """Why a weights file could not be read, in words: torch's own message about ``weights_only`` speaks of
+    "allowlisted globals" whether the file is a pickle of code or no torch file at all."""
+    import zipfile
+
+    if path.suffix == ".safetensors":
+        return f"not a state dict of tensors: not a safetensors file ({first_line(err, 120)})"
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):  # neither torch's zip form nor a pickle
+        return "not a state dict of tensors: not a PyTorch (.pt/.pth) or .safetensors file"
+    if "weights_only" in str(err) or "global" in str(err).lower():
+        return "not a state dict of tensors: the file asks to load code (a pickled object), which ens refuses"
+    return f"not a state dict of tensors ({first_line(err, 120)})"
 
 
 @dataclass

@@ -54,9 +54,15 @@ def plot_schedules(path: Path, period: int = 30, epochs: int = 20, steps_per_epo
         bottom.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
         for ax in (top, bottom):
             ax.grid(alpha=0.3)
+    import io
+
+    from ..io import atomic_write_bytes
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.1)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".") or "png", dpi=100, bbox_inches="tight", pad_inches=0.1)
+    atomic_write_bytes(path, buf.getvalue())  # whole or not at all
     plt.close(fig)
     return path

@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..fusion.seg_summary import SegSummary
 from ..fusion.summary import GroupSummary, summarise
+from ..io import atomic_write_bytes
 from ..store import Store
 from ..tasks import get_task
 from .tables import render, to_html, to_latex, to_markdown, with_intervals
@@ -41,9 +42,10 @@ def presented(rows: list[dict]) -> list[pd.DataFrame]:
 def write_tables(out: Path, stem: str, rows: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     parts = presented(rows)
-    (out / f"{stem}.md").write_text("\n\n".join(to_markdown(df) for df in parts) + "\n")
-    (out / f"{stem}.csv").write_text(render(rows, "csv") + "\n")
-    (out / f"{stem}.tex").write_text("\n".join(to_latex(df) for df in parts))
+    # each file appears whole or not at all: a full disk leaves no half table1.md behind
+    atomic_write_bytes(out / f"{stem}.md", ("\n\n".join(to_markdown(df) for df in parts) + "\n").encode())
+    atomic_write_bytes(out / f"{stem}.csv", (render(rows, "csv") + "\n").encode())
+    atomic_write_bytes(out / f"{stem}.tex", "\n".join(to_latex(df) for df in parts).encode())
 
 
 def report(store: Store, out: Path, step: int = 7, echo: Callable[[str], None] | None = None) -> list[Path]:
@@ -130,7 +132,7 @@ img{{max-width:100%;height:auto}} figcaption{{text-align:center;font-size:13px;c
 <h2>Figures</h2>{imgs}</body></html>
 """
     path = target / "index.html"
-    path.write_text(page)
+    atomic_write_bytes(path, page.encode())
     return path
 
 

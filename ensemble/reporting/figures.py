@@ -25,9 +25,15 @@ def plain(text: str) -> str:
 
 def _save(fig: plt.Figure, path: Path, rect: tuple[float, float, float, float] | None = None) -> Path:
     """``rect``: the part of the figure the axes may fill (room left for a suptitle or a figure legend)."""
+    import io
+
+    from ..io import atomic_write_bytes
+
     fig.tight_layout(rect=rect)
-    fig.savefig(path, dpi=90, bbox_inches="tight", pad_inches=0.1)  # nothing clipped: titles, outside legends
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight", pad_inches=0.1)  # nothing clipped
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())  # whole or not at all
     return path
 
 

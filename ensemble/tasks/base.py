@@ -69,8 +69,13 @@ class Task:
     # ------------------------------------------------------------------ recipe (ensemble.recipe asks these)
     default_recipe: str = "paper"  # the preset `ens train` starts from for a dataset of this task
 
-    def check_options(self, *, loss: str, select: str) -> None:
-        """Refuse training options the task cannot train with (before any work)."""
+    def check_options(self, *, loss: str, select: str, model: str = "", stem: str = "default") -> None:
+        """Refuse training options the task cannot train with (before any work): a loss, a selection, a network
+        or a stem that would fail inside every fold."""
+
+    def prediction_bytes(self, samples: int, classes: int, size: int) -> int:
+        """About what one member's stored predictions of ``samples`` samples take on disk (the disk check)."""
+        return samples * (classes * 4 + 128)
 
     def stamp_recipe(self, recipe: dict[str, Any], *, loss: str) -> None:
         """Add the task's own keys to a member's recipe. Keys appear only where they differ from what the

@@ -60,9 +60,16 @@ class ClassificationTask(Task):
     # ------------------------------------------------------------------ recipe
     default_recipe = "paper"
 
-    def check_options(self, *, loss: str, select: str) -> None:
+    def check_options(self, *, loss: str, select: str, model: str = "", stem: str = "default") -> None:
+        from ..learn.networks import is_unet
+
         if loss != self.default_loss:
             raise UsageError(f"--loss {loss} is for segmentation datasets (seg:PATH); classification uses ce")
+        if is_unet(model):
+            raise UsageError(
+                f"--model {model} is a segmentation network (a U-Net); a classification dataset trains a timm "
+                "classifier (resnet50, resnet18, test_resnet, ...)"
+            )
 
     # ------------------------------------------------------------------ store, fusion, report, predict
     target_key = "labels"

@@ -57,11 +57,24 @@ class SegmentationTask(Task):
     # ------------------------------------------------------------------ recipe
     default_recipe = "unet"
 
-    def check_options(self, *, loss: str, select: str) -> None:
+    def check_options(self, *, loss: str, select: str, model: str = "", stem: str = "default") -> None:
+        from ..learn.networks import GROUP_SIZES, UNET_NAME, is_unet, unet_names
+
+        if model and not is_unet(model):
+            raise UsageError(f"--model {model}: a segmentation dataset trains a U-Net: {', '.join(unet_names())}")
+        match = UNET_NAME.fullmatch(model) if model else None
+        if match and match.group(2) is not None and int(match.group(2)) not in GROUP_SIZES:
+            raise UsageError(f"--model {model}: the group size must be one of {', '.join(map(str, GROUP_SIZES))}")
+        if stem != "default":
+            raise UsageError(f"--stem {stem} is for timm ResNets; {model or 'a U-Net'} keeps its own first layer")
         if loss == "ce":
             raise UsageError("--loss ce is for classification; segmentation trains on dice or bce-dice")
         if select == "best-val-auc":
             raise UsageError("--select best-val-auc is for classification; segmentation selects on best-val-loss")
+
+    def prediction_bytes(self, samples: int, classes: int, size: int) -> int:
+        """Probability maps (float16, compressed at best 1:1 here) and masks (uint8) per image."""
+        return samples * (classes * size * size * 2 + size * size + 128)
 
     def stamp_recipe(self, recipe: dict[str, Any], *, loss: str) -> None:
         """The loss, and the task in the dataset block (both absent from classification recipes)."""
