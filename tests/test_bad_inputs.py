@@ -833,6 +833,8 @@ def test_round_two_learnt_nothing_is_judged_on_held_out_predictions(tmp_path):
     assert nothing and why.startswith(
         f"learnt nothing: test-fold accuracy 0.2330 is at or below the majority-class rate {8 / 30:.4f}"
     )
+
+
 # ---- round two: outputs, faults and messages (issue 22)
 import errno  # noqa: E402
 import json  # noqa: E402
