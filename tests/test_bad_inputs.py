@@ -619,7 +619,18 @@ def test_round_two_bad_data_is_refused_before_training(capsys, data_world, tmp_p
     spec, code, words = DATA_FAULTS[fault]
     members = tmp_path / "T"
     before = snapshot(data_world)
-    args = ["train", "--dataset", spec.format(w=data_world), "--opt", "sgd", *TINY, "--members-dir", str(members)]
+    model = ["--model", "lighter-unet@4"] if spec.startswith("seg:") else []  # each task's own network
+    args = [
+        "train",
+        "--dataset",
+        spec.format(w=data_world),
+        "--opt",
+        "sgd",
+        *TINY,
+        *model,
+        "--members-dir",
+        str(members),
+    ]
     got, out, err = run_cli(capsys, *args)
     assert got == code, (fault, out, err)
     errors = [line for line in err.splitlines() if line.startswith("Error")]
