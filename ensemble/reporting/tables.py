@@ -302,6 +302,7 @@ def _table(df: pd.DataFrame, text: dict[str, list[str]], widths: dict[str, int],
 
 KEY_COLUMNS = ("expression", "members", "accuracy", "f1_macro", "auc", "nll", "ece")
 KEY_COLUMNS += ("dice", "dice_std", "iou", "hd95", "hd95_std")  # segmentation
+KEY_COLUMNS += ("exact_match",)  # multi-label (accuracy: mean per label; auc: macro over labels)
 
 
 def key_view(rows: list[dict], digits: int = 4) -> pd.DataFrame:

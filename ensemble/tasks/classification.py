@@ -60,7 +60,7 @@ class ClassificationTask(Task):
     # ------------------------------------------------------------------ recipe
     default_recipe = "paper"
 
-    def check_options(self, *, loss: str, select: str) -> None:
+    def check_options(self, *, loss: str, select: str, class_weights: str = "none") -> None:
         if loss != self.default_loss:
             raise UsageError(f"--loss {loss} is for segmentation datasets (seg:PATH); classification uses ce")
 

@@ -57,7 +57,7 @@ class SegmentationTask(Task):
     # ------------------------------------------------------------------ recipe
     default_recipe = "unet"
 
-    def check_options(self, *, loss: str, select: str) -> None:
+    def check_options(self, *, loss: str, select: str, class_weights: str = "none") -> None:
         if loss == "ce":
             raise UsageError("--loss ce is for classification; segmentation trains on dice or bce-dice")
         if select == "best-val-auc":
