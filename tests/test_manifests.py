@@ -122,9 +122,12 @@ def test_a_grouped_hold_out_keeps_patients_apart(tmp_path):
     ref = resolve(f"csv:{make_manifest(tmp_path)}")
     listing = scan(ref)
     fold = dataset_folds(ref, listing)[0]
+    from ensemble.tasks import get_task
+
     me = SimpleNamespace(
         cfg=SimpleNamespace(select="best", val_fraction=0.2),
         plateau=False,
+        task=get_task("classification"),  # the trainer asks its task what to stratify by
         fold=fold,
         ds=SimpleNamespace(labels=listing.labels, patients=np.array(listing.patients)),
     )

@@ -30,6 +30,8 @@ _WORDS = {
     "hd95": "HD95",
     "precision": "Precision",
     "recall": "Recall",
+    "exact_match": "Exact match",
+    "bce": "BCE",
 }
 _SUFFIXES = {
     "mean": "mean",
@@ -52,6 +54,7 @@ HEADERS = {
     "model": "Model",
     "parameters": "Parameters",
     "learnt_nothing": "Learnt nothing",
+    "auc_labels": "AUC labels",
     "recipe": "Recipe",
     "setup": "Setup",
     "mixed": "Mixed",
