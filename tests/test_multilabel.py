@@ -311,3 +311,22 @@ def test_compare_gives_macro_auc_and_per_label_tests(trained, capsys):
     assert 0 <= rows["auc (macro)"]["p"] <= 1
     for j, c in enumerate(LABELS):  # DeLong's AUC is the Mann-Whitney AUC, as scikit-learn's
         assert rows[f"auc:{c}"]["A"] == pytest.approx(sgd["aucs"][j], abs=1e-9)
+
+
+def test_a_chestmnist_file_is_read_with_one_0_1_column_per_finding(tmp_path):
+    """A stand-in for the official chestmnist.npz (same keys; labels (N, 14) 0/1): the official split."""
+    from ensemble.data.catalog import MEDMNIST_CLASSES
+    from ensemble.data.dataset import load
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 12), ("val", 4), ("test", 6)):
+        arrays[f"{split}_images"] = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 2, (n, 14)).astype(np.uint8)
+    (tmp_path / "medmnist").mkdir()
+    np.savez(tmp_path / "medmnist" / "chestmnist.npz", **arrays)
+    ds = load("medmnist:chestmnist", data_dir=tmp_path, size=16, cache_dir=tmp_path / "c")
+    assert ds.task == "multilabel" and ds.classes == list(MEDMNIST_CLASSES["chestmnist"])
+    np.testing.assert_array_equal(ds.labels[ds.folds[0].test], arrays["test_labels"])
+    np.testing.assert_array_equal(ds.labels[ds.folds[0].val], arrays["val_labels"])
+    assert len(ds.folds) == 1 and ds.folds[0].protocol == "official"

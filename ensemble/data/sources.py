@@ -292,7 +292,8 @@ def _parse_medmnist(kind: SourceKind, text: str, argument: str, data_dir: Path) 
     )
     given = data_dir / "medmnist" / file
     path = data_dir.resolve() / "medmnist" / file
-    return DatasetRef(kind, text, text, info.name, kind.task, path, given, info)
+    task = "multilabel" if entry is not None and entry.multilabel else kind.task  # ChestMNIST: 14 findings
+    return DatasetRef(kind, text, text, info.name, task, path, given, info)
 
 
 def _medmnist_store_spec(name: str) -> str | None:
@@ -315,17 +316,12 @@ def _medmnist_listed(data_dir: Path) -> list[tuple[str, bool]]:
 
 
 def _scan_medmnist(ref: DatasetRef) -> Listing:
-    """A multi-label set (ChestMNIST) is refused before its file is even looked for."""
+    """A multi-label set (ChestMNIST) is read with one 0/1 column per finding."""
     sub = ref.spec.partition(":")[2].partition("@")[0].lower()
     entry = MEDMNIST.get(sub)
-    if entry is not None and entry.multilabel:
-        raise DataError(
-            f"{ref.spec} is multi-label ({entry.n_classes} findings per image): multi-label training is the next "
-            "step (issue 23, item 4) and not supported yet; fetch and list it, train on a single-label set"
-        )
     from .scan import scan_npz
 
-    return scan_npz(ref.path, ref.name, classes=sub)
+    return scan_npz(ref.path, ref.name, classes=sub, multilabel=entry is not None and entry.multilabel)
 
 
 register(
