@@ -248,9 +248,7 @@ def member_probs(
                 yield nchw(chunk)
                 advance(len(chunk))
 
-        total += probabilities(
-            model, batches(), normalise, n_classes=len(member.classes), tta=tta, convert=convert
-        )
+        total += probabilities(model, batches(), normalise, n_classes=len(member.classes), tta=tta, convert=convert)
     return (total / len(folds)).astype(np.float32)
 
 

@@ -143,7 +143,7 @@ def test_a_classification_manifest_is_unchanged(tmp_path):
 # --------------------------------------------------------------------------- trained members
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Two SGD and two Adam members (2 epochs, test_resnet at 16 px) of the '|' manifest, through `ens train`."""
+    """Two SGD and two Adam members (1 epoch, test_resnet at 16 px) of the '|' manifest, through `ens train`."""
     root, targets = make_multilabel(tmp_path_factory.mktemp("ml") / "colours")
     members = root.parent / "M"
     for opt in ("sgd", "adam"):
@@ -159,7 +159,7 @@ def trained(tmp_path_factory):
             "0.01",
             "--members-dir",
             str(members),
-            *tiny(2),
+            *tiny(1),
         )
         assert result.returncode == 0, result.stderr
     return root, members, targets
@@ -192,9 +192,7 @@ def test_fold_files_hold_n_by_l_probabilities_and_targets(trained):
             for name, y in zip(z["ids"], z["labels"]):
                 np.testing.assert_array_equal(y, targets[int(str(name)[5:7])])
     assert np.abs(np.array(sums) - 1).max() > 0.01  # sigmoids: rows need not sum to 1
-    accuracy = np.mean(
-        [((p > 0.5) == t).mean() for p, t in zip(*(d.values() for d in _folds(members, "SGD", "000")))]
-    )
+    accuracy = np.mean([((p > 0.5) == t).mean() for p, t in zip(*(d.values() for d in _folds(members, "SGD", "000")))])
     assert meta["accuracy"] == pytest.approx(accuracy, abs=1e-9)
 
 
@@ -223,7 +221,8 @@ def test_fused_per_label_and_macro_auc_equal_scikit_learns_from_the_fold_files(t
     )
     assert code == 0, err
     both, single = json.loads(out)
-    for row, runs in ((both, [("SGD", "000"), ("SGD", "001"), ("Adam", "000"), ("Adam", "001")]), (single, [("SGD", "000")])):
+    everything = [("SGD", "000"), ("SGD", "001"), ("Adam", "000"), ("Adam", "001")]
+    for row, runs in ((both, everything), (single, [("SGD", "000")])):
         hand = _by_hand(members, runs)
         for j, label in enumerate(LABELS):
             assert row[f"auc:{label}"] == pytest.approx(hand["aucs"][j], abs=1e-9)
@@ -251,7 +250,8 @@ def test_the_product_rule_is_each_labels_two_class_product(trained, capsys):
 
 def test_temperature_scaling_is_refused_in_one_line(trained, capsys):
     _, members, _ = trained
-    code, _, err = run_cli(capsys, "fuse", "--members-dir", str(members), "--dataset", "m", "SGD2", "--calibrate", "temperature")
+    args = ("fuse", "--members-dir", str(members), "--dataset", "m", "SGD2", "--calibrate", "temperature")
+    code, _, err = run_cli(capsys, *args)
     assert code == 2 and "softmax" in err and len(err.strip().splitlines()) == 1
 
 
@@ -262,8 +262,20 @@ def test_predict_writes_one_probability_column_per_label(trained, tmp_path, caps
     out = tmp_path / "p.csv"
     files = [str(root / i) for i in ids]
     code, _, err = run_cli(
-        capsys, "predict", "--members-dir", str(members), "--dataset", "m", "SGD1", *files, "--fold", "0",
-        "--device", "cpu", "--out", str(out),
+        capsys,
+        "predict",
+        "--members-dir",
+        str(members),
+        "--dataset",
+        "m",
+        "SGD1",
+        *files,
+        "--fold",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
     )
     assert code == 0, err
     import pandas as pd
@@ -305,7 +317,8 @@ def test_compare_gives_macro_auc_and_per_label_tests(trained, capsys):
     doc = json.loads(out)
     rows = {r["metric"]: r for r in doc["tests"]}
     assert {"auc (macro)", "exact_match", *(f"auc:{c}" for c in LABELS)} <= set(rows)
-    sgd, adam = _by_hand(members, [("SGD", "000"), ("SGD", "001")]), _by_hand(members, [("Adam", "000"), ("Adam", "001")])
+    sgd = _by_hand(members, [("SGD", "000"), ("SGD", "001")])
+    adam = _by_hand(members, [("Adam", "000"), ("Adam", "001")])
     assert rows["auc (macro)"]["A"] == pytest.approx(sgd["auc"], abs=1e-9)
     assert rows["auc (macro)"]["B"] == pytest.approx(adam["auc"], abs=1e-9)
     assert 0 <= rows["auc (macro)"]["p"] <= 1
@@ -330,3 +343,35 @@ def test_a_chestmnist_file_is_read_with_one_0_1_column_per_finding(tmp_path):
     np.testing.assert_array_equal(ds.labels[ds.folds[0].test], arrays["test_labels"])
     np.testing.assert_array_equal(ds.labels[ds.folds[0].val], arrays["val_labels"])
     assert len(ds.folds) == 1 and ds.folds[0].protocol == "official"
+
+
+def test_an_export_predicts_what_the_store_predicts(trained, tmp_path, capsys):
+    root, members, _ = trained
+    files = [str(root / "img" / f"x{i:02d}.png") for i in range(6)]
+    common = ("--device", "cpu", *files)
+    code, _, err = run_cli(
+        capsys,
+        "export",
+        "--members-dir",
+        str(members),
+        "--dataset",
+        "m",
+        "SGD1+Adam1",
+        "--out",
+        str(tmp_path / "e"),
+        "--no-onnx",
+    )
+    assert code == 0, err
+    code, from_store, err = run_cli(
+        capsys, "predict", "--members-dir", str(members), "--dataset", "m", "SGD1+Adam1", *common
+    )
+    assert code == 0, err
+    code, from_export, err = run_cli(capsys, "predict", "--from", str(tmp_path / "e"), *common)
+    assert code == 0, err
+    import io
+
+    import pandas as pd
+
+    a, b = pd.read_csv(io.StringIO(from_store)), pd.read_csv(io.StringIO(from_export))
+    assert list(a.columns) == list(b.columns) == ["path", *LABELS, "predicted", "agreement"]
+    np.testing.assert_allclose(a[LABELS].to_numpy(), b[LABELS].to_numpy(), atol=1e-6)

@@ -332,7 +332,16 @@ def test_the_declaration_drives_presets_config_and_flags():
     assert [f.name for f in dataclasses.fields(TrainConfig)] == [*names, "overrides"]
     assert list(RECIPES) == list(PRESETS) and all(list(RECIPES[p]) == list(RECIPE_KEYS) for p in PRESETS)
     run_only = {o.name for o in OPTIONS if not o.identity}
-    assert run_only == {"device", "workers", "threads", "keep_weights", "checkpoint_every", "log", "memory_format", "cpu_isa"}
+    assert run_only == {
+        "device",
+        "workers",
+        "threads",
+        "keep_weights",
+        "checkpoint_every",
+        "log",
+        "memory_format",
+        "cpu_isa",
+    }
     for preset, values in RECIPES.items():
         for key, value in values.items():  # every preset value passes its own flag's check
             checked = OPTION[key].check(value)

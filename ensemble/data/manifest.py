@@ -45,7 +45,9 @@ def _label_columns(path: Path, columns: dict[str, str]) -> list[str] | None:
     if LABELS_OPTION not in columns:
         return None
     if "label" in columns:
-        raise ManifestError(f"csv:{path}: give label= (one column of labels) or labels= (one 0/1 column per label), not both")
+        raise ManifestError(
+            f"csv:{path}: give label= (one column of labels) or labels= (one 0/1 column per label), not both"
+        )
     names = [n.strip() for n in columns[LABELS_OPTION].split(",")]
     if not all(names) or len(set(names)) != len(names):
         raise ManifestError(f"csv:{path}?labels={columns[LABELS_OPTION]}: name each 0/1 column once, separated by ','")

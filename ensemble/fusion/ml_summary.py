@@ -57,7 +57,8 @@ def ensembles(by_label: dict[str, list[Member]]) -> list[tuple[str, str, list[Me
             n = min(len(by_label[a]), len(by_label[b]))
             if n >= 2:
                 k = (n + 1) // 2
-                out.append((f"{term_text(a, k)}+{term_text(b, n - k)}", "mixed", by_label[a][:k] + by_label[b][: n - k]))
+                mixed = by_label[a][:k] + by_label[b][: n - k]
+                out.append((f"{term_text(a, k)}+{term_text(b, n - k)}", "mixed", mixed))
     if len(by_label) > 1:
         everything = [m for ms in by_label.values() for m in ms]
         out.append(("+".join(term_text(lab, len(ms)) for lab, ms in by_label.items()), "all members", everything))
