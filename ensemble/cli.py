@@ -176,7 +176,7 @@ def _medmnist_table(data_dir: Path):  # noqa: ANN202 - a rich Table
         for size in MEDMNIST_SIZES:
             here = (data_dir / "medmnist" / medmnist_file(name, size)).exists()
             lines.append(Text(f"@{size:<4d} {entry.md5[size]}" + (" here" if here else "")))
-        task = f"{entry.task} ({entry.n_classes})" + ("\nnot trainable yet" if entry.multilabel else "")
+        task = f"{entry.task} ({entry.n_classes})"
         counts = "\n".join(f"{part:<5} {n:>6}" for part, n in zip(("train", "val", "test"), entry.split))
         table.add_row(Text(name), task, counts, Text("\n").join(lines))
     return table

@@ -25,5 +25,12 @@ class DataError(EnsError):
     """A dataset that is missing, malformed or unreadable; the message names the path."""
 
 
+class ManifestError(DataError):
+    """A manifest's row or column at fault (a bad cell, a missing column): bad input, exit code 2 as a usage
+    error, the message naming the file, row and column."""
+
+    exit_code = 2
+
+
 class StoreError(EnsError):
     """A member store that is inconsistent or cannot be written."""

@@ -17,6 +17,10 @@ largest input size of the members, resized (bilinear) to each image's own size, 
 written as a mask PNG of the training's convention (binary: 0/255; label maps: class indices) into
 ``--masks DIR``; the table then has one row per image with the mask's path, each foreground class's
 share of the pixels, and the mean over pixels of the entropy and agreement columns.
+
+Multi-label members give one sigmoid probability per label: the table has one column per label (named
+by the label) with its fused probability, ``predicted`` (the labels above 0.5, joined by ``|``, empty
+for none) and ``agreement`` (the share of member calls at 0.5 that match the fused calls).
 """
 
 from __future__ import annotations
@@ -245,8 +249,10 @@ def member_probs(
     tta: bool,
     fold: int | None = None,
     advance: Callable[[int], None] = lambda n: None,
+    convert: Callable[[Any], Any] | None = None,
 ) -> np.ndarray:
-    """(N, C): the mean softmax of the member's fold models (or of fold ``fold`` alone)."""
+    """(N, C): the mean softmax of the member's fold models (or of fold ``fold`` alone); ``convert`` is the
+    task's logits-to-probabilities (softmax when None)."""
     from .learn.infer import NORMALISATIONS, Normaliser, nchw, probabilities
 
     images = inputs.images(member.size)
@@ -262,7 +268,7 @@ def member_probs(
                 yield nchw(chunk)
                 advance(len(chunk))
 
-        total += probabilities(model, batches(), normalise, n_classes=len(member.classes), tta=tta)
+        total += probabilities(model, batches(), normalise, n_classes=len(member.classes), tta=tta, convert=convert)
     return (total / len(folds)).astype(np.float32)
 
 
@@ -402,6 +408,44 @@ def predict_classes(
     table["entropy"] = _entropy(fused)
     table["mutual_information"] = _entropy(mean) - _entropy(stacked).mean(0)
     table["agreement"] = (stacked.argmax(2) == predicted[None, :]).mean(0)
+    return table
+
+
+def predict_labels(
+    members: list[Applicable],
+    inputs: Inputs,
+    *,
+    rule: str,
+    device,  # noqa: ANN001
+    batch_size: int,
+    tta: bool,
+    fold: int | None,
+    advance: Callable[[int], None],
+    convert: Callable[[Any], Any],
+    combine: Callable[[np.ndarray], np.ndarray],
+    masks: Path | None = None,
+):  # noqa: ANN201
+    """The multi-label table: one fused probability column per label, the labels predicted present (above
+    0.5, joined by ``|``) and the members' agreement with those calls. ``convert`` and ``combine`` are the
+    task's sigmoid and per-label rule."""
+    import pandas as pd
+
+    classes = members[0].classes
+    stacked = np.stack(
+        [
+            member_probs(
+                m, inputs, device=device, batch_size=batch_size, tta=tta, fold=fold, advance=advance, convert=convert
+            )
+            for m in members
+        ]
+    )
+    fused = combine(stacked).astype(np.float64)
+    present = fused > 0.5
+    columns = [c if c not in RESERVED else f"label:{c}" for c in classes]
+    table = pd.DataFrame(fused, columns=columns)
+    table.insert(0, "path", inputs.ids)
+    table["predicted"] = ["|".join(c for c, p in zip(classes, row) if p) for row in present]
+    table["agreement"] = ((stacked > 0.5) == present[None]).mean(axis=(0, 2))
     return table
 
 

@@ -116,7 +116,7 @@ _CHOICES = {
     "select": ("last", "best-val-auc", "best-val-loss"),
     "class_weights": ("none", "balanced"),
     "precision": ("auto", "bf16", "fp16", "fp32"),
-    "loss": ("auto", "ce", "dice", "bce-dice"),
+    "loss": ("auto", "ce", "dice", "bce-dice", "bce"),
     "memory_format": ("channels-last", "nchw"),
     "cpu_isa": ISAS,
 }
@@ -240,7 +240,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "loss",
         _choice("loss"),
-        "auto: cross-entropy for classification, Dice for segmentation.",
+        "auto: cross-entropy for classification, Dice for segmentation, binary cross-entropy per label (bce) "
+        "for multi-label.",
         ("auto", "auto", "dice"),
     ),
     Option(
@@ -669,7 +670,9 @@ def check_recipe(cfg: TrainConfig, label: str, task: str) -> dict[str, Any]:
         raise UsageError(f"{err} (check --lr and the optimizer's own settings in `ens optimizers`)") from None
     if optimizer.get("fused") is False:  # the eager step: recorded as members before the fused kernels were
         del optimizer["fused"]
-    get_task(task).check_options(loss=cfg.loss_for(task), select=cfg.select, model=cfg.model, stem=cfg.stem)
+    get_task(task).check_options(
+        loss=cfg.loss_for(task), select=cfg.select, model=cfg.model, stem=cfg.stem, class_weights=cfg.class_weights
+    )
     if cfg.plateau and cfg.milestones:
         raise UsageError("--plateau and --milestones both set the learning rate; give one of them")
     return optimizer

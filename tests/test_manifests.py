@@ -122,9 +122,12 @@ def test_a_grouped_hold_out_keeps_patients_apart(tmp_path):
     ref = resolve(f"csv:{make_manifest(tmp_path)}")
     listing = scan(ref)
     fold = dataset_folds(ref, listing)[0]
+    from ensemble.tasks import get_task
+
     me = SimpleNamespace(
         cfg=SimpleNamespace(select="best", val_fraction=0.2),
         plateau=False,
+        task=get_task("classification"),  # the trainer asks its task what to stratify by
         fold=fold,
         ds=SimpleNamespace(labels=listing.labels, patients=np.array(listing.patients)),
     )
@@ -278,11 +281,17 @@ def test_medmnist_has_the_12_2d_sets_at_four_sizes():
         resolve("medmnist:dermamnist@96")
 
 
-def test_chestmnist_is_listed_and_training_on_it_is_refused_in_one_line(tmp_path, capsys):
-    with pytest.raises(DataError, match="multi-label.*next step"):
+def test_chestmnist_is_a_multilabel_dataset_and_its_absence_is_one_line(tmp_path, capsys):
+    """ChestMNIST trains as multi-label members (tests/test_multilabel.py reads a stand-in of its file)."""
+    assert resolve("medmnist:chestmnist@64", tmp_path).task == "multilabel"
+    assert resolve("medmnist:breastmnist", tmp_path).task == "classification"
+    with pytest.raises(DataError, match="does not exist"):
         scan(resolve("medmnist:chestmnist@64", tmp_path))
-    code, out, err = run_cli(capsys, "train", "--dataset", "medmnist:chestmnist", "--opt", "sgd", *tiny())
-    assert code != 0 and "multi-label" in err and "next step" in err
+    data = str(tmp_path / "none")
+    code, out, err = run_cli(
+        capsys, "train", "--dataset", "medmnist:chestmnist", "--data-dir", data, "--opt", "sgd", *tiny()
+    )
+    assert code != 0 and "chestmnist" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_data_list_shows_the_12_at_four_sizes_with_checksums(tmp_path, capsys, monkeypatch):

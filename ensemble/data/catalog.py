@@ -258,6 +258,23 @@ MEDMNIST: dict[str, MedMNISTSet] = {
 MEDMNIST_CLASSES = {
     "breastmnist": ("malignant", "normal-benign"),
     "pneumoniamnist": ("normal", "pneumonia"),
+    # INFO's labels of ChestMNIST, one 0/1 column each (multi-label: several findings per image)
+    "chestmnist": (
+        "atelectasis",
+        "cardiomegaly",
+        "effusion",
+        "infiltration",
+        "mass",
+        "nodule",
+        "pneumonia",
+        "pneumothorax",
+        "consolidation",
+        "edema",
+        "emphysema",
+        "fibrosis",
+        "pleural",
+        "hernia",
+    ),
 }
 
 

@@ -45,7 +45,7 @@ class Dataset:
     spec: str
     classes: list[str]
     ids: np.ndarray  # (N,) str
-    labels: np.ndarray  # (N,) int64
+    labels: np.ndarray  # (N,) int64; (N, L) uint8 0/1, one column per label, for a multi-label dataset
     images: np.ndarray  # (N, size, size, 3) uint8, possibly memory-mapped
     folds: list[Fold]
     fingerprint: str
@@ -58,7 +58,9 @@ class Dataset:
 
     @property
     def task(self) -> str:
-        return "classification" if self.masks is None else "segmentation"
+        if self.masks is not None:
+            return "segmentation"
+        return "multilabel" if self.labels.ndim == 2 else "classification"
 
     @property
     def size(self) -> int:
@@ -69,12 +71,17 @@ class Dataset:
 
 
 def fingerprint(ids: list[str], labels: np.ndarray, classes: list[str], folds: list[Fold]) -> str:
-    """Hash of sorted (relative path, label, test fold) -- SPEC §4; members that differ here never mix."""
+    """Hash of sorted (relative path, label, test fold) -- SPEC §4; members that differ here never mix. A
+    multi-label image's label is its labels joined by ``|`` (the manifest's spelling)."""
     test_fold = {}
     for fold in folds:
         for i in fold.test:
             test_fold[int(i)] = fold.index
-    lines = sorted(f"{ids[i]}\t{classes[labels[i]]}\t{test_fold.get(i, -1)}" for i in range(len(ids)))
+    if labels.ndim == 2:
+        names = ["|".join(c for c, v in zip(classes, row) if v) for row in labels]
+    else:
+        names = [classes[y] for y in labels]
+    lines = sorted(f"{ids[i]}\t{names[i]}\t{test_fold.get(i, -1)}" for i in range(len(ids)))
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 

@@ -174,9 +174,10 @@ def _class_images(folder: Path) -> list[Path]:
     return images
 
 
-def scan_npz(path: Path, dataset: str, *, classes: str | None = None) -> Listing:
-    """List a MedMNIST ``.npz``: labels may be shaped (N,) or (N, 1). ``classes`` is the MedMNIST name whose
-    class names to use (``dataset``, the store name, without its prefix, if not given)."""
+def scan_npz(path: Path, dataset: str, *, classes: str | None = None, multilabel: bool = False) -> Listing:
+    """List a MedMNIST ``.npz``: labels may be shaped (N,) or (N, 1), or (N, L) 0/1 for a ``multilabel`` set
+    (ChestMNIST). ``classes`` is the MedMNIST name whose class names to use (``dataset``, the store name,
+    without its prefix, if not given)."""
     if not path.exists():
         raise DataError(f"{path} does not exist")
     try:
@@ -192,12 +193,17 @@ def scan_npz(path: Path, dataset: str, *, classes: str | None = None) -> Listing
                 continue
             raise DataError(f"{path} has no {xk}/{yk} arrays (found {', '.join(sorted(arrays))})")
         x, y = arrays[xk], np.asarray(arrays[yk])
-        if y.ndim == 2 and y.shape[1] != 1:
+        if multilabel:
+            if y.ndim != 2 or not np.isin(y, (0, 1)).all():
+                raise DataError(f"{path}: {yk} of a multi-label set must be (N, labels) 0/1, found {y.dtype} {y.shape}")
+            y = y.astype(np.uint8)
+        elif y.ndim == 2 and y.shape[1] != 1:
             raise DataError(
-                f"{path}: {yk} has shape {y.shape}: a multi-label dataset; multi-label training is the next "
-                "step (issue 23, item 4) and not supported yet"
+                f"{path}: {yk} has shape {y.shape}: a multi-label dataset, which ens reads for MedMNIST's "
+                "multi-label sets (ChestMNIST) and csv: manifests (labels=a,b,c), not for this one"
             )
-        y = y.reshape(-1).astype(np.int64)
+        else:
+            y = y.reshape(-1).astype(np.int64)
         if len(x) != len(y):
             raise DataError(f"{path}: {xk} has {len(x)} images but {yk} has {len(y)} labels")
         images.append(x)
@@ -205,7 +211,7 @@ def scan_npz(path: Path, dataset: str, *, classes: str | None = None) -> Listing
         labels.append(y)
         groups += [split] * len(y)
     labels_arr = np.concatenate(labels)
-    n_classes = int(labels_arr.max()) + 1
+    n_classes = labels_arr.shape[1] if labels_arr.ndim == 2 else int(labels_arr.max()) + 1
     name = classes or dataset.removeprefix("medmnist-")
     names = list(MEDMNIST_CLASSES.get(name, [str(i) for i in range(n_classes)]))
     return Listing(ids, labels_arr, names, groups, pixels=np.concatenate(images))

@@ -8,7 +8,8 @@ A ``--dataset`` argument (or a dataset given to ``ens predict``) is one of
 * ``folder:PATH`` -- an image folder: class folders, or fold folders of class folders;
 * ``seg:PATH`` -- a segmentation folder: ``images/`` and ``masks/``;
 * ``csv:PATH`` -- a manifest (``.csv`` or ``.tsv``): one row per image, columns ``path``, ``label`` and
-  optionally ``patient`` and ``split`` (see :mod:`.manifest`);
+  optionally ``patient`` and ``split`` (see :mod:`.manifest`); a multi-label one when its label cells
+  hold ``|``-separated labels or ``?labels=a,b,c`` names one 0/1 column per label;
 * ``PATH`` alone -- an existing folder (read by its layout, as ``folder:`` or ``seg:``) or a ``.csv``/``.tsv``
   file (as ``csv:``); catalogue names come first, so ``lar`` is always the catalogue's.
 
@@ -44,7 +45,7 @@ from .catalog import CATALOG, MEDMNIST, MEDMNIST_SIZES, MEDMNIST_URL, DatasetInf
 if TYPE_CHECKING:
     from .scan import Listing
 
-TASKS = ("classification", "segmentation")
+TASKS = ("classification", "segmentation", "multilabel")
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class SourceKind:
 
     name: str
     forms: tuple[str, ...]  # how it is written, for messages: ("folder:PATH",), or the catalogue's names
-    task: str  # "classification" or "segmentation" (a parse may still set a ref's own)
+    task: str  # "classification", "segmentation" or "multilabel" (a parse or ``task_of`` may set a ref's own)
     parse: Callable[[SourceKind, str, str, Path], DatasetRef]
     scan: Callable[[DatasetRef], Listing]  # what the dataset holds (ids, labels, groups), nothing decoded
     prefixed: bool = True
@@ -68,6 +69,8 @@ class SourceKind:
     listed: Callable[[Path], list[tuple[str, bool]]] | None = None  # `ens data list` rows: (text, show if absent)
     images: str | None = None  # a sub-folder holding the images alone (read as a plain folder by ens predict)
     options: tuple[str, ...] = ()  # the kind's own ``?key=value`` options (``splits`` is every kind's)
+    # the task of a resolved ref where its text alone cannot say (a manifest's label column): a cheap look
+    task_of: Callable[[DatasetRef], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,8 @@ def resolve(text: str | DatasetRef, data_dir: Path | str = "datasets") -> Datase
         if kind is None:
             raise UsageError(f"unknown dataset {text!r}; valid: {valid_forms()}")
         ref = kind.parse(kind, body, body, data_dir)
-    return _with_options(ref, text, _parse_options(text, query, ref.kind)) if sep else ref
+    ref = _with_options(ref, text, _parse_options(text, query, ref.kind)) if sep else ref
+    return replace(ref, task=ref.kind.task_of(ref)) if ref.kind.task_of else ref
 
 
 SPLITS_OPTION = "splits"
@@ -292,7 +296,8 @@ def _parse_medmnist(kind: SourceKind, text: str, argument: str, data_dir: Path) 
     )
     given = data_dir / "medmnist" / file
     path = data_dir.resolve() / "medmnist" / file
-    return DatasetRef(kind, text, text, info.name, kind.task, path, given, info)
+    task = "multilabel" if entry is not None and entry.multilabel else kind.task  # ChestMNIST: 14 findings
+    return DatasetRef(kind, text, text, info.name, task, path, given, info)
 
 
 def _medmnist_store_spec(name: str) -> str | None:
@@ -315,17 +320,12 @@ def _medmnist_listed(data_dir: Path) -> list[tuple[str, bool]]:
 
 
 def _scan_medmnist(ref: DatasetRef) -> Listing:
-    """A multi-label set (ChestMNIST) is refused before its file is even looked for."""
+    """A multi-label set (ChestMNIST) is read with one 0/1 column per finding."""
     sub = ref.spec.partition(":")[2].partition("@")[0].lower()
     entry = MEDMNIST.get(sub)
-    if entry is not None and entry.multilabel:
-        raise DataError(
-            f"{ref.spec} is multi-label ({entry.n_classes} findings per image): multi-label training is the next "
-            "step (issue 23, item 4) and not supported yet; fetch and list it, train on a single-label set"
-        )
     from .scan import scan_npz
 
-    return scan_npz(ref.path, ref.name, classes=sub)
+    return scan_npz(ref.path, ref.name, classes=sub, multilabel=entry is not None and entry.multilabel)
 
 
 register(
@@ -401,6 +401,14 @@ def _scan_csv(ref: DatasetRef) -> Listing:
     return scan_manifest(ref.path, dict(ref.options))
 
 
+def _csv_task(ref: DatasetRef) -> str:
+    """``multilabel`` for a manifest with ``labels=`` columns or ``|``-separated label cells (read cheaply,
+    without its images), else the kind's task."""
+    from .manifest import manifest_task
+
+    return manifest_task(ref.path, dict(ref.options)) or ref.kind.task
+
+
 register(
     SourceKind(
         "csv",
@@ -408,7 +416,8 @@ register(
         "classification",
         _parse_csv,
         _scan_csv,
-        options=("path", "label", "patient", "split"),  # column names: csv:m.csv?label=diagnosis
+        options=("path", "label", "patient", "split", "labels"),  # column names: csv:m.csv?label=diagnosis
+        task_of=_csv_task,
     )
 )
 

@@ -6,6 +6,8 @@
   for honest model selection); a manifest's ``split`` column is read the same way;
 * ``cv5`` with patients -- a manifest's ``patient`` column: stratified *and grouped* 5-fold
   cross-validation (scikit-learn's ``StratifiedGroupKFold``, fixed seed), no patient in two test sets;
+* ``cv5`` of a multi-label manifest -- plain (not stratified) 5-fold cross-validation, or grouped by
+  patient, with the fixed seed (:func:`multilabel_folds`);
 * ``splits`` -- your own folds, from a JSON file (:func:`read_splits`, nnU-Net's ``splits_final.json``).
 
 Every sample is in exactly one test set (of the folds that have one).
@@ -92,6 +94,29 @@ def check_class_sizes(labels: np.ndarray, classes: list[str], n_splits: int) -> 
         )
 
 
+def multilabel_folds(n: int, patients: list[str] | None, n_splits: int = N_SPLITS, seed: int = FOLD_SEED) -> list[Fold]:
+    """k-fold cross-validation of a multi-label dataset: scikit-learn's shuffled ``KFold``, or with patients a
+    shuffled grouped k-fold (``StratifiedGroupKFold`` over one constant class, which is ``GroupKFold`` with a
+    seeded shuffle), fixed seed. Not stratified: stratifying by label *sets* leaves most sets in one image
+    (iterative stratification would balance each label; it is not implemented), so with rare labels a fold
+    may hold none of one -- its AUC is then undefined there and the pooled AUC still counts it."""
+    from sklearn.model_selection import KFold, StratifiedGroupKFold
+
+    if patients is None:
+        if n < n_splits:
+            raise DataError(f"{n_splits}-fold cross-validation needs at least {n_splits} images; found {n}")
+        splits = list(KFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(n)))
+    else:
+        if len(set(patients)) < n_splits:
+            raise DataError(
+                f"{n_splits}-fold cross-validation grouped by patient needs at least {n_splits} patients; "
+                f"found {len(set(patients))}"
+            )
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        splits = list(splitter.split(np.zeros(n), np.zeros(n, dtype=np.int64), groups=np.asarray(patients)))
+    return [Fold(k, np.sort(tr), np.sort(te), protocol="cv5", name=f"fold {k}") for k, (tr, te) in enumerate(splits)]
+
+
 def make_folds(protocol: str, listing) -> list[Fold]:  # noqa: ANN001 - a scan.Listing
     """The folds of a listing under ``protocol`` (``cv5-or-predefined`` and ``cv5-or-split`` pick by layout)."""
     labels, groups = listing.labels, listing.groups
@@ -102,6 +127,8 @@ def make_folds(protocol: str, listing) -> list[Fold]:  # noqa: ANN001 - a scan.L
     if protocol == "cv5":
         check_class_sizes(labels, listing.classes, N_SPLITS)
         patients = getattr(listing, "patients", None)
+        if labels.ndim == 2:  # one 0/1 column per label: a multi-label listing
+            return multilabel_folds(len(labels), patients)
         return grouped_folds(labels, patients) if patients is not None else stratified_folds(labels)
     groups_arr = np.asarray(groups)
     if protocol == "predefined":

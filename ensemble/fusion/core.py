@@ -20,7 +20,6 @@ from ..store import Member, Store, more_runs_command, split_key
 from ..tasks import Task, get_task
 from .expr import Term, format_terms, parse, term_text
 from .metrics import per_class
-from .rules import RULES
 
 
 class IncompatibleMembers(UsageError):
@@ -133,17 +132,19 @@ def fuse_members(
     """Apply ``rule`` to the members (temperature-scaled first when ``calibration`` says so) and score it."""
     from .calibrate import calibrate
 
-    if rule not in RULES:
-        raise UsageError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
     task = get_task(members[0].meta.task)
+    combine = task.fusion_rule(rule)
     task.check_calibration(calibration)
     probs, labels, fold_of, _ = aligned(calibrate(members, calibration))
     # float16 maps (segmentation) are fused in float32; the sum rule is then the mean of the maps
-    scores = RULES[rule](probs.astype(np.float32) if probs.dtype == np.float16 else probs)
+    scores = combine(probs.astype(np.float32) if probs.dtype == np.float16 else probs)
     result = FusionResult(
         expression, rule, members, labels, scores, fold_of, calibration=calibration, task_name=task.name
     )
-    result.metrics = task.fused_scores(labels, scores, fold_of)
+    result.metrics = {
+        **task.fused_scores(labels, scores, fold_of),
+        **task.named_scores(labels, scores, members[0].classes),
+    }
     return result
 
 

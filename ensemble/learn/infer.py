@@ -5,7 +5,7 @@ the probabilities stored when it was trained.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -64,9 +64,13 @@ def probabilities(
     n_classes: int,
     tta: bool = False,
     autocast: bool = False,
+    convert: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> np.ndarray:
     """Softmax probabilities (float32) of every image of ``batches`` (uint8 NCHW): (N, C), or (N, C, H, W)
-    for a segmentation network; with ``tta`` the mean over :data:`TTA_FLIPS` (maps flipped back)."""
+    for a segmentation network; with ``tta`` the mean over :data:`TTA_FLIPS` (maps flipped back). ``convert``
+    turns logits into the task's probabilities (:func:`to_probabilities`, softmax, when None; a multi-label
+    task's sigmoid per label)."""
+    convert = convert or to_probabilities
     model.eval()
     out = []
     device = normalise.device
@@ -77,7 +81,7 @@ def probabilities(
         for dims in views:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 logits = model(torch.flip(x, dims) if dims else x)
-            view = to_probabilities(logits)
+            view = convert(logits)
             p = p + (torch.flip(view, dims) if dims and view.ndim == 4 else view)
         out.append((p / len(views)).cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, n_classes), np.float32)

@@ -194,12 +194,15 @@ class FoldTrainer:
             return self._grouped_selection_split()
         from sklearn.model_selection import train_test_split
 
-        labels = self.ds.labels[self.fold.train]
-        present = np.bincount(labels)
-        stratify = labels if present[present > 0].min(initial=2) >= 2 else None
-        n_val = max(
-            int(round(self.cfg.val_fraction * len(labels))), len(np.unique(labels)) if stratify is not None else 1
-        )
+        labels = self.task.strata(self.ds, self.fold.train)
+        if labels is None:  # nothing to stratify by (multi-label): a seeded random hold-out
+            stratify, n_val = None, max(int(round(self.cfg.val_fraction * len(self.fold.train))), 1)
+        else:
+            present = np.bincount(labels)
+            stratify = labels if present[present > 0].min(initial=2) >= 2 else None
+            n_val = max(
+                int(round(self.cfg.val_fraction * len(labels))), len(np.unique(labels)) if stratify is not None else 1
+            )
         try:
             train, val = train_test_split(
                 self.fold.train,
@@ -221,8 +224,10 @@ class FoldTrainer:
 
         from sklearn.model_selection import StratifiedGroupKFold
 
-        labels = self.ds.labels[self.fold.train]
+        labels = self.task.strata(self.ds, self.fold.train)
         patients = self.ds.patients[self.fold.train]
+        if labels is None:  # nothing to stratify by: grouped alone (one constant class)
+            labels = np.zeros(len(patients), dtype=np.int64)
         n_splits = max(2, int(round(1 / self.cfg.val_fraction))) if self.cfg.val_fraction > 0 else 2
         if len(set(patients.tolist())) < n_splits:
             raise EnsError(
@@ -592,7 +597,9 @@ class FoldTrainer:
             batches = (gpu_images[torch.from_numpy(idx).to(gpu_images.device)] for idx in chunks)
         else:
             batches = (nchw(self.ds.images[idx]) for idx in chunks)
-        return probabilities(model, batches, self._normalise, n_classes=len(self.ds.classes))  # fp32
+        return probabilities(
+            model, batches, self._normalise, n_classes=len(self.ds.classes), convert=self.task.output_probabilities
+        )  # fp32
 
     def storable_weights(
         self, model: nn.Module, probs: np.ndarray, gpu_images: torch.Tensor | None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..fusion.ml_summary import MultiLabelSummary
 from ..fusion.seg_summary import SegSummary
 from ..fusion.summary import GroupSummary, summarise
 from ..io import atomic_write_bytes
@@ -100,6 +101,27 @@ one empty: Dice 0, HD95 the image diagonal. (std): over images (Table 2) or memb
     return _page(target, group.name, group.fingerprint, body, figs)
 
 
+def multilabel_page(target: Path, group: MultiLabelSummary) -> Path:
+    """Tables 1 and 2 (macro AUC, mean per-label accuracy, exact match), each ensemble's AUC per label and the
+    best ensemble's per-label table of a multi-label set."""
+    write_tables(target, "table1", group.table1)
+    write_tables(target, "table2", group.table2)
+    write_tables(target, "label_auc", group.label_auc)
+    per_label = group.per_label()
+    write_tables(target, "per_label", per_label)
+    body = f"""<h2>Table 1: stand-alone members</h2>{_table(group.table1)}
+{_learnt_nothing_note(group)}
+<h2>Table 2: sum-rule ensembles (mean of the per-label probabilities)</h2>{_table(group.table2)}
+<p>Pooled over every test image of the folds. AUC: scikit-learn's ROC AUC of each label, averaged over the
+labels where it is defined (auc_labels of them; a label whose targets hold one class has none). Accuracy: the
+mean over labels of the share of images whose label is called right at 0.5 (MedMNIST's ACC for ChestMNIST);
+exact match: the share of images with every label right; F1: macro over labels at 0.5.</p>
+<h2>AUC per label</h2>{_table(group.label_auc)}
+<p>Empty (NaN): the label's targets hold one class only, so its AUC is undefined.</p>
+<h2>Per label: {html.escape(group.best)}</h2>{_table(per_label)}"""
+    return _page(target, group.name, group.fingerprint, body, [])
+
+
 def _table(rows: list[dict], recipe_caption: str = "Recipes (what each label's members share)") -> str:
     parts = presented(rows)
     html_parts = [to_html(df) for df in parts]
@@ -136,7 +158,7 @@ img{{max-width:100%;height:auto}} figcaption{{text-align:center;font-size:13px;c
     return path
 
 
-def _learnt_nothing_note(group: GroupSummary | SegSummary) -> str:
+def _learnt_nothing_note(group: GroupSummary | SegSummary | MultiLabelSummary) -> str:
     """Members that did no better than the majority class, named (they are still fused as stored)."""
     bad = [m for ms in group.by_label.values() for m in ms if m.meta.learnt_nothing]
     if not bad:

@@ -30,6 +30,8 @@ _WORDS = {
     "hd95": "HD95",
     "precision": "Precision",
     "recall": "Recall",
+    "exact_match": "Exact match",
+    "bce": "BCE",
 }
 _SUFFIXES = {
     "mean": "mean",
@@ -52,6 +54,7 @@ HEADERS = {
     "model": "Model",
     "parameters": "Parameters",
     "learnt_nothing": "Learnt nothing",
+    "auc_labels": "AUC labels",
     "recipe": "Recipe",
     "setup": "Setup",
     "mixed": "Mixed",
@@ -302,6 +305,7 @@ def _table(df: pd.DataFrame, text: dict[str, list[str]], widths: dict[str, int],
 
 KEY_COLUMNS = ("expression", "members", "accuracy", "f1_macro", "auc", "nll", "ece")
 KEY_COLUMNS += ("dice", "dice_std", "iou", "hd95", "hd95_std")  # segmentation
+KEY_COLUMNS += ("exact_match",)  # multi-label (accuracy: mean per label; auc: macro over labels)
 
 
 def key_view(rows: list[dict], digits: int = 4) -> pd.DataFrame:

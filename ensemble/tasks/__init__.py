@@ -1,4 +1,4 @@
-"""The tasks ens learns -- classification and segmentation -- each one module that everything else asks.
+"""The tasks ens learns -- classification, segmentation, multi-label -- each one module that everything else asks.
 
 A task owns what a target is and how a dataset yields it, the loss, the per-epoch metric and
 selection score, the fold-file schema and its checks, how fused predictions are scored (and
@@ -16,9 +16,10 @@ from __future__ import annotations
 from ..errors import StoreError
 from .base import Task
 from .classification import CLASSIFICATION
+from .multilabel import MULTILABEL
 from .segmentation import SEGMENTATION
 
-TASKS: dict[str, Task] = {task.name: task for task in (CLASSIFICATION, SEGMENTATION)}
+TASKS: dict[str, Task] = {task.name: task for task in (CLASSIFICATION, SEGMENTATION, MULTILABEL)}
 
 __all__ = ["TASKS", "Task", "get_task"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,17 @@ class Task:
         kept epoch under ``--select``; the loss is what ``--plateau`` watches."""
         raise NotImplementedError
 
+    def strata(self, ds: Dataset, indices: np.ndarray) -> np.ndarray | None:
+        """The class of each of ``indices`` that an inner validation split is stratified by; None: not stratified."""
+        return ds.labels[indices]
+
+    def output_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """The network's logits as the probabilities a fold file stores: softmax over the classes (maps: one
+        sigmoid channel read as two classes), see :func:`ensemble.learn.infer.to_probabilities`."""
+        from ..learn.infer import to_probabilities
+
+        return to_probabilities(logits)
+
     def training_batches(self, trainer: FoldTrainer, gpu_images: torch.Tensor | None) -> EpochBatches:
         """How the fold's training batches are made: made once per fold, then called once per epoch with that
         epoch's batches of indices and per-position augmentation seeds; ``gpu_images`` are the dataset's
@@ -69,9 +81,11 @@ class Task:
     # ------------------------------------------------------------------ recipe (ensemble.recipe asks these)
     default_recipe: str = "paper"  # the preset `ens train` starts from for a dataset of this task
 
-    def check_options(self, *, loss: str, select: str, model: str = "", stem: str = "default") -> None:
+    def check_options(
+        self, *, loss: str, select: str, model: str = "", stem: str = "default", class_weights: str = "none"
+    ) -> None:
         """Refuse training options the task cannot train with (before any work): a loss, a selection, a network
-        or a stem that would fail inside every fold."""
+        a stem or class weights that would fail inside every fold."""
 
     def prediction_bytes(self, samples: int, classes: int, size: int) -> int:
         """About what one member's stored predictions of ``samples`` samples take on disk (the disk check)."""
@@ -117,6 +131,18 @@ class Task:
     ) -> dict[str, float]:
         """The metrics of a fused (or single) prediction, pooled over folds, with fold means and stds."""
         raise NotImplementedError
+
+    def named_scores(self, targets: np.ndarray, scores: np.ndarray, classes: list[str]) -> dict[str, float]:
+        """Metrics of a fused prediction that name a class (``ens fuse``'s row adds them); none by default."""
+        return {}
+
+    def fusion_rule(self, rule: str) -> Callable[[np.ndarray], np.ndarray]:
+        """The function of fusion rule ``rule`` over stacked member probabilities (``ensemble.fusion.rules``)."""
+        from ..fusion.rules import RULES
+
+        if rule not in RULES:
+            raise UsageError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
+        return RULES[rule]
 
     def check_calibration(self, calibration: str) -> None:
         """Refuse a calibration that the task's outputs do not admit."""

@@ -60,7 +60,9 @@ class ClassificationTask(Task):
     # ------------------------------------------------------------------ recipe
     default_recipe = "paper"
 
-    def check_options(self, *, loss: str, select: str, model: str = "", stem: str = "default") -> None:
+    def check_options(
+        self, *, loss: str, select: str, model: str = "", stem: str = "default", class_weights: str = "none"
+    ) -> None:
         from ..learn.networks import is_unet
 
         if loss != self.default_loss:

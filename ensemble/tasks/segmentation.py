@@ -57,7 +57,9 @@ class SegmentationTask(Task):
     # ------------------------------------------------------------------ recipe
     default_recipe = "unet"
 
-    def check_options(self, *, loss: str, select: str, model: str = "", stem: str = "default") -> None:
+    def check_options(
+        self, *, loss: str, select: str, model: str = "", stem: str = "default", class_weights: str = "none"
+    ) -> None:
         from ..learn.networks import GROUP_SIZES, UNET_NAME, is_unet, unet_names
 
         if model and not is_unet(model):
