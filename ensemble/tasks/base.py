@@ -198,3 +198,14 @@ def check_rows(path: Path, shapes: dict[str, tuple[int, ...]], dims: dict[str, i
 def check_ids(path: Path, ids: np.ndarray) -> None:
     if ids.dtype.kind not in "USiu":
         raise StoreError(f"{path}: ids must be strings (or indices), found {ids.dtype}")
+
+
+def refuse_unet(model: str, dataset: str) -> None:
+    """A U-Net on an image-level task would fail inside every fold: refused before any work."""
+    from ..learn.networks import is_unet
+
+    if is_unet(model):
+        raise UsageError(
+            f"--model {model} is a segmentation network (a U-Net); a {dataset} dataset trains a timm "
+            "classifier (resnet50, resnet18, test_resnet, ...)"
+        )

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import StoreError, UsageError
-from .base import ROW_SUM_TOLERANCE, Task, check_ids, check_rows, save_npz
+from .base import ROW_SUM_TOLERANCE, Task, check_ids, check_rows, refuse_unet, save_npz
 
 if TYPE_CHECKING:
     import torch
@@ -63,15 +63,9 @@ class ClassificationTask(Task):
     def check_options(
         self, *, loss: str, select: str, model: str = "", stem: str = "default", class_weights: str = "none"
     ) -> None:
-        from ..learn.networks import is_unet
-
         if loss != self.default_loss:
             raise UsageError(f"--loss {loss} is for segmentation datasets (seg:PATH); classification uses ce")
-        if is_unet(model):
-            raise UsageError(
-                f"--model {model} is a segmentation network (a U-Net); a classification dataset trains a timm "
-                "classifier (resnet50, resnet18, test_resnet, ...)"
-            )
+        refuse_unet(model, "classification")
 
     # ------------------------------------------------------------------ store, fusion, report, predict
     target_key = "labels"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import StoreError, UsageError
-from .base import Task, check_ids, save_npz
+from .base import Task, check_ids, refuse_unet, save_npz
 
 if TYPE_CHECKING:
     import torch
@@ -80,13 +80,7 @@ class MultiLabelTask(Task):
     def check_options(
         self, *, loss: str, select: str, model: str = "", stem: str = "default", class_weights: str = "none"
     ) -> None:
-        from ..learn.networks import is_unet
-
-        if is_unet(model):
-            raise UsageError(
-                f"--model {model} is a segmentation network (a U-Net); a multi-label dataset trains a timm "
-                "classifier (resnet50, resnet18, test_resnet, ...)"
-            )
+        refuse_unet(model, "multi-label")
         if loss != self.default_loss:
             raise UsageError(f"--loss {loss}: multi-label members train on bce (one sigmoid per label)")
         if class_weights != "none":
