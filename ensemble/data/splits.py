@@ -125,10 +125,10 @@ def make_folds(protocol: str, listing) -> list[Fold]:  # noqa: ANN001 - a scan.L
     if protocol == "cv5-or-split":  # a manifest: its split column, else cross-validation
         protocol = "official" if groups is not None else "cv5"
     if protocol == "cv5":
-        check_class_sizes(labels, listing.classes, N_SPLITS)
         patients = getattr(listing, "patients", None)
-        if labels.ndim == 2:  # one 0/1 column per label: a multi-label listing
+        if labels.ndim == 2:  # one 0/1 column per label: a multi-label listing (not stratified)
             return multilabel_folds(len(labels), patients)
+        check_class_sizes(labels, listing.classes, N_SPLITS)
         return grouped_folds(labels, patients) if patients is not None else stratified_folds(labels)
     groups_arr = np.asarray(groups)
     if protocol == "predefined":

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import StoreError, UsageError
-from .base import Task, check_ids, refuse_unet, save_npz
+from .base import Task, check_ids, check_rows, refuse_unet, save_npz
 
 if TYPE_CHECKING:
     import torch
@@ -123,6 +123,15 @@ class MultiLabelTask(Task):
         if labels.size and not np.isin(labels, (0, 1)).all():
             raise StoreError(f"{path}: labels must be 0 or 1 (found {sorted(set(np.unique(labels).tolist()))[:5]})")
         return probs.astype(np.float32), labels.astype(np.uint8), ids.astype(str)
+
+    def check_header(self, path: Path, shapes: dict[str, tuple[int, ...]], n_classes: int) -> None:
+        """probs (n, L), labels (n, L), ids (n,), n >= 1."""
+        check_rows(path, shapes, {"probs": 2, "labels": 2, "ids": 1})
+        if shapes["probs"][1] != n_classes or shapes["labels"] != shapes["probs"]:
+            raise StoreError(
+                f"{path}: probs {shapes['probs']} and labels {shapes['labels']} must both be (n, {n_classes}), "
+                f"one column per label member.json lists"
+            )
 
     def fold_score(self, probs: np.ndarray, targets: np.ndarray) -> float | None:
         """Mean per-label accuracy at 0.5."""
