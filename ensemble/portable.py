@@ -67,7 +67,7 @@ def apply(isa: str) -> None:
         if name == "OPENCV_CPU_DISABLE" and not any(f.startswith("avx512") for f in cpu_model()[1]):
             continue  # OpenCV warns of every feature it is asked to disable that the CPU lacks
         given = os.environ.get(name)
-        if given is not None and given != value and isa != "native":
+        if given is not None and given != value:
             raise EnsError(
                 f"--cpu-isa {isa} sets {name}={value!r}, but the environment has {name}={given!r}; "
                 f"unset it, or train with --cpu-isa native"

@@ -179,13 +179,11 @@ def build_fold_model(
     except Exception as err:  # a damaged or foreign file
         raise StoreError(f"{path}: cannot be loaded into {model_name} ({first_line(err, 200)})") from None
     model = model.to(device).eval()
-    return model.to(memory_format=torch_channels_last()) if channels_last else model
+    if channels_last:
+        import torch
 
-
-def torch_channels_last() -> Any:
-    import torch
-
-    return torch.channels_last
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def load_fold_model(member: Member, k: int, device: Any) -> Any:
@@ -375,6 +373,28 @@ def apply_members(
         )
 
 
+def stacked_probs(
+    members: list[Applicable],
+    inputs: Inputs,
+    *,
+    device: Any,
+    batch_size: int,
+    tta: bool,
+    fold: int | None,
+    advance: Callable[[int], None],
+    convert: Callable[[Any], Any] | None = None,
+) -> np.ndarray:
+    """(M, N, C): every member's probabilities of every input (:func:`member_probs`), for a fusion rule."""
+    return np.stack(
+        [
+            member_probs(
+                m, inputs, device=device, batch_size=batch_size, tta=tta, fold=fold, advance=advance, convert=convert
+            )
+            for m in members
+        ]
+    )
+
+
 def predict_classes(
     members: list[Applicable],
     inputs: Inputs,
@@ -392,12 +412,7 @@ def predict_classes(
     import pandas as pd
 
     classes = members[0].classes
-    stacked = np.stack(
-        [
-            member_probs(m, inputs, device=device, batch_size=batch_size, tta=tta, fold=fold, advance=advance)
-            for m in members
-        ]
-    )
+    stacked = stacked_probs(members, inputs, device=device, batch_size=batch_size, tta=tta, fold=fold, advance=advance)
     fused = RULES[rule](stacked).astype(np.float64)
     predicted = fused.argmax(1)
     mean = stacked.astype(np.float64).mean(0)
@@ -431,13 +446,8 @@ def predict_labels(
     import pandas as pd
 
     classes = members[0].classes
-    stacked = np.stack(
-        [
-            member_probs(
-                m, inputs, device=device, batch_size=batch_size, tta=tta, fold=fold, advance=advance, convert=convert
-            )
-            for m in members
-        ]
+    stacked = stacked_probs(
+        members, inputs, device=device, batch_size=batch_size, tta=tta, fold=fold, advance=advance, convert=convert
     )
     fused = combine(stacked).astype(np.float64)
     present = fused > 0.5
