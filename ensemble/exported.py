@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import click
+
 from .errors import StoreError, UsageError, first_line
 from .exporting import MANIFEST_VERSION
 from .fusion.rules import RULES
+from .options import DicomWindow
 from .prediction import Inputs, apply_members, build_fold_model
 from .tasks import TASKS
 
@@ -48,6 +51,7 @@ class ExportedMember:
     onnx_files: tuple[Path, ...]  # model-<k>.onnx, fold order, or none
     engine: str = "torch"
     channels_last: bool = False  # trained so (preprocessing.memory_format), so applied so
+    dicom_window: str = "file"  # preprocessing.dicom_window: how DICOM inputs become grey levels
 
     def fold_model(self, k: int, device: Any) -> Any:
         """Fold ``k``'s network: the safetensors weights in the timm/U-Net model, or the ONNX file."""
@@ -211,6 +215,10 @@ def _member(root: Path, where: Path, i: int, entry: Any, classes: list[str], eng
     memory_format = pre.get("memory_format", "nchw")
     if memory_format not in ("nchw", "channels-last"):
         _bad(where, f"{at}.preprocessing.memory_format", f"is {_short(memory_format)}; valid: nchw, channels-last")
+    try:
+        dicom_window = DicomWindow().convert(pre.get("dicom_window", "file"), None, None)
+    except click.BadParameter as err:
+        _bad(where, f"{at}.preprocessing.dicom_window", f"is {_short(pre.get('dicom_window'))}: {err.message}")
     folds = _get(where, entry, "folds", list, at)
     if not 1 <= len(folds) <= 1000:
         _bad(where, f"{at}.folds", "must list the member's fold models (one or more)")
@@ -235,6 +243,7 @@ def _member(root: Path, where: Path, i: int, entry: Any, classes: list[str], eng
         onnx_files=onnx_files,
         engine=engine,
         channels_last=memory_format == "channels-last",
+        dicom_window=dicom_window,
     )
 
 

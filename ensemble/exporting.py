@@ -29,7 +29,7 @@ from .fusion.expr import format_terms
 from .fusion.rules import RULES
 from .learn.infer import NORMALISATIONS, TTA_FLIPS
 from .outputs import check_free_space
-from .prediction import check_members, load_fold_model, trained_channels_last
+from .prediction import check_members, load_fold_model, recorded_dicom_window, trained_channels_last
 from .store import Store, run_name
 from .tasks import get_task
 
@@ -131,6 +131,8 @@ def export(store: Store, dataset: str, expr: str, out: Path, *, rule: str = "sum
                         "layout": "NCHW float32",
                         # how the fold models were trained and are applied (the last bits follow it)
                         "memory_format": "channels-last" if trained_channels_last(m) else "nchw",
+                        # a DICOM input: rescale slope/intercept, then this window (ensemble.data.dicom)
+                        "dicom_window": recorded_dicom_window(m),
                     },
                 }
             )

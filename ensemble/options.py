@@ -152,6 +152,50 @@ class Device(click.ParamType):
         return value
 
 
+# named CT windows (centre, width in Hounsfield units), as radiology viewers offer them
+CT_WINDOWS = {
+    "brain": (40.0, 80.0),
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (50.0, 350.0),
+    "soft-tissue": (50.0, 400.0),
+    "liver": (30.0, 150.0),
+    "bone": (400.0, 1800.0),
+}
+
+
+class DicomWindow(click.ParamType):
+    """``--dicom-window``: ``file``, ``minmax``, ``C,W`` (centre and width in the file's rescaled units, width >= 1)
+    or a named CT window, turned into the canonical spelling the recipe records (a name becomes its numbers)."""
+
+    name = "window"
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201
+        text = str(value).strip().lower()
+        if text in ("file", "minmax"):
+            return text
+        if text in CT_WINDOWS:
+            centre, width = CT_WINDOWS[text]
+        else:
+            parts = text.split(",")
+            try:
+                centre, width = (float(p) for p in parts) if len(parts) == 2 else (math.nan, math.nan)
+            except ValueError:
+                centre = width = math.nan
+            if not (math.isfinite(centre) and math.isfinite(width)):
+                self.fail(
+                    f"{value!r} is not a window: use file, minmax, CENTRE,WIDTH (e.g. 40,400) or one of "
+                    f"{', '.join(CT_WINDOWS)}",
+                    param,
+                    ctx,
+                )
+            if width < 1:
+                self.fail(f"{value!r}: the width must be at least 1 (DICOM's linear window)", param, ctx)
+        return f"{centre:g},{width:g}"
+
+    def describe(self) -> str:
+        return f"file, minmax, CENTRE,WIDTH or {', '.join(CT_WINDOWS)}"
+
+
 _SCHEMES = ("tcp", "tls", "ucx", "ws", "wss", "inproc")
 
 

@@ -50,44 +50,40 @@ class Inputs:
     files: list[Path] | None = None
     pixels: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)  # what the caller should hear (an input given twice)
-    _decoded: dict[int, np.ndarray] = field(default_factory=dict)
+    _decoded: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def shapes(self) -> list[tuple[int, int]]:
         """(height, width) of every input as it is on disk (from the file header), for masks of its size."""
-        from PIL import Image
-
-        from .errors import DataError
+        from .data.images import image_size
 
         if self.files is None:
             return [tuple(p.shape[:2]) for p in self.pixels]
-        shapes = []
-        for f in self.files:
-            try:
-                with Image.open(f) as img:
-                    shapes.append((img.height, img.width))
-            except Exception as err:  # PIL raises OSError, ValueError, SyntaxError... for bad files
-                raise DataError(f"cannot read image {f}: {err}") from None
-        return shapes
+        return [image_size(f)[::-1] for f in self.files]
 
-    def images(self, size: int) -> np.ndarray:
-        """(N, size, size, 3) uint8, decoded once per size (with the training's own functions)."""
-        if size not in self._decoded:
+    def images(self, size: int, dicom_window: str = "file") -> np.ndarray:
+        """(N, size, size, 3) uint8, decoded once per size and DICOM window (with the training's own functions)."""
+        key = (size, dicom_window)
+        if key not in self._decoded:
             from .data.images import prepare, read_image
 
             if self.files is not None:
-                self._decoded[size] = np.stack([read_image(f, size) for f in self.files])
+                self._decoded[key] = np.stack([read_image(f, size, dicom_window) for f in self.files])
             else:
-                self._decoded[size] = np.stack([prepare(img, size) for img in self.pixels])
-        return self._decoded[size]
+                self._decoded[key] = np.stack([prepare(img, size) for img in self.pixels])
+        return self._decoded[key]
+
+    def for_member(self, member: Applicable) -> np.ndarray:
+        """The images as ``member`` was trained to see them: its input size and DICOM window."""
+        return self.images(member.size, member.dicom_window)
 
 
 def collect_inputs(items: list[str], data_dir: Path) -> Inputs:
     """Image files, folders (recursively) and dataset specs (``folder:PATH``; ``medmnist:NAME`` gives its
     test split; ``seg:PATH`` its images), in the order given; a missing path is an error naming it."""
-    from .data.images import is_image
+    from .data.images import count_dicom, is_image
     from .data.scan import check_utf8_name, scan
     from .data.sources import resolve_prefixed
 
@@ -124,6 +120,7 @@ def collect_inputs(items: list[str], data_dir: Path) -> Inputs:
             raise UsageError(f"INPUT {item}: no such file or folder")
     for f in files:
         check_utf8_name(f, "INPUT ")
+    count_dicom(files)  # pydicom is there if any input needs it
     if files and arrays:
         raise UsageError("INPUT: give image files and folders, or one array dataset (medmnist:NAME), not both")
     keys = ids if arrays else [os.path.realpath(f) for f in files]  # the same image by two spellings too
@@ -156,6 +153,7 @@ class Applicable(Protocol):
     normalisation: str
     folds: int
     channels_last: bool  # how it was trained (--memory-format), so its fold probabilities come back bit for bit
+    dicom_window: str  # how its DICOM inputs become grey levels (--dicom-window, recorded in its recipe)
 
     def fold_model(self, k: int, device: Any) -> Any:
         """Fold ``k``'s network in eval mode on ``device``: called on a uint8-normalised NCHW batch."""
@@ -199,6 +197,21 @@ def load_fold_model(member: Member, k: int, device: Any) -> Any:
     )
 
 
+def recorded_dicom_window(member: Member) -> str:
+    """The member's ``--dicom-window`` (members of datasets without DICOM images record none: ``file``)."""
+    import click
+
+    from .errors import StoreError
+    from .options import DicomWindow
+
+    dicom = member.meta.recipe.get("dicom")
+    window = dicom.get("window", "file") if isinstance(dicom, dict) else "file"
+    try:
+        return DicomWindow().convert(window, None, None)
+    except click.BadParameter as err:
+        raise StoreError(f"{member.name}: its recipe's dicom window {window!r} is not one ({err.message})") from None
+
+
 def trained_channels_last(member: Member) -> bool:
     """``--memory-format channels-last`` as the member recorded it (members before ens 0.4: NCHW)."""
     return (member.meta.hardware or {}).get("memory_format") == "channels-last"
@@ -234,6 +247,10 @@ class StoredMember:
     def channels_last(self) -> bool:
         return trained_channels_last(self.member)
 
+    @property
+    def dicom_window(self) -> str:
+        return recorded_dicom_window(self.member)
+
     def fold_model(self, k: int, device: Any) -> Any:
         return load_fold_model(self.member, k, device)
 
@@ -253,7 +270,7 @@ def member_probs(
     task's logits-to-probabilities (softmax when None)."""
     from .learn.infer import NORMALISATIONS, Normaliser, nchw, probabilities
 
-    images = inputs.images(member.size)
+    images = inputs.for_member(member)
     normalise = Normaliser(device, *NORMALISATIONS[member.normalisation], channels_last=member.channels_last)
     folds = [fold] if fold is not None else list(range(member.folds))
     total = np.zeros((len(inputs), len(member.classes)), np.float64)
@@ -466,7 +483,9 @@ def mask_targets(inputs: Inputs, folder: Path) -> list[Path]:
         raise UsageError("--masks: segmentation members predict image files or folders, not an array dataset")
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--masks {folder}: not a folder")
-    targets = [folder / f"{Path(f).stem}.png" for f in inputs.files]
+    from .data.images import image_stem
+
+    targets = [folder / f"{image_stem(Path(f))}.png" for f in inputs.files]
     seen: dict[Path, Path] = {}
     for source, target in zip(inputs.files, targets):
         if target in seen:
@@ -522,7 +541,7 @@ def predict_masks(
         stop = min(start + batch_size, len(inputs))
         per_member = []
         for m in members:
-            images = inputs.images(m.size)[start:stop]
+            images = inputs.for_member(m)[start:stop]
             maps = sum(
                 probabilities(model, [nchw(images)], normalisers[m.name], n_classes=len(classes), tta=tta)
                 for model in models[m.name]

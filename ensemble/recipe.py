@@ -34,7 +34,7 @@ import click
 
 from .errors import UsageError
 from .optim.registry import get, resolve
-from .options import NON_NEGATIVE, OPEN_UNIT, POSITIVE, Device, Milestones, check_value
+from .options import NON_NEGATIVE, OPEN_UNIT, POSITIVE, Device, DicomWindow, Milestones, check_value
 from .portable import ISAS
 from .tasks import TASKS, get_task
 
@@ -252,6 +252,18 @@ OPTIONS: tuple[Option, ...] = (
         (0, 0, 5),
         metavar="EPOCHS",
     ),
+    Option(
+        "dicom_window",
+        DicomWindow(),
+        "How DICOM pixel values become grey levels, after the file's rescale slope/intercept: file (the file's "
+        "window centre/width, else its VOI LUT, else the image's range), minmax (the image's range), CENTRE,WIDTH "
+        "(one window for all, e.g. 40,400 in HU) or a CT window (lung, bone, brain, mediastinum, soft-tissue, "
+        'liver). Recorded in the recipe of members of a dataset with DICOM images. pip install "ens[dicom]".',
+        (None, None, None),
+        nullable=True,
+        metavar="WINDOW",
+        default_text="[default: file]",
+    ),
     # identity, not preset: the file's hash is part of the recipe
     Option(
         "weights",
@@ -354,7 +366,11 @@ def _annotation(option: Option) -> str:
     }
     base = next((v for t, v in kind.items() if isinstance(option.type, t)), None)
     if base is None:
-        base = "str" if isinstance(option.type, (click.types.StringParamType, click.Choice, Device)) else "float"
+        base = (
+            "str"
+            if isinstance(option.type, (click.types.StringParamType, click.Choice, Device, DicomWindow))
+            else "float"
+        )
     if isinstance(option.type, (click.Path, WeightsType)):
         base = "str"
     return f"{base} | None" if option.nullable else base
@@ -712,6 +728,8 @@ def build_recipe(cfg: TrainConfig, label: str, ds: Dataset) -> dict[str, Any]:
         },
     }
     get_task(ds.task).stamp_recipe(recipe, loss=cfg.loss_for(ds.task))
+    if ds.dicom:  # how its DICOM images were shown to the member (members without DICOM keep their hash)
+        recipe["dicom"] = {"window": cfg.dicom_window or "file"}
     if cfg.uses_plateau(label):
         recipe["plateau"] = {"patience": cfg.plateau, "factor": 0.5, "on": "validation loss"}
         recipe["val_fraction"] = cfg.val_fraction

@@ -85,17 +85,21 @@ def library_versions() -> dict[str, str]:
 _DATASETS: dict[tuple, Dataset] = {}
 
 
-def load_dataset(
-    spec: str, data_dir: str, size: int, cache_dir: str | None, workers: int = 2, *, fresh: bool = False
-) -> Dataset:
-    """Datasets are loaded once per process (workers run many tasks); ``fresh`` reads it again (``ens train``
-    does, so a process that trains twice sees files changed in between: their fingerprint and content)."""
-    key = (spec, data_dir, size, cache_dir)
+def load_dataset(spec: str, data_dir: str, cfg: TrainConfig, cache_dir: str | None, *, fresh: bool = False) -> Dataset:
+    """Datasets are loaded once per process (workers run many tasks) as ``cfg`` decodes them (its size and DICOM
+    window); ``fresh`` reads it again (``ens train`` does, so a process that trains twice sees files changed in
+    between: their fingerprint and content)."""
+    key = (spec, data_dir, cfg.size, cfg.dicom_window, cache_dir)
     if fresh:
         _DATASETS.clear()  # under any spelling: the fold tasks of this job load it again, as it is now
     if key not in _DATASETS:
         _DATASETS[key] = load(
-            spec, data_dir=data_dir, size=size, cache_dir=Path(cache_dir) if cache_dir else None, workers=workers
+            spec,
+            data_dir=data_dir,
+            size=cfg.size,
+            cache_dir=Path(cache_dir) if cache_dir else None,
+            workers=cfg.workers,
+            dicom_window=cfg.dicom_window,
         )
     return _DATASETS[key]
 
@@ -128,7 +132,7 @@ def train_fold_task(
     Idempotent: a fold whose predictions are already staged is not trained again.
     ``on_start`` gets the epoch training starts from (above 0 when resuming a checkpoint).
     """
-    ds = load_dataset(task.spec, task.data_dir, task.config.size, task.cache_dir, task.config.workers)
+    ds = load_dataset(task.spec, task.data_dir, task.config, task.cache_dir)
     rd = task.run_dir()
     check_planned_data(rd, task, ds)
     if task.fold in rd.finished_folds(len(ds.folds)):

@@ -90,7 +90,7 @@ def train_members(req: TrainRequest, echo: Callable[[str], None] = print) -> lis
     All missing folds of all labels form one job, so a pool is kept busy across optimizers.
     """
     req.check()
-    ds = load_dataset(req.spec, str(req.data_dir), req.config.size, req.cache, req.config.workers, fresh=True)
+    ds = load_dataset(req.spec, str(req.data_dir), req.config, req.cache, fresh=True)
     for w in ds.warnings:
         echo(f"warning: {w}")
     dataset = req.name or ds.name

@@ -95,7 +95,7 @@ def stage_run(folder: Path, members: Path, *, label: str = "DGrad", run: int = 0
     from ensemble.store import Store
 
     cfg = TrainConfig(**{"model": "test_resnet", "pretrained": False, "device": "cpu", "workers": 0, **cfg_kw})
-    ds = load_dataset(f"folder:{folder}", "datasets", cfg.size, None, 0)
+    ds = load_dataset(f"folder:{folder}", "datasets", cfg, None)
     rd = Store(members).run_dir(ds.name, label, run)
     rd.label_dir.mkdir(parents=True, exist_ok=True)
     prepare_run(rd, build_recipe(cfg, label, ds), folds=len(ds.folds), restart=False)

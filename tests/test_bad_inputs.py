@@ -681,7 +681,7 @@ def test_round_two_a_swapped_staged_fold_is_not_published(tmp_path):
     folder = _classes(tmp_path / "imgs", {"a": 5, "b": 5})
     staging = stage_run(folder, tmp_path / "M", label="SGD")
     cfg = TrainConfig(model="test_resnet", pretrained=False, device="cpu", workers=0)
-    ds = load_dataset(f"folder:{folder}", "datasets", cfg.size, None, 0)
+    ds = load_dataset(f"folder:{folder}", "datasets", cfg, None)
     rd = Store(tmp_path / "M").run_dir(ds.name, "SGD", 0)
     for k, fold in enumerate(ds.folds):
         ids = ds.ids[fold.test] if k != 2 else np.array(["a/elsewhere.png", *ds.ids[fold.test][1:]])
@@ -719,9 +719,10 @@ def test_round_two_changed_pixels_under_the_same_name_are_refused(capsys, tmp_pa
     calls = []
     real = content.file_sha256
     monkeypatch.setattr(content, "file_sha256", lambda p: calls.append(p) or real(p))
+    from ensemble.learn.trainer import TrainConfig
     from ensemble.runs import load_dataset
 
-    ds = load_dataset(f"folder:{folder}", "datasets", 16, None, 0, fresh=True)
+    ds = load_dataset(f"folder:{folder}", "datasets", TrainConfig(size=16, workers=0), None, fresh=True)
     assert calls == [] and ds.content.hashes == samples  # nothing unchanged is read again
 
     pixels = np.asarray(Image.open(folder / "a" / "i3.png")).copy()
@@ -832,12 +833,13 @@ def test_round_two_best_on_test_folds_tries_every_count(tmp_path):
 
 def test_round_two_learnt_nothing_is_judged_on_held_out_predictions(tmp_path):
     """A member below chance on its test folds is flagged however well it fitted its training folds."""
+    from ensemble.learn.trainer import TrainConfig
     from ensemble.runs import load_dataset
     from ensemble.store import Store
     from ensemble.tasks import get_task
 
     folder = _classes(tmp_path / "four", {"a": 8, "b": 8, "c": 8, "d": 6})
-    ds = load_dataset(f"folder:{folder}", "datasets", 16, None, 0)
+    ds = load_dataset(f"folder:{folder}", "datasets", TrainConfig(size=16, workers=0), None)
     rd = Store(tmp_path / "M").run_dir(ds.name, "SGD", 0)
     fitted = [{"curves": {"accuracy": [1.0]}} for _ in ds.folds]
     nothing, why = get_task("classification").learnt_nothing(ds, rd, fitted, {"accuracy": 0.233})

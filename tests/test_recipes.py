@@ -106,7 +106,7 @@ def test_schedules_give_the_head_factor_one(folder):
     from ensemble.learn.trainer import FoldTrainer
     from ensemble.runs import load_dataset
 
-    ds = load_dataset(f"folder:{folder}", "datasets", 16, None, 0)
+    ds = load_dataset(f"folder:{folder}", "datasets", TrainConfig(size=16, workers=0), None)
     cfg = TrainConfig(model="test_resnet", size=16, pretrained=False, device="cpu", workers=0, epochs=2)
     assert cfg.head_factor("CLMR") == cfg.head_factor("TASO") == 1.0 and cfg.head_factor("SGD") == 20.0
     for label, peak in (("CLMR", 5e-2), ("SGD", 1e-3 * 20)):
@@ -125,7 +125,7 @@ def test_milestones_multiply_the_rate_by_gamma(folder):
     from ensemble.learn.trainer import FoldTrainer
     from ensemble.runs import load_dataset
 
-    ds = load_dataset(f"folder:{folder}", "datasets", 16, None, 0)
+    ds = load_dataset(f"folder:{folder}", "datasets", TrainConfig(size=16, workers=0), None)
     cfg = TrainConfig(
         model="test_resnet",
         size=16,
@@ -154,7 +154,7 @@ def test_small_stem_and_balanced_weights(folder):
     assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
     assert isinstance(model.maxpool, torch.nn.Identity)
     assert model.forward_features(torch.zeros(1, 3, 28, 28)).shape[-1] == 4  # 28 / 8, not 28 / 32
-    ds = load_dataset(f"folder:{folder}", "datasets", 16, None, 0)
+    ds = load_dataset(f"folder:{folder}", "datasets", TrainConfig(size=16, workers=0), None)
     cfg = TrainConfig(model="test_resnet", size=16, pretrained=False, device="cpu", class_weights="balanced")
     trainer = FoldTrainer(ds, ds.folds[0], "SGD", cfg, seed=0, checkpoint=Path("unused"))
     counts = np.bincount(ds.labels[ds.folds[0].train], minlength=3)
@@ -223,7 +223,7 @@ def test_a_member_that_learnt_nothing_is_flagged(folder, tmp_path):
     from ensemble.store import Store
     from ensemble.tasks import get_task
 
-    ds = load_dataset(f"folder:{folder}", "datasets", 16, None, 0)
+    ds = load_dataset(f"folder:{folder}", "datasets", TrainConfig(size=16, workers=0), None)
     rd = Store(tmp_path / "M").run_dir("imgs", "SGD", 0)
     tested = np.concatenate([f.test for f in ds.folds])  # held out: each sample by the fold that did not train on it
     rate = np.bincount(ds.labels[tested]).max() / len(tested)
@@ -420,6 +420,7 @@ def test_every_committed_member_recipe_and_hash_come_back_from_its_command():
             protocol=recorded["protocol"],
             folds=[None] * recorded["folds"],
             classes=recorded["classes"],
+            dicom=int("dicom" in meta["recipe"]),  # any DICOM image: the recipe says how they were windowed
         )
         job, cfg = parse_train_args(shlex.split(meta["command"])[2:])
         label = job["opt"][0] + (f"@{job['variant']}" if job["variant"] else "")

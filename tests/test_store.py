@@ -199,7 +199,7 @@ def test_checkpoint_of_another_recipe_is_refused(tmp_path, folder):
     from ensemble.learn.trainer import FoldTrainer, TrainConfig
     from ensemble.runs import load_dataset
 
-    ds = load_dataset(f"folder:{folder}", "datasets", 16, None, 0)
+    ds = load_dataset(f"folder:{folder}", "datasets", TrainConfig(size=16, workers=0), None)
     cfg = TrainConfig(model="test_resnet", epochs=1, size=16, pretrained=False, device="cpu", workers=0)
     ckpt = tmp_path / "fold-0.ckpt"
     torch.save({"recipe_hash": "0" * 16, "model": {}, "epoch": 0}, ckpt)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from .content import Content, dataset_content
 from .images import MAX_LABELS, mask_classes, prepare, read_image, read_mask
 from .scan import Listing, scan
@@ -55,6 +55,7 @@ class Dataset:
     patients: np.ndarray | None = None  # (N,) str: the group (patient) of each sample, kept apart by every split
     # the sha256 of every sample's bytes (never part of the fingerprint: the store keeps it beside the members)
     content: Content = field(default_factory=Content, repr=False)
+    dicom: int = 0  # how many images are DICOM: their window (``--dicom-window``) is then part of the recipe
 
     @property
     def task(self) -> str:
@@ -85,9 +86,11 @@ def fingerprint(ids: list[str], labels: np.ndarray, classes: list[str], folds: l
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
-def _content_key(ref: DatasetRef, listing: Listing, size: int, kind: str = "images") -> str:
-    """Cache key: what the decoded arrays depend on (files' names, sizes, mtimes; arrays' bytes)."""
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{ref.name}|{size}|{kind}".encode())
+def _content_key(ref: DatasetRef, listing: Listing, size: int, kind: str = "images", dicom_window: str = "file") -> str:
+    """Cache key: what the decoded arrays depend on (files' names, sizes, mtimes; arrays' bytes; the DICOM
+    window, when there are DICOM images)."""
+    window = f"|dicom-window {dicom_window}" if listing.dicom and kind == "images" else ""
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{ref.name}|{size}|{kind}{window}".encode())
     files = listing.masks if kind == "masks" else listing.files
     if files is not None:
         for f in files:
@@ -98,7 +101,9 @@ def _content_key(ref: DatasetRef, listing: Listing, size: int, kind: str = "imag
     return h.hexdigest()[:20]
 
 
-def _decode(listing: Listing, size: int, workers: int, progress: bool, kind: str = "images") -> np.ndarray:
+def _decode(
+    listing: Listing, size: int, workers: int, progress: bool, kind: str = "images", dicom_window: str = "file"
+) -> np.ndarray:
     """Decode every image (or mask) of ``listing`` to (N, size, size, 3) (or (N, size, size)) uint8, in
     parallel threads."""
     from joblib import Parallel, delayed
@@ -106,7 +111,7 @@ def _decode(listing: Listing, size: int, workers: int, progress: bool, kind: str
     if kind == "masks":
         jobs = [delayed(read_mask)(f, size) for f in listing.masks]
     elif listing.files is not None:
-        jobs = [delayed(read_image)(f, size) for f in listing.files]
+        jobs = [delayed(read_image)(f, size, dicom_window) for f in listing.files]
     else:
         jobs = [delayed(prepare)(img, size) for img in listing.pixels]
     if progress and len(jobs) > 200:
@@ -129,11 +134,13 @@ def load_images(
     workers: int = 2,
     progress: bool = False,
     kind: str = "images",
+    dicom_window: str = "file",
 ) -> np.ndarray:
     """The decoded images (or masks), from the cache when there (memory-mapped), else decoded and cached."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     suffix = "-masks" if kind == "masks" else ""
-    entry = cache_dir / "decoded" / f"{ref.name}-{size}px{suffix}-{_content_key(ref, listing, size, kind)}"
+    key = _content_key(ref, listing, size, kind, dicom_window)
+    entry = cache_dir / "decoded" / f"{ref.name}-{size}px{suffix}-{key}"
     target = entry / "images.npy"
     shape = (len(listing.ids), size, size) + (() if kind == "masks" else (3,))
     if target.exists():
@@ -143,7 +150,7 @@ def load_images(
                 return images
         except (OSError, ValueError):
             pass  # a damaged cache entry is rebuilt below
-    images = _decode(listing, size, workers, progress, kind)
+    images = _decode(listing, size, workers, progress, kind, dicom_window)
     tmp = None
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
@@ -172,15 +179,22 @@ def load(
     cache_dir: Path | None = None,
     workers: int = 2,
     progress: bool = False,
+    dicom_window: str | None = None,
 ) -> Dataset:
     """Resolve (a :class:`DatasetRef` is taken as it is), scan, decode (or read the cache) and split a
-    dataset: by its protocol, or by your own folds (``?splits=FILE``), checked before anything is decoded."""
+    dataset: by its protocol, or by your own folds (``?splits=FILE``), checked before anything is decoded.
+    ``dicom_window`` (``--dicom-window``; None: the files' own) is refused for a dataset without DICOM images,
+    where it would be recorded but change nothing."""
     ref = resolve(spec, data_dir)
     listing = scan(ref)
+    if dicom_window is not None and not listing.dicom:
+        raise UsageError(
+            f"--dicom-window {dicom_window}: {ref.spec} has no DICOM images, so there is nothing to window"
+        )
     folds = dataset_folds(ref, listing)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     content = dataset_content(listing, name=ref.name, source=ref.path, cache_dir=cache)
-    images = load_images(ref, listing, size, cache_dir, workers, progress)
+    images = load_images(ref, listing, size, cache_dir, workers, progress, dicom_window=dicom_window or "file")
     masks, classes = None, listing.classes
     if listing.masks is not None:
         masks, classes = load_masks(ref, listing, size, cache_dir, workers, progress)
@@ -198,6 +212,7 @@ def load(
         masks=masks,
         patients=np.array(listing.patients) if listing.patients is not None else None,
         content=content,
+        dicom=listing.dicom,
     )
 
 

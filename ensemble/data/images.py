@@ -2,7 +2,8 @@
 
 Real collections mix PNG, JPEG (``.JPG``/``.jpeg``), 8- and 16-bit TIFF, grey and RGB:
 everything ends up as ``(size, size, 3)`` uint8. 16-bit (and float) images are scaled to
-8 bits by their own range, not clipped; grey images are replicated to 3 channels.
+8 bits by their own range, not clipped; grey images are replicated to 3 channels. DICOM files
+(:mod:`ensemble.data.dicom`) go through their rescale and window first.
 """
 
 from __future__ import annotations
@@ -13,12 +14,57 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from .dicom import DICOM_SUFFIXES, dicom_size, has_magic, pydicom_module, read_dicom, read_dicom_mask
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm"})
+# files of a dataset folder that are never images: not opened to look for the DICOM mark
+NOT_IMAGES = frozenset({".txt", ".csv", ".tsv", ".json", ".md", ".xml", ".yaml", ".yml", ".npz", ".npy", ".zip"})
 
 
 def is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    """An image file by its suffix, or a DICOM file (by suffix, or by its mark when it has no image suffix)."""
+    if path.name.startswith("."):
+        return False
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES:
+        return True
+    return suffix not in NOT_IMAGES and has_magic(path)
+
+
+def is_dicom_file(path: Path) -> bool:
+    """Read by :func:`read_dicom`, not PIL: a ``.dcm``/``.dicom`` file, or one without an image suffix that
+    carries the DICOM mark (scanners write names like ``IM0001`` or ``1.2.840...1``)."""
+    suffix = path.suffix.lower()
+    if suffix in DICOM_SUFFIXES:
+        return True
+    return suffix not in IMAGE_SUFFIXES and has_magic(path)
+
+
+def image_stem(path: Path) -> str:
+    """The name without its image suffix: ``a.png`` -> ``a``, but a scanner's ``1.2.840.5.1`` (DICOM found by
+    its mark) keeps its whole name, or its images 1 and 2 would share one."""
+    suffix = path.suffix.lower()
+    return path.stem if suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES else path.name
+
+
+def count_dicom(files: list[Path]) -> int:
+    """How many of ``files`` are DICOM; with any, pydicom must be there (else one line naming a DICOM file and
+    the install), checked before any work."""
+    dicom = [f for f in files if is_dicom_file(f)]
+    if dicom:
+        pydicom_module(dicom[0])
+    return len(dicom)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header (nothing decoded); unreadable is a DataError naming it."""
+    if is_dicom_file(path):
+        return dicom_size(path)
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception as err:  # PIL raises OSError, ValueError, SyntaxError... for bad files
+        raise DataError(f"cannot read image {path}: {err}") from None
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:
@@ -57,8 +103,14 @@ def prepare(array: np.ndarray, size: int) -> np.ndarray:
     return resize(to_rgb(to_uint8(np.asarray(array))), size)
 
 
-def read_image(path: Path, size: int) -> np.ndarray:
-    """Decode ``path`` to (size, size, 3) uint8; an unreadable file is a DataError naming it."""
+def read_image(path: Path, size: int, dicom_window: str = "file") -> np.ndarray:
+    """Decode ``path`` to (size, size, 3) uint8; an unreadable file is a DataError naming it. ``dicom_window``
+    is how a DICOM file's values become grey levels (:func:`ensemble.data.dicom.read_dicom`)."""
+    if is_dicom_file(path):
+        array = read_dicom(path, dicom_window)
+        if array.size == 0:
+            raise DataError(f"empty image {path}")
+        return prepare(array, size)
     try:
         with Image.open(path) as img:
             img.load()  # a truncated file fails here, not later
@@ -79,11 +131,16 @@ def read_mask(path: Path, size: int) -> np.ndarray:
     """Decode a mask to (size, size) uint8 values as stored (nearest-neighbour resize, so no value is
     invented); colour masks must be grey in all channels. Unreadable is a DataError naming the file."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode == "1":
-                img = img.convert("L")
-            array = np.asarray(img)
+        if is_dicom_file(path):
+            array = read_dicom_mask(path)
+        else:
+            with Image.open(path) as img:
+                img.load()
+                if img.mode == "1":
+                    img = img.convert("L")
+                array = np.asarray(img)
+    except DataError:
+        raise
     except Exception as err:
         raise DataError(f"cannot read mask {path}: {err}") from None
     if array.ndim == 3:

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import DataError
 from .catalog import MEDMNIST_CLASSES
-from .images import is_image
+from .images import count_dicom, image_size, image_stem, is_image
 
 if TYPE_CHECKING:
     from .sources import DatasetRef
@@ -44,6 +44,7 @@ class Listing:
     masks: list[Path] | None = None  # for segmentation folders: the mask behind each id
     patients: list[str] | None = None  # a manifest's patient (any group id) of each sample
     warnings: list[str] = field(default_factory=list)
+    dicom: int = 0  # how many of ``files`` are DICOM (decoded through their window, :mod:`.dicom`)
 
 
 def _subdirs(path: Path) -> list[Path]:
@@ -59,17 +60,6 @@ def _check_folder(root: Path) -> None:
         raise DataError(f"dataset folder {root} does not exist")
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """Width and height from the file's header (nothing decoded); unreadable is an error naming it."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except Exception as err:  # PIL raises many kinds for bad files
-        raise DataError(f"cannot read image {path}: {err}") from None
 
 
 def scan_seg(root: Path) -> Listing:
@@ -88,19 +78,19 @@ def scan_seg(root: Path) -> Listing:
         raise DataError(f"{folders['images']} holds no images")
     masks_by_stem: dict[str, Path] = {}
     for m in _images(folders["masks"]):
-        if m.stem in masks_by_stem:
+        if image_stem(m) in masks_by_stem:
             raise DataError(
-                f"masks {masks_by_stem[m.stem]} and {m.name} have the same name but for the suffix: a mask is "
+                f"masks {masks_by_stem[image_stem(m)]} and {m.name} have the same name but for the suffix: a mask is "
                 "matched to its image by name, so keep one of them"
             )
-        masks_by_stem[m.stem] = m
+        masks_by_stem[image_stem(m)] = m
     masks, warnings = [], []
     for img in images:
-        mask = masks_by_stem.pop(img.stem, None)
+        mask = masks_by_stem.pop(image_stem(img), None)
         if mask is None:
             raise DataError(f"image {img} has no mask in {folders['masks']} (expected {folders['masks'] / img.name})")
-        if _image_size(mask) != _image_size(img):
-            (w, h), (mw, mh) = _image_size(img), _image_size(mask)
+        if image_size(mask) != image_size(img):
+            (w, h), (mw, mh) = image_size(img), image_size(mask)
             raise DataError(f"mask {mask} is {mw}x{mh} but its image {img} is {w}x{h}")
         masks.append(mask)
     if masks_by_stem:
@@ -232,6 +222,7 @@ def scan(ref: DatasetRef) -> Listing:
     listing = ref.kind.scan(ref)
     check_names(listing)
     listing.warnings += check_counts(ref, listing)
+    listing.dicom = count_dicom(listing.files or [])
     return listing
 
 

@@ -172,7 +172,7 @@ def _run_fold(task: Any, setup: WorkerSetup) -> dict[str, Any]:
         # daemonic workers (Dask's default) may not start DataLoader processes; augmentation is
         # seeded per image, so loading in-process gives the same batches
         task = replace(task, config=replace(cfg, workers=0))
-    ds = load_dataset(task.spec, task.data_dir, cfg.size, task.cache_dir, cfg.workers)
+    ds = load_dataset(task.spec, task.data_dir, task.config, task.cache_dir)
     writer = ProgressWriter(task.run_dir().progress(task.fold), epoch_images(ds, task.fold, cfg.batch_size))
     on_batch, on_epoch = writer.batch, writer.epoch_done
     if setup.lease_token:
