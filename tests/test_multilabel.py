@@ -371,7 +371,8 @@ def test_report_writes_the_multilabel_tables(trained, tmp_path, capsys):
     assert label_auc.loc["SGD2", LABELS].to_numpy() == pytest.approx(hand["aucs"], abs=1e-6)
     table1 = pd.read_csv(page / "table1.csv").set_index("label")
     assert set(table1.index) == {"SGD", "Adam"} and {"auc_mean", "accuracy_mean", "exact_match_mean"} <= set(table1)
-    assert "AUC per label" in (page / "index.html").read_text()
+    html = (page / "index.html").read_text()
+    assert "AUC per label" in html and "<h2>Figures</h2>" not in html  # no figures drawn: no empty heading
 
 
 def test_compare_gives_macro_auc_and_per_label_tests(trained, capsys):
