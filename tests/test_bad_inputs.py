@@ -919,9 +919,9 @@ CASES2 = [
     ("report new folder in /", lambda w: ["report", "--members-dir", str(w / "T"), "--out", "/ens-r"], 2, "root"),
     ("train binary config", lambda w: _train2(w, "--config", str(w / "random.bin")), 2, "not a text file"),
     ("train config /dev/zero", lambda w: _train2(w, "--config", "/dev/zero"), 2, "not a regular file"),
-    ("train weights random bytes", lambda w: _weights(w, w / "random.bin"), 1, "not a PyTorch"),
+    ("train weights random bytes", lambda w: _weights(w, w / "random.bin"), 2, "not a PyTorch"),
     ("train weights /dev/zero", lambda w: _weights(w, Path("/dev/zero")), 2, "not a regular file"),
-    ("train weights pickled object", lambda w: _weights(w, w / "object.pt"), 1, "asks to load code"),
+    ("train weights pickled object", lambda w: _weights(w, w / "object.pt"), 2, "asks to load code"),
     ("train unknown weight tag", lambda w: _train2(w, "--model", "resnet18.nosuchtag"), 2, "'nosuchtag'"),
     ("train U-Net on classes", lambda w: _train2(w, "--model", "lighter-unet@4"), 2, "lighter-unet@4"),
     ("train non-UTF-8 file name", lambda w: _train2(w, data="bad_ff"), 1, "a\\xff.png"),
@@ -964,6 +964,70 @@ def _export(w: Path, out: Path) -> list[str]:
 
 def _weights(w: Path, path: Path) -> list[str]:
     return [a for a in _train2(w, "--weights", str(path)) if a != "--no-pretrained"]
+
+
+@pytest.fixture(scope="module")
+def weight_files(tmp_path_factory) -> Path:
+    """Weights files whose content is wrong, each in its own way, beside one that is right."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    state = timm.create_model("test_resnet", num_classes=1000).state_dict()
+    save_file(state, root / "good.safetensors")
+    whole = (root / "good.safetensors").read_bytes()
+    (root / "cut.safetensors").write_bytes(whole[: len(whole) // 2])
+    (root / "random.safetensors").write_bytes(bytes(random.Random(1).randrange(256) for _ in range(4096)))
+    (root / "random.pth").write_bytes(bytes(random.Random(2).randrange(256) for _ in range(4096)))
+    torch.save(state, root / "good.pth")
+    whole = (root / "good.pth").read_bytes()
+    (root / "cut.pth").write_bytes(whole[: len(whole) // 2])
+    torch.save([torch.zeros(3)], root / "list.pth")
+    torch.save({"conv1.weight": torch.zeros(3), "step": 7}, root / "mixed.pth")
+    torch.save({k: v for k, v in state.items() if k != "layer1.0.conv1.weight"}, root / "gone.pth")
+    conv = next(k for k, v in state.items() if v.ndim == 4 and v.shape[0] != v.shape[1])
+    torch.save({**state, conv: state[conv].transpose(0, 1).contiguous()}, root / "shape.pth")
+    return root
+
+
+WEIGHT_CASES = [
+    ("random bytes", "random.pth", "not a PyTorch (.pt/.pth) or .safetensors file"),
+    ("random bytes named .safetensors", "random.safetensors", "not a safetensors file"),
+    ("truncated safetensors", "cut.safetensors", "not a safetensors file"),
+    ("truncated torch file", "cut.pth", "a truncated or damaged PyTorch file"),
+    ("a list, not a state dict", "list.pth", "not a state dict of tensors"),
+    ("an entry that is not a tensor", "mixed.pth", "entry 'step' is not a tensor"),
+    ("a missing tensor", "gone.pth", "missing tensor 'layer1.0.conv1.weight'"),
+    ("a misshapen tensor", "shape.pth", "has shape"),
+]
+
+
+@pytest.mark.parametrize(("file", "words"), [c[1:] for c in WEIGHT_CASES], ids=[c[0] for c in WEIGHT_CASES])
+def test_a_weights_file_with_bad_content_is_a_usage_error_naming_it(capsys, world, weight_files, file, words):
+    """Bad content is bad input, as a bad argument is: exit 2, one line naming the file, before any work."""
+    path = weight_files / file
+    before = snapshot(world)
+    got, out, err = run_cli(capsys, *[a for a in _train(world, "--weights", str(path)) if a != "--no-pretrained"])
+    errors = [line for line in err.splitlines() if line.startswith("Error")]
+    assert got == 2, (got, err)
+    assert len(errors) == 1 and str(path) in errors[0] and words in errors[0], err
+    assert "Traceback" not in err + out and "training run" not in out
+    assert snapshot(world) == before and not (world / "T").exists()
+
+
+@pytest.mark.parametrize("file", ["good.safetensors", "good.pth"])
+def test_a_good_weights_file_loads_every_tensor_but_the_head(weight_files, file):
+    import torch
+
+    from ensemble.learn.model import create_model, load_report
+
+    model = create_model("test_resnet", 3, weights=weight_files / file)
+    report = load_report(model)
+    assert report["by"] == "name" and report["tensors_new"] == ["fc.weight", "fc.bias"]
+    state = torch.load(weight_files / "good.pth", weights_only=True)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items() if not k.startswith("fc."))
 
 
 def _outside() -> list[Path]:
