@@ -589,6 +589,62 @@ def test_round_two_a_bad_store_file_is_one_line_naming_it(capsys, tmp_path, faul
     assert snapshot(tmp_path) == before
 
 
+def _content(samples: object, version: object = 1) -> str:
+    import json
+
+    return json.dumps({"version": version, "algorithm": "sha256", "samples": samples})
+
+
+SHA = "ab" * 32
+CONTENT_FAULTS = {
+    # name: (content.json's text, words of the one line)
+    "not JSON": ('{"version": 1, "samples": {"s0": ', "unreadable (JSONDecodeError)"),
+    "nested 100000 deep": ('{"samples": ' + _deep(100000) + "}", "unreadable (RecursionError)"),
+    "another version": (_content({f"s{i}": SHA for i in range(4)}, version=9), "not a content record"),
+    "a hash that is not sha256": (_content({"s0": SHA, "s1": "abc", "s2": SHA, "s3": SHA}), "not a content record"),
+    "samples a list": (_content([SHA] * 4), "not a content record"),
+    "a sample missing": (
+        _content({"s0": SHA, "s1": SHA, "s3": SHA}),
+        "records no content for sample 's2', which toy/SGD/000 predicted (1 of its sample(s) missing)",
+    ),
+    "another dataset's": (_content({"x0": SHA}), "records no content for sample 's0'"),
+}
+
+
+@pytest.mark.parametrize("fault", list(CONTENT_FAULTS))
+def test_a_damaged_content_record_stops_fuse_and_report_in_one_line_naming_it(capsys, tmp_path, fault):
+    """fuse and report read no image (they cannot hash data) but do read content.json, untrusted like any
+    store file: damaged or silent on a sample the members predicted, it is refused naming it."""
+    text, words = CONTENT_FAULTS[fault]
+    root = _two_member_store(tmp_path / "members")
+    record = root / "toy" / "content.json"
+    record.write_text(text)
+    before = snapshot(tmp_path)
+    for args in (
+        ["fuse", "--dataset", "toy", "SGD2", "--members-dir", str(root)],
+        ["compare", "--dataset", "toy", "SGD1", "SGD2", "--members-dir", str(root)],
+        ["report", "--members-dir", str(root), "--out", str(tmp_path / "R")],
+    ):
+        code, out, err = run_cli(capsys, *args)
+        assert code == 1, (fault, args, out, err)
+        errors = [line for line in err.splitlines() if line.startswith("Error")]
+        assert len(errors) == 1 and errors[0].startswith(f"Error: {record}: ") and words in errors[0], (fault, err)
+        assert "Traceback" not in err + out and "internal error" not in err
+    assert snapshot(tmp_path) == before
+
+
+def test_a_content_record_covering_every_sample_fuses_and_reports_and_none_is_no_fault(capsys, tmp_path):
+    root = _two_member_store(tmp_path / "members")
+    fuse = ["fuse", "--dataset", "toy", "SGD2", "--members-dir", str(root), "--format", "json"]
+    code, without, err = run_cli(capsys, *fuse)  # a store written before ens kept the record
+    assert code == 0, err
+    (root / "toy" / "content.json").write_text(_content({f"s{i}": SHA for i in range(5)}))  # s4: not predicted
+    code, out, err = run_cli(capsys, *fuse)
+    assert code == 0 and out == without, err
+    code, _, err = run_cli(capsys, "report", "--members-dir", str(root), "--out", str(tmp_path / "R"), "--step", "1")
+    assert code == 0 and (tmp_path / "R" / "toy" / "index.html").is_file(), err
+
+
 DATA_FAULTS = {
     # name: (dataset argument under the data world, exit code, words of the one line)
     "a class of one image": ("folder:{w}/one_image", 1, "class 'rare' has 1 image(s), fewer than the 5 folds"),
