@@ -34,3 +34,9 @@ class ManifestError(DataError):
 
 class StoreError(EnsError):
     """A member store that is inconsistent or cannot be written."""
+
+
+class WeightsError(UsageError):
+    """A weights file whose content is no state dict that fits the model (random bytes, a truncated file, a
+    pickled object, a missing or misshapen tensor): bad input like a bad argument, exit code 2, the message
+    naming the file and the fault."""

@@ -724,6 +724,25 @@ class Store:
             raise StoreError(f"{path}: not a content record (version {CONTENT_VERSION}, samples: {{id: sha256}})")
         return samples
 
+    def check_members_content(self, dataset: str, members: list[Member]) -> None:
+        """Refuse to fuse or report members whose dataset's content record is damaged: unreadable, or silent on
+        a sample they predicted. Fusion reads stored probabilities, never the images, so it cannot hash data;
+        and there is one record per dataset, shared by every member of it (training on changed bytes is
+        refused, :meth:`check_content`), so members cannot disagree with each other about it. What is left
+        is the record itself, untrusted like every file here. A store without one (written before ens kept
+        it) has nothing to check."""
+        recorded = self.recorded_content(dataset)
+        if recorded is None:
+            return
+        for m in members:
+            missing = [str(i) for i in m.ids if str(i) not in recorded]
+            if missing:
+                raise StoreError(
+                    f"{self.content_file(dataset)}: records no content for sample {missing[0]!r}, which {m.name} "
+                    f"predicted ({len(missing)} of its sample(s) missing); the record is damaged or another "
+                    "dataset's: restore it, or delete it and the next `ens train` records the data anew"
+                )
+
     def _holds_members(self, dataset: str) -> bool:
         return any(self.runs(dataset, label) or self.staged(dataset, label) for label in self.labels(dataset))
 

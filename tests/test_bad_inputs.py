@@ -589,6 +589,62 @@ def test_round_two_a_bad_store_file_is_one_line_naming_it(capsys, tmp_path, faul
     assert snapshot(tmp_path) == before
 
 
+def _content(samples: object, version: object = 1) -> str:
+    import json
+
+    return json.dumps({"version": version, "algorithm": "sha256", "samples": samples})
+
+
+SHA = "ab" * 32
+CONTENT_FAULTS = {
+    # name: (content.json's text, words of the one line)
+    "not JSON": ('{"version": 1, "samples": {"s0": ', "unreadable (JSONDecodeError)"),
+    "nested 100000 deep": ('{"samples": ' + _deep(100000) + "}", "unreadable (RecursionError)"),
+    "another version": (_content({f"s{i}": SHA for i in range(4)}, version=9), "not a content record"),
+    "a hash that is not sha256": (_content({"s0": SHA, "s1": "abc", "s2": SHA, "s3": SHA}), "not a content record"),
+    "samples a list": (_content([SHA] * 4), "not a content record"),
+    "a sample missing": (
+        _content({"s0": SHA, "s1": SHA, "s3": SHA}),
+        "records no content for sample 's2', which toy/SGD/000 predicted (1 of its sample(s) missing)",
+    ),
+    "another dataset's": (_content({"x0": SHA}), "records no content for sample 's0'"),
+}
+
+
+@pytest.mark.parametrize("fault", list(CONTENT_FAULTS))
+def test_a_damaged_content_record_stops_fuse_and_report_in_one_line_naming_it(capsys, tmp_path, fault):
+    """fuse and report read no image (they cannot hash data) but do read content.json, untrusted like any
+    store file: damaged or silent on a sample the members predicted, it is refused naming it."""
+    text, words = CONTENT_FAULTS[fault]
+    root = _two_member_store(tmp_path / "members")
+    record = root / "toy" / "content.json"
+    record.write_text(text)
+    before = snapshot(tmp_path)
+    for args in (
+        ["fuse", "--dataset", "toy", "SGD2", "--members-dir", str(root)],
+        ["compare", "--dataset", "toy", "SGD1", "SGD2", "--members-dir", str(root)],
+        ["report", "--members-dir", str(root), "--out", str(tmp_path / "R")],
+    ):
+        code, out, err = run_cli(capsys, *args)
+        assert code == 1, (fault, args, out, err)
+        errors = [line for line in err.splitlines() if line.startswith("Error")]
+        assert len(errors) == 1 and errors[0].startswith(f"Error: {record}: ") and words in errors[0], (fault, err)
+        assert "Traceback" not in err + out and "internal error" not in err
+    assert snapshot(tmp_path) == before
+
+
+def test_a_content_record_covering_every_sample_fuses_and_reports_and_none_is_no_fault(capsys, tmp_path):
+    root = _two_member_store(tmp_path / "members")
+    fuse = ["fuse", "--dataset", "toy", "SGD2", "--members-dir", str(root), "--format", "json"]
+    code, without, err = run_cli(capsys, *fuse)  # a store written before ens kept the record
+    assert code == 0, err
+    (root / "toy" / "content.json").write_text(_content({f"s{i}": SHA for i in range(5)}))  # s4: not predicted
+    code, out, err = run_cli(capsys, *fuse)
+    assert code == 0 and out == without, err
+    code, _, err = run_cli(capsys, "report", "--members-dir", str(root), "--out", str(tmp_path / "R"), "--step", "1")
+    assert code == 0 and (tmp_path / "R" / "toy" / "index.html").is_file(), err
+
+
 DATA_FAULTS = {
     # name: (dataset argument under the data world, exit code, words of the one line)
     "a class of one image": ("folder:{w}/one_image", 1, "class 'rare' has 1 image(s), fewer than the 5 folds"),
@@ -921,9 +977,9 @@ CASES2 = [
     ("report new folder in /", lambda w: ["report", "--members-dir", str(w / "T"), "--out", "/ens-r"], 2, "root"),
     ("train binary config", lambda w: _train2(w, "--config", str(w / "random.bin")), 2, "not a text file"),
     ("train config /dev/zero", lambda w: _train2(w, "--config", "/dev/zero"), 2, "not a regular file"),
-    ("train weights random bytes", lambda w: _weights(w, w / "random.bin"), 1, "not a PyTorch"),
+    ("train weights random bytes", lambda w: _weights(w, w / "random.bin"), 2, "not a PyTorch"),
     ("train weights /dev/zero", lambda w: _weights(w, Path("/dev/zero")), 2, "not a regular file"),
-    ("train weights pickled object", lambda w: _weights(w, w / "object.pt"), 1, "asks to load code"),
+    ("train weights pickled object", lambda w: _weights(w, w / "object.pt"), 2, "asks to load code"),
     ("train unknown weight tag", lambda w: _train2(w, "--model", "resnet18.nosuchtag"), 2, "'nosuchtag'"),
     ("train U-Net on classes", lambda w: _train2(w, "--model", "lighter-unet@4"), 2, "lighter-unet@4"),
     ("train non-UTF-8 file name", lambda w: _train2(w, data="bad_ff"), 1, "a\\xff.png"),
@@ -966,6 +1022,70 @@ def _export(w: Path, out: Path) -> list[str]:
 
 def _weights(w: Path, path: Path) -> list[str]:
     return [a for a in _train2(w, "--weights", str(path)) if a != "--no-pretrained"]
+
+
+@pytest.fixture(scope="module")
+def weight_files(tmp_path_factory) -> Path:
+    """Weights files whose content is wrong, each in its own way, beside one that is right."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    state = timm.create_model("test_resnet", num_classes=1000).state_dict()
+    save_file(state, root / "good.safetensors")
+    whole = (root / "good.safetensors").read_bytes()
+    (root / "cut.safetensors").write_bytes(whole[: len(whole) // 2])
+    (root / "random.safetensors").write_bytes(bytes(random.Random(1).randrange(256) for _ in range(4096)))
+    (root / "random.pth").write_bytes(bytes(random.Random(2).randrange(256) for _ in range(4096)))
+    torch.save(state, root / "good.pth")
+    whole = (root / "good.pth").read_bytes()
+    (root / "cut.pth").write_bytes(whole[: len(whole) // 2])
+    torch.save([torch.zeros(3)], root / "list.pth")
+    torch.save({"conv1.weight": torch.zeros(3), "step": 7}, root / "mixed.pth")
+    torch.save({k: v for k, v in state.items() if k != "layer1.0.conv1.weight"}, root / "gone.pth")
+    conv = next(k for k, v in state.items() if v.ndim == 4 and v.shape[0] != v.shape[1])
+    torch.save({**state, conv: state[conv].transpose(0, 1).contiguous()}, root / "shape.pth")
+    return root
+
+
+WEIGHT_CASES = [
+    ("random bytes", "random.pth", "not a PyTorch (.pt/.pth) or .safetensors file"),
+    ("random bytes named .safetensors", "random.safetensors", "not a safetensors file"),
+    ("truncated safetensors", "cut.safetensors", "not a safetensors file"),
+    ("truncated torch file", "cut.pth", "a truncated or damaged PyTorch file"),
+    ("a list, not a state dict", "list.pth", "not a state dict of tensors"),
+    ("an entry that is not a tensor", "mixed.pth", "entry 'step' is not a tensor"),
+    ("a missing tensor", "gone.pth", "missing tensor 'layer1.0.conv1.weight'"),
+    ("a misshapen tensor", "shape.pth", "has shape"),
+]
+
+
+@pytest.mark.parametrize(("file", "words"), [c[1:] for c in WEIGHT_CASES], ids=[c[0] for c in WEIGHT_CASES])
+def test_a_weights_file_with_bad_content_is_a_usage_error_naming_it(capsys, world, weight_files, file, words):
+    """Bad content is bad input, as a bad argument is: exit 2, one line naming the file, before any work."""
+    path = weight_files / file
+    before = snapshot(world)
+    got, out, err = run_cli(capsys, *[a for a in _train(world, "--weights", str(path)) if a != "--no-pretrained"])
+    errors = [line for line in err.splitlines() if line.startswith("Error")]
+    assert got == 2, (got, err)
+    assert len(errors) == 1 and str(path) in errors[0] and words in errors[0], err
+    assert "Traceback" not in err + out and "training run" not in out
+    assert snapshot(world) == before and not (world / "T").exists()
+
+
+@pytest.mark.parametrize("file", ["good.safetensors", "good.pth"])
+def test_a_good_weights_file_loads_every_tensor_but_the_head(weight_files, file):
+    import torch
+
+    from ensemble.learn.model import create_model, load_report
+
+    model = create_model("test_resnet", 3, weights=weight_files / file)
+    report = load_report(model)
+    assert report["by"] == "name" and report["tensors_new"] == ["fc.weight", "fc.bias"]
+    state = torch.load(weight_files / "good.pth", weights_only=True)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items() if not k.startswith("fc."))
 
 
 def _outside() -> list[Path]:

@@ -103,6 +103,45 @@ def test_report_tables_have_human_headers_and_the_csv_machine_names(tmp_path):
     assert "<th" in page and "overflow-wrap" in page and ">p (McNemar)</th>" in page
 
 
+def _multilabel_store(root, *, n: int = 30, seed: int = 0) -> None:
+    """Hand-made multi-label members of ``ml`` (2 folds, 3 labels, informative probabilities)."""
+    import json
+
+    from tests.conftest import write_member
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, (n, 3))
+    y[0], y[1] = 0, 1
+    ids = [f"m{i:03d}" for i in range(n)]
+    half = n // 2
+    for label in ("SGD", "DGrad"):
+        for run in range(2):
+            p = np.clip(0.6 * y + 0.4 * rng.random(y.shape), 0, 1)
+            parts = [p[:half], p[half:]], [y[:half], y[half:]], [ids[:half], ids[half:]]
+            d = write_member(root, "ml", label, run, *parts, list("abc"))
+            meta = json.loads((d / "member.json").read_text())
+            (d / "member.json").write_text(json.dumps({**meta, "task": "multilabel"}))
+
+
+def test_a_page_without_figures_has_no_figures_heading_and_one_with_them_keeps_it(tmp_path):
+    """A multi-label page draws no figure: no empty "Figures" heading; a classification page's figures stay,
+    under their heading, each file there."""
+    from ensemble.reporting.build import report
+
+    store = random_store(tmp_path / "M", runs=2)
+    _multilabel_store(tmp_path / "M")
+    pages = {p.parent.name: p.read_text() for p in report(store, tmp_path / "R", step=1)}
+    assert set(pages) == {"ml", "toy"}
+    assert "AUC per label" in pages["ml"]
+    assert "Figures" not in pages["ml"] and "<figure>" not in pages["ml"]
+    assert pages["ml"].rstrip().endswith("</table></div></body></html>")
+    toy = pages["toy"]
+    assert toy.count("<h2>Figures</h2>") == 1
+    images = re.findall(r'<img src="([^"]+)"', toy)
+    assert len(images) >= 3 and toy.index("<h2>Figures</h2>") < toy.index("<img")
+    assert all((tmp_path / "R" / "toy" / name).stat().st_size > 1000 for name in images)
+
+
 def test_human_leaves_unknown_names_alone():
     assert human("accuracy_mean") == "Accuracy (mean)" and human("p_mcnemar") == "p (McNemar)"
     assert human("f1_macro_lo") == "Macro-F1 (95% CI low)" and human("hd95_std") == "HD95 (std)"

@@ -100,7 +100,7 @@ def test_ens_train_refuses_a_misfit_before_any_work_and_records_a_fit(resnet_sta
     res = run_ens(
         "train", "--dataset", f"folder:{folder}", *flags, "--weights", str(bad), "--members-dir", str(tmp_path / "M1")
     )
-    assert res.returncode == 1 and "missing tensor 'layer1.0.conv1.weight'" in res.stderr and str(bad) in res.stderr
+    assert res.returncode == 2 and "missing tensor 'layer1.0.conv1.weight'" in res.stderr and str(bad) in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "M1").exists()
 
     good = _save(_foreign(resnet_state), tmp_path / "good.pth")

@@ -6,8 +6,8 @@
   for honest model selection); a manifest's ``split`` column is read the same way;
 * ``cv5`` with patients -- a manifest's ``patient`` column: stratified *and grouped* 5-fold
   cross-validation (scikit-learn's ``StratifiedGroupKFold``, fixed seed), no patient in two test sets;
-* ``cv5`` of a multi-label manifest -- plain (not stratified) 5-fold cross-validation, or grouped by
-  patient, with the fixed seed (:func:`multilabel_folds`);
+* ``cv5`` of a multi-label manifest -- 5-fold cross-validation stratified label by label (iterative
+  stratification, fixed seed), grouped by patient when there are patients (:func:`multilabel_folds`);
 * ``splits`` -- your own folds, from a JSON file (:func:`read_splits`, nnU-Net's ``splits_final.json``).
 
 Every sample is in exactly one test set (of the folds that have one).
@@ -94,27 +94,81 @@ def check_class_sizes(labels: np.ndarray, classes: list[str], n_splits: int) -> 
         )
 
 
-def multilabel_folds(n: int, patients: list[str] | None, n_splits: int = N_SPLITS, seed: int = FOLD_SEED) -> list[Fold]:
-    """k-fold cross-validation of a multi-label dataset: scikit-learn's shuffled ``KFold``, or with patients a
-    shuffled grouped k-fold (``StratifiedGroupKFold`` over one constant class, which is ``GroupKFold`` with a
-    seeded shuffle), fixed seed. Not stratified: stratifying by label *sets* leaves most sets in one image
-    (iterative stratification would balance each label; it is not implemented), so with rare labels a fold
-    may hold none of one -- its AUC is then undefined there and the pooled AUC still counts it."""
-    from sklearn.model_selection import KFold, StratifiedGroupKFold
-
+def multilabel_folds(
+    labels: np.ndarray, patients: list[str] | None, n_splits: int = N_SPLITS, seed: int = FOLD_SEED
+) -> list[Fold]:
+    """k-fold cross-validation of a multi-label dataset (``labels`` n x L, 0/1) by iterative stratification
+    (Sechidis, Tsoumakas & Vlahavas 2011): stratifying by label *sets* would leave most sets in one image, so
+    each label is balanced in turn, the rarest first -- a rare label's few positives spread over the folds
+    instead of landing in one. With patients, a patient is one unit whose label counts are the sums over its
+    images, so no patient is in two test sets. Seeded (ties are broken by ``seed``): the same folds every run."""
+    labels = np.asarray(labels)
+    n = len(labels)
     if patients is None:
         if n < n_splits:
             raise DataError(f"{n_splits}-fold cross-validation needs at least {n_splits} images; found {n}")
-        splits = list(KFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(n)))
+        unit_of = np.arange(n)
     else:
-        if len(set(patients)) < n_splits:
+        names, unit_of = np.unique(np.asarray(patients), return_inverse=True)
+        if len(names) < n_splits:
             raise DataError(
                 f"{n_splits}-fold cross-validation grouped by patient needs at least {n_splits} patients; "
-                f"found {len(set(patients))}"
+                f"found {len(names)}"
             )
-        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        splits = list(splitter.split(np.zeros(n), np.zeros(n, dtype=np.int64), groups=np.asarray(patients)))
-    return [Fold(k, np.sort(tr), np.sort(te), protocol="cv5", name=f"fold {k}") for k, (tr, te) in enumerate(splits)]
+    sizes = np.bincount(unit_of)  # images per unit
+    counts = np.zeros((len(sizes), labels.shape[1]), dtype=np.int64)  # positives of each label per unit
+    np.add.at(counts, unit_of, labels.astype(np.int64))
+    test_of = iterative_stratification(counts, sizes, n_splits, np.random.default_rng(seed))[unit_of]
+    return [
+        Fold(k, np.flatnonzero(test_of != k), np.flatnonzero(test_of == k), protocol="cv5", name=f"fold {k}")
+        for k in range(n_splits)
+    ]
+
+
+def iterative_stratification(
+    counts: np.ndarray, sizes: np.ndarray, n_splits: int, rng: np.random.Generator
+) -> np.ndarray:
+    """The test fold of every unit (an image, or a patient's images): Sechidis et al.'s Algorithm 1 over units
+    with ``counts`` (units x L) positives of each label and ``sizes`` images.
+
+    Each fold wants 1/k of every label's positives and of the images. The label with the fewest positives left
+    is dealt out first, its units (the largest first) each to the fold that wants that label most, a tie to
+    the fold that wants the most images, then a seeded draw; units with no label go last, by images wanted.
+    Wants are kept times k, in integers, so ties are exact. A fold with no unit yet wants the most of
+    everything, so with at least k units none is left empty."""
+    n_units = len(sizes)
+    order = rng.permutation(n_units)  # the order equal units are met in: seeded, not the listing's
+    counts, sizes = counts[order], sizes[order]
+    want = np.full(n_splits, int(sizes.sum()))  # k x (images each fold still wants)
+    want_label = np.tile(counts.sum(0), (n_splits, 1))  # k x (positives of each label each fold still wants)
+    fold = np.full(n_units, -1)
+    left = np.ones(n_units, dtype=bool)
+
+    def place(u: int, wanted: np.ndarray) -> None:
+        best = np.flatnonzero(wanted == wanted.max())
+        if len(best) > 1:
+            best = best[want[best] == want[best].max()]
+        m = int(best[0] if len(best) == 1 else rng.choice(best))
+        fold[u] = m
+        want_label[m] -= n_splits * counts[u]
+        want[m] -= n_splits * sizes[u]
+
+    while True:
+        remaining = counts[left].sum(0)
+        if not remaining.any():
+            break
+        rarest = np.flatnonzero(remaining == remaining[remaining > 0].min())
+        label = int(rarest[0] if len(rarest) == 1 else rng.choice(rarest))
+        units = np.flatnonzero(left & (counts[:, label] > 0))
+        for u in units[np.argsort(-counts[units, label], kind="stable")]:
+            place(int(u), want_label[:, label])
+        left[units] = False
+    unlabelled = np.flatnonzero(left)
+    for u in unlabelled[np.argsort(-sizes[unlabelled], kind="stable")]:
+        place(int(u), want)
+    out = np.empty(n_units, dtype=np.int64)
+    out[order] = fold
+    return out
 
 
 def make_folds(protocol: str, listing) -> list[Fold]:  # noqa: ANN001 - a scan.Listing
@@ -126,8 +180,8 @@ def make_folds(protocol: str, listing) -> list[Fold]:  # noqa: ANN001 - a scan.L
         protocol = "official" if groups is not None else "cv5"
     if protocol == "cv5":
         patients = getattr(listing, "patients", None)
-        if labels.ndim == 2:  # one 0/1 column per label: a multi-label listing (not stratified)
-            return multilabel_folds(len(labels), patients)
+        if labels.ndim == 2:  # one 0/1 column per label: a multi-label listing (iterative stratification)
+            return multilabel_folds(labels, patients)
         check_class_sizes(labels, listing.classes, N_SPLITS)
         return grouped_folds(labels, patients) if patients is not None else stratified_folds(labels)
     groups_arr = np.asarray(groups)

@@ -64,7 +64,8 @@ class MissingMembers(UsageError):
 
 
 def select(store: Store, dataset: str, expr: str, split: str = "fold") -> tuple[list[Term], list[Member]]:
-    """The members an expression names: the first COUNT runs of each label."""
+    """The members an expression names: the first COUNT runs of each label (their dataset's content record
+    checked: :meth:`ensemble.store.Store.check_members_content`)."""
     terms = parse(expr)
     members: list[Member] = []
     for t in terms:
@@ -74,6 +75,7 @@ def select(store: Store, dataset: str, expr: str, split: str = "fold") -> tuple[
                 term=t, dataset=dataset, found=len(runs), root=store.root, command=_more_command(store, dataset, t)
             )
         members += store.members(dataset, t.label, t.count, split=split)
+    store.check_members_content(dataset, members)
     return terms, members
 
 

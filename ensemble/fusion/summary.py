@@ -327,13 +327,17 @@ class GroupSummary:
 
 
 def groups(store: Store, dataset: str) -> dict[str, dict[str, list[Member]]]:
-    """fingerprint -> label key -> members (by run index); every member read and checked."""
+    """fingerprint -> label key -> members (by run index); every member read and checked, and the dataset's
+    content record (:meth:`ensemble.store.Store.check_members_content`)."""
     out: dict[str, dict[str, list[Member]]] = defaultdict(lambda: defaultdict(list))
+    everyone: list[Member] = []
     for label in store.labels(dataset):
         members = [read_member(p) for p in store.member_dirs(dataset, label)]
         check_one_recipe(members)
+        everyone += members
         for m in members:
             out[m.fingerprint][label].append(m)
+    store.check_members_content(dataset, everyone)
     order = {lab: i for i, lab in enumerate(REGISTRY)}
 
     def registry_order(item: tuple[str, list[Member]]) -> tuple[int, str]:

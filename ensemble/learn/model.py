@@ -165,7 +165,7 @@ def _load_timm_tag(model: nn.Module, name: str) -> nn.Module:
     source = f"timm:{model.pretrained_cfg.get('architecture', name)}"
     tag = model.pretrained_cfg.get("tag")
     source = f"{source}.{tag}" if tag else source
-    state = w.read_state_dict(path)
+    state = w.read_state_dict(path, what="the timm checkpoint")
     report = w.fit(
         model, state, head=w.head_names(model), source=source, where=f"{path} into {name}", sha256=w.file_sha256(path)
     )

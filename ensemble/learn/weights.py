@@ -13,7 +13,8 @@ machine that has the same source:
 
 Whatever the source, :func:`fit` loads it strictly: every backbone tensor comes from the file (by name,
 or by position when the names are foreign but count and shapes line up), only the new head may be new;
-anything else is refused in one line naming the tensor and the file. Files are read as tensors only
+anything else is refused in one line naming the tensor and the file (a :class:`~ensemble.errors.WeightsError`,
+exit 2 as any bad input; so is a file that holds no state dict). Files are read as tensors only
 (``torch.load(weights_only=True)`` or safetensors): loading one never runs code.
 
 This module imports no torch at import time: ``ens train`` parses ``--weights`` through it.
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EnsError, UsageError, first_line
+from ..errors import EnsError, UsageError, WeightsError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -220,9 +221,10 @@ def locate(spec: str) -> Located:
 
 
 # --------------------------------------------------------------------------- reading and fitting
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path, what: str = "--weights") -> dict[str, torch.Tensor]:
     """The tensors of a state dict file (.safetensors, or a torch file read with ``weights_only``); a
-    checkpoint holding it under ``state_dict`` or ``model`` is unwrapped."""
+    checkpoint holding it under ``state_dict`` or ``model`` is unwrapped. Bad content is a
+    :class:`WeightsError` (exit 2) naming ``what`` and the file."""
     import torch
 
     path = Path(path)
@@ -234,15 +236,15 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # not a state dict, or a pickle asking for more than tensors
-        raise EnsError(f"--weights {path}: {_unreadable(path, err)}") from None
+        raise WeightsError(f"{what} {path}: {_unreadable(path, err)}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not state:
-        raise EnsError(f"--weights {path}: not a state dict of tensors")
+        raise WeightsError(f"{what} {path}: not a state dict of tensors")
     bad = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
     if bad is not None:
-        raise EnsError(f"--weights {path}: entry {bad!r} is not a tensor")
+        raise WeightsError(f"{what} {path}: entry {bad!r} is not a tensor")
     return {str(k): v for k, v in state.items()}
 
 
@@ -255,6 +257,8 @@ def _unreadable(path: Path, err: Exception) -> str:
         return f"not a state dict of tensors: not a safetensors file ({first_line(err, 120)})"
     with open(path, "rb") as f:
         head = f.read(2)
+    if head == b"PK" and not zipfile.is_zipfile(path):  # a zip's first bytes without its end: cut short
+        return "not a state dict of tensors: a truncated or damaged PyTorch file (its zip archive is incomplete)"
     if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):  # neither torch's zip form nor a pickle
         return "not a state dict of tensors: not a PyTorch (.pt/.pth) or .safetensors file"
     if "weights_only" in str(err) or "global" in str(err).lower():
@@ -338,14 +342,14 @@ def _by_name(
     missing = [k for k in body if k not in state]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise EnsError(f"cannot load weights {where}: missing tensor {missing[0]!r}{more}")
+        raise WeightsError(f"cannot load weights {where}: missing tensor {missing[0]!r}{more}")
     unexpected = [k for k in state if k not in target]
     if unexpected:
         more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise EnsError(f"cannot load weights {where}: unexpected tensor {unexpected[0]!r}{more}")
+        raise WeightsError(f"cannot load weights {where}: unexpected tensor {unexpected[0]!r}{more}")
     for k in body:
         if not _fits(state[k], target[k]):
-            raise EnsError(
+            raise WeightsError(
                 f"cannot load weights {where}: tensor {k!r} has shape {_shape(state[k])}, "
                 f"the model needs {_shape(target[k])}"
             )
@@ -368,13 +372,13 @@ def _by_position(
     n = len(body)
     for i, dst in enumerate(body):  # the first tensor out of line, whatever the count
         if i >= len(src):
-            raise EnsError(
+            raise WeightsError(
                 f"cannot load weights {where}: {len(src)} tensors by position, the model needs {n}; "
                 f"nothing for {dst!r} (tensor {i})"
             )
         name, tensor = src[i]
         if not _fits(tensor, target[dst]):
-            raise EnsError(
+            raise WeightsError(
                 f"cannot load weights {where}: by position, tensor {i} {name!r} has shape {_shape(tensor)} "
                 f"where the model's {dst!r} needs {_shape(target[dst])}"
             )
@@ -387,7 +391,7 @@ def _by_position(
             mapping.update({k: t for (_, t), k in zip(rest, heads)})
             return mapping, [], "position"
         return mapping, list(heads), "position"  # the old classifier, for another class count: dropped
-    raise EnsError(
+    raise WeightsError(
         f"cannot load weights {where}: {len(src)} tensors by position, the model needs {n} (+{len(heads)} head); "
         f"unexpected tensor {rest[0][0]!r} (tensor {n})"
     )

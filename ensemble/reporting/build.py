@@ -131,11 +131,14 @@ def _table(rows: list[dict], recipe_caption: str = "Recipes (what each label's m
 
 
 def _page(target: Path, name: str, fingerprint: str, body: str, figs: list[Path]) -> Path:
+    """The dataset's ``index.html``: ``body``, then the figures under their own heading (none: no heading, as a
+    multi-label page draws none)."""
     imgs = "\n".join(
         f'<figure><img src="{html.escape(f.name)}" alt="{html.escape(f.stem)}">'
         f"<figcaption>{html.escape(f.stem)}</figcaption></figure>"
         for f in figs
     )
+    figures = f"\n<h2>Figures</h2>{imgs}" if figs else ""
     name = html.escape(name)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>ens report: {name}</title>
 <style>
@@ -150,8 +153,7 @@ figure{{display:inline-block;vertical-align:top;margin:8px;max-width:100%}}
 img{{max-width:100%;height:auto}} figcaption{{text-align:center;font-size:13px;color:#555}}
 </style>
 </head><body><h1>{name}</h1><p>dataset fingerprint {html.escape(fingerprint)}</p>
-{body.rstrip()}
-<h2>Figures</h2>{imgs}</body></html>
+{body.rstrip()}{figures}</body></html>
 """
     path = target / "index.html"
     atomic_write_bytes(path, page.encode())
