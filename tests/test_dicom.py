@@ -130,6 +130,27 @@ def test_rle_compressed_pixels_decode_as_the_uncompressed(tmp_path):
     np.testing.assert_array_equal(read_image(rle, 8), read_image(plain, 8))
 
 
+@pytest.mark.parametrize(
+    ("syntax", "pil_format", "save"),
+    [("JPEGBaseline8Bit", "JPEG", {"quality": 95}), ("JPEG2000Lossless", "JPEG2000", {"irreversible": False})],
+)
+def test_jpeg_compressed_pixels_decode(tmp_path, syntax, pil_format, save):
+    """JPEG and JPEG 2000 streams in a DICOM file (Pillow's decoders, or pylibjpeg's with the [dicom] extra)."""
+    import pydicom.uid
+    from pydicom.encaps import encapsulate
+
+    ramp = (np.add.outer(np.arange(32), np.arange(32)) * 4).astype(np.uint8)
+    plain = write_dicom(tmp_path / "plain.dcm", ramp)
+    ds = pydicom.dcmread(plain)
+    stream = io.BytesIO()
+    Image.fromarray(ramp).save(stream, format=pil_format, **save)
+    ds.PixelData = encapsulate([stream.getvalue()])
+    ds.file_meta.TransferSyntaxUID = getattr(pydicom.uid, syntax)
+    ds.save_as(tmp_path / "compressed.dcm")
+    decoded = read_image(tmp_path / "compressed.dcm", 32).astype(int)
+    assert np.abs(decoded - read_image(plain, 32)).max() <= (0 if "2000" in syntax else 8)
+
+
 def test_files_without_a_suffix_are_found_by_their_mark(tmp_path):
     name = tmp_path / "1.2.840.113619.2.55.1"  # as scanners name them (its "suffix" is ".1")
     write_dicom(name, ct_slice(shape=(6, 6)))
