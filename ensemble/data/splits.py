@@ -5,7 +5,9 @@
 * ``official`` -- MedMNIST's split: train on train, predict test (val is predicted too,
   for honest model selection); a manifest's ``split`` column is read the same way;
 * ``cv5`` with patients -- a manifest's ``patient`` column: stratified *and grouped* 5-fold
-  cross-validation (scikit-learn's ``StratifiedGroupKFold``, fixed seed), no patient in two test sets;
+  cross-validation (scikit-learn's ``StratifiedGroupKFold``, fixed seed, then patients moved or swapped
+  between folds while that brings the classes closer to their shares: :func:`balance_units`), no
+  patient in two test sets;
 * ``cv5`` of a multi-label manifest -- 5-fold cross-validation stratified label by label (iterative
   stratification, fixed seed), grouped by patient when there are patients (:func:`multilabel_folds`);
 * ``splits`` -- your own folds, from a JSON file (:func:`read_splits`, nnU-Net's ``splits_final.json``).
@@ -77,7 +79,75 @@ def grouped_folds(
     with warnings.catch_warnings():  # a class with fewer patients than folds is allowed, as above
         warnings.simplefilter("ignore", UserWarning)
         splits = list(splitter.split(np.zeros(len(labels)), labels, groups=np.asarray(patients)))
-    return [Fold(k, np.sort(tr), np.sort(te), protocol="cv5", name=f"fold {k}") for k, (tr, te) in enumerate(splits)]
+    names, unit = np.unique(np.asarray(patients), return_inverse=True)
+    fold_of_unit = np.empty(len(names), dtype=np.int64)
+    for k, (_, te) in enumerate(splits):
+        fold_of_unit[unit[te]] = k
+    profiles = np.zeros((len(names), int(labels.max()) + 1), dtype=np.int64)
+    np.add.at(profiles, (unit, labels), 1)
+    fold_of_unit = balance_units(profiles, fold_of_unit, n_splits)
+    fold_of = fold_of_unit[unit]
+    everyone = np.arange(len(labels))
+    return [
+        Fold(k, everyone[fold_of != k], everyone[fold_of == k], protocol="cv5", name=f"fold {k}")
+        for k in range(n_splits)
+    ]
+
+
+def balance_units(profiles: np.ndarray, fold_of: np.ndarray, n_splits: int) -> np.ndarray:
+    """Improve a grouped assignment by moving or swapping whole units (patients) between folds.
+
+    scikit-learn's StratifiedGroupKFold places patients greedily and can leave a class 2 images off its
+    share in a fold when patients have several images. Each step here takes the move of one patient, or
+    the swap of two, that most lowers the sum over folds and classes of (count - ideal)^2, until none does:
+    every step lowers it, so it ends; a patient never splits and no fold is left without a patient.
+    Deterministic: among equal units, the lowest index moves. ``profiles`` is units x classes (images of
+    each class), ``fold_of`` each unit's test fold.
+    """
+    fold_of = fold_of.copy()
+    ideal = profiles.sum(0) / n_splits
+    counts = np.stack([profiles[fold_of == k].sum(0) for k in range(n_splits)]).astype(np.float64)
+    kinds, kind_of = np.unique(profiles, axis=0, return_inverse=True)  # few distinct profiles: search by kind
+    kind_of = kind_of.reshape(-1)
+    square = (kinds.astype(np.float64) ** 2).sum(1)
+    for _ in range(10 * len(profiles) + 100):  # a bound that is never reached: each step lowers the sum
+        dev = counts - ideal  # folds x classes
+        present = np.zeros((n_splits, len(kinds)), dtype=bool)
+        present[fold_of, kind_of] = True
+        units_in = np.bincount(fold_of, minlength=n_splits)
+        best = (-1e-9, None)
+        for a in range(n_splits):
+            for b in range(n_splits):
+                if a == b:
+                    continue
+                # move a unit of kind u from fold a to fold b: change 2 u.(dev_b - dev_a) + 2 |u|^2
+                if units_in[a] > 1:
+                    gain = 2 * kinds @ (dev[b] - dev[a]) + 2 * square
+                    gain[~present[a]] = np.inf
+                    u = int(np.argmin(gain))
+                    if gain[u] < best[0]:
+                        best = (gain[u], ("move", a, b, u, None))
+                if a < b:  # swap u (in a) with w (in b): x = w - u, change 2 x.(dev_a - dev_b) + 2 |x|^2
+                    x = kinds[None, :, :] - kinds[:, None, :]  # [u, w] = w - u
+                    gain = 2 * (x @ (dev[a] - dev[b])) + 2 * (x.astype(np.float64) ** 2).sum(2)
+                    gain[~present[a], :] = np.inf
+                    gain[:, ~present[b]] = np.inf
+                    u, w = np.unravel_index(int(np.argmin(gain)), gain.shape)
+                    if gain[u, w] < best[0]:
+                        best = (gain[u, w], ("swap", a, b, int(u), int(w)))
+        if best[1] is None:
+            break
+        what, a, b, u, w = best[1]
+        first = int(np.flatnonzero((fold_of == a) & (kind_of == u))[0])
+        fold_of[first] = b
+        counts[a] -= kinds[u]
+        counts[b] += kinds[u]
+        if what == "swap":
+            other = int(np.flatnonzero((fold_of == b) & (kind_of == w))[0])
+            fold_of[other] = a
+            counts[b] -= kinds[w]
+            counts[a] += kinds[w]
+    return fold_of
 
 
 def check_class_sizes(labels: np.ndarray, classes: list[str], n_splits: int) -> None:
