@@ -116,6 +116,8 @@ def test_monochrome1_is_inverted_and_colour_stays_colour(tmp_path):
     mono1 = write_dicom(tmp_path / "m1.dcm", stored, photometric="MONOCHROME1")
     mono2 = write_dicom(tmp_path / "m2.dcm", stored)
     np.testing.assert_array_equal(grey(mono1), 255 - grey(mono2))
+    inverse = write_dicom(tmp_path / "inv.dcm", stored, PresentationLUTShape="INVERSE")
+    np.testing.assert_array_equal(grey(inverse), grey(mono1))
     rgb = np.random.default_rng(3).integers(0, 256, size=(8, 8, 3)).astype(np.uint8)
     colour = write_dicom(tmp_path / "rgb.dcm", rgb)
     np.testing.assert_array_equal(read_image(colour, 8), rgb)

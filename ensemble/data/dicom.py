@@ -11,7 +11,8 @@ the file, as a DICOM viewer shows them (PS3.3 C.11):
      Function), else its VOI LUT Sequence, else the image's own range;
    * ``minmax``: the image's own range, whatever the file says;
    * ``C,W`` or a named CT window (``lung`` is -600,1500): one window in modality units for every file;
-3. *MONOCHROME1* (high values dark) is inverted, so bright means the same in every file.
+3. *MONOCHROME1* (high values dark), or an *INVERSE* Presentation LUT Shape, is inverted, so bright means
+   the same in every file.
 
 Colour DICOM (RGB, YBR, palette) is taken as colour, unwindowed. A file with several frames (a cine loop,
 a 3D volume) is refused naming it: ens reads 2D images. Files are DICOM by their suffix (``.dcm``,
@@ -182,8 +183,8 @@ def read_dicom(path: Path, window: str = "file") -> np.ndarray:
         grey = _linear(values, *fixed)
     else:
         grey = own_range(values) if window == "minmax" else _file_window(path, ds, values)
-    if photometric == "MONOCHROME1":
-        grey = 255.0 - grey
+    if (photometric == "MONOCHROME1") != (str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"):
+        grey = 255.0 - grey  # MONOCHROME1, or an INVERSE presentation LUT: high values are shown dark
     return np.clip(np.round(grey), 0, 255).astype(np.uint8)
 
 
