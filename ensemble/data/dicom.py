@@ -62,7 +62,7 @@ def _read(path: Path, *, pixels: bool) -> Any:
         ds = pydicom.dcmread(path, force=path.suffix.lower() in DICOM_SUFFIXES, stop_before_pixels=not pixels)
     except Exception as err:  # InvalidDicomError, a truncated header, a non-DICOM file named .dcm
         raise DataError(f"cannot read DICOM {path}: {first_line(err, 200)}") from None
-    if not has_magic(path) and "SOPClassUID" not in ds and "Rows" not in ds:  # forced, and nothing DICOM found
+    if getattr(ds, "preamble", None) is None and "SOPClassUID" not in ds and "Rows" not in ds:  # forced: nothing found
         raise DataError(f"cannot read DICOM {path}: not a DICOM file (no DICM mark, no image elements)")
     return ds
 
@@ -163,7 +163,9 @@ def parse_window(window: str) -> tuple[float, float] | None:
 
 
 def read_dicom(path: Path, window: str = "file") -> np.ndarray:
-    """Decode a DICOM image to (H, W) grey or (H, W, 3) colour uint8 under ``window`` (see the module)."""
+    """Decode a DICOM image under ``window`` (see the module): (H, W) grey uint8, or (H, W, 3) colour as
+    stored (scaled to 8 bits by :func:`ensemble.data.images.prepare`, as any other colour image)."""
+    fixed = parse_window(window)
     ds = _read(path, pixels=True)
     stored = _stored_pixels(path, ds)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
@@ -172,13 +174,12 @@ def read_dicom(path: Path, window: str = "file") -> np.ndarray:
 
         stored = apply_color_lut(stored, ds)
     if stored.ndim == 3:  # colour: a window is a grey-level mapping, which colour images do not have
-        if parse_window(window) is not None:
+        if fixed is not None:
             raise DataError(f"DICOM {path} is a colour image ({photometric}); --dicom-window {window} is for grey ones")
-        return stored if stored.dtype == np.uint8 else np.round(own_range(stored)).astype(np.uint8)
+        return stored
     from pydicom.pixels import apply_modality_lut
 
     values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
-    fixed = parse_window(window)
     if fixed is not None:
         grey = _linear(values, *fixed)
     else:

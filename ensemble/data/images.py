@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
-from .dicom import DICOM_SUFFIXES, dicom_size, has_magic, pydicom_module, read_dicom, read_dicom_mask
+from .dicom import DICOM_SUFFIXES, dicom_size, has_magic, own_range, pydicom_module, read_dicom, read_dicom_mask
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm"})
 # files of a dataset folder that are never images: not opened to look for the DICOM mark
@@ -23,12 +23,7 @@ NOT_IMAGES = frozenset({".txt", ".csv", ".tsv", ".json", ".md", ".xml", ".yaml",
 
 def is_image(path: Path) -> bool:
     """An image file by its suffix, or a DICOM file (by suffix, or by its mark when it has no image suffix)."""
-    if path.name.startswith("."):
-        return False
-    suffix = path.suffix.lower()
-    if suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES:
-        return True
-    return suffix not in NOT_IMAGES and has_magic(path)
+    return not path.name.startswith(".") and (path.suffix.lower() in IMAGE_SUFFIXES or is_dicom_file(path))
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -37,7 +32,7 @@ def is_dicom_file(path: Path) -> bool:
     suffix = path.suffix.lower()
     if suffix in DICOM_SUFFIXES:
         return True
-    return suffix not in IMAGE_SUFFIXES and has_magic(path)
+    return suffix not in IMAGE_SUFFIXES and suffix not in NOT_IMAGES and has_magic(path)
 
 
 def image_stem(path: Path) -> str:
@@ -71,11 +66,7 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     """Scale any numeric image to uint8 by its own range (a constant image becomes 0)."""
     if array.dtype == np.uint8:
         return array
-    array = array.astype(np.float64)
-    lo, hi = float(array.min()), float(array.max())
-    if hi <= lo:
-        return np.zeros(array.shape, dtype=np.uint8)
-    return np.round((array - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    return np.round(own_range(array)).astype(np.uint8)
 
 
 def to_rgb(array: np.ndarray) -> np.ndarray:

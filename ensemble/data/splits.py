@@ -110,6 +110,8 @@ def balance_units(profiles: np.ndarray, fold_of: np.ndarray, n_splits: int) -> n
     kinds, kind_of = np.unique(profiles, axis=0, return_inverse=True)  # few distinct profiles: search by kind
     kind_of = kind_of.reshape(-1)
     square = (kinds.astype(np.float64) ** 2).sum(1)
+    swapped = kinds[None, :, :] - kinds[:, None, :]  # [u, w] = w - u: what a fold gains giving u for w
+    swapped_square = (swapped.astype(np.float64) ** 2).sum(2)
     for _ in range(10 * len(profiles) + 100):  # a bound that is never reached: each step lowers the sum
         dev = counts - ideal  # folds x classes
         present = np.zeros((n_splits, len(kinds)), dtype=bool)
@@ -128,8 +130,7 @@ def balance_units(profiles: np.ndarray, fold_of: np.ndarray, n_splits: int) -> n
                     if gain[u] < best[0]:
                         best = (gain[u], ("move", a, b, u, None))
                 if a < b:  # swap u (in a) with w (in b): x = w - u, change 2 x.(dev_a - dev_b) + 2 |x|^2
-                    x = kinds[None, :, :] - kinds[:, None, :]  # [u, w] = w - u
-                    gain = 2 * (x @ (dev[a] - dev[b])) + 2 * (x.astype(np.float64) ** 2).sum(2)
+                    gain = 2 * (swapped @ (dev[a] - dev[b])) + 2 * swapped_square
                     gain[~present[a], :] = np.inf
                     gain[:, ~present[b]] = np.inf
                     u, w = np.unravel_index(int(np.argmin(gain)), gain.shape)

@@ -75,8 +75,9 @@ class Task:
     def training_batches(self, trainer: FoldTrainer, gpu_images: torch.Tensor | None) -> EpochBatches:
         """How the fold's training batches are made: made once per fold, then called once per epoch with that
         epoch's batches of indices and per-position augmentation seeds; ``gpu_images`` are the dataset's
-        images when they live on the GPU."""
-        raise NotImplementedError
+        images when they live on the GPU. Image-level tasks (one target per image): whole batches gathered
+        and augmented in torch on the training device (no worker processes)."""
+        return trainer.device_batches(gpu_images)
 
     # ------------------------------------------------------------------ recipe (ensemble.recipe asks these)
     default_recipe: str = "paper"  # the preset `ens train` starts from for a dataset of this task

@@ -14,7 +14,6 @@ if TYPE_CHECKING:
     import torch
 
     from ..data.dataset import Dataset
-    from ..learn.trainer import EpochBatches, FoldTrainer
 
 
 class ClassificationTask(Task):
@@ -52,10 +51,6 @@ class ClassificationTask(Task):
             value = auc(targets, probs)
             return (value if math.isfinite(value) else float((probs.argmax(1) == targets).mean())), nll
         return -nll, nll
-
-    def training_batches(self, trainer: FoldTrainer, gpu_images: torch.Tensor | None) -> EpochBatches:
-        """Whole batches gathered and augmented in torch on the training device (no worker processes)."""
-        return trainer.device_batches(gpu_images)
 
     # ------------------------------------------------------------------ recipe
     default_recipe = "paper"

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     import torch
 
     from ..data.dataset import Dataset
-    from ..learn.trainer import EpochBatches, FoldTrainer
 
 THRESHOLD = 0.5  # a label is present above this probability (logit > 0 in training)
 
@@ -69,10 +68,6 @@ class MultiLabelTask(Task):
         import torch
 
         return torch.sigmoid(logits.float())
-
-    def training_batches(self, trainer: FoldTrainer, gpu_images: torch.Tensor | None) -> EpochBatches:
-        """As classification: whole batches gathered and augmented in torch on the training device."""
-        return trainer.device_batches(gpu_images)
 
     # ------------------------------------------------------------------ recipe
     default_recipe = "paper"
